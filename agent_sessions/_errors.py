@@ -1,0 +1,29 @@
+"""Turns database driver failures into the library's StorageError family."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import exc as sa_exc
+
+from agent_sessions.errors import StorageError, StorageTimeoutError
+
+
+@contextmanager
+def storage_errors(operation: str) -> Iterator[None]:
+    """Re-raise database failures inside the block as ``StorageError``; let the rest through."""
+    try:
+        yield
+    except sa_exc.TimeoutError as exc:  # the pool's QueuePool timeout
+        raise StorageTimeoutError(
+            f"{operation}: no database connection became free in time ({exc}); lower the "
+            "number of concurrent callers or raise the engine's pool_size/max_overflow"
+        ) from exc
+    except (sa_exc.DBAPIError, OSError, TimeoutError) as exc:
+        detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+        raise StorageError(
+            f"{operation} failed in the database and was not applied "
+            f"({type(detail).__name__}: {str(detail).splitlines()[0] if str(detail) else ''}); "
+            "it is safe to retry once the database is reachable"
+        ) from exc

@@ -1,0 +1,75 @@
+"""The exceptions raised by agent_sessions.
+
+Every exception the library raises on purpose derives from one root::
+
+    AgentSessionsError
+    ├── SessionNotFoundError          the session does not exist (or is not yours, or is deleted)
+    ├── ConcurrentUpdateError         someone else changed the session since you read it
+    ├── InvalidStateTransitionError   e.g. resuming a completed session
+    ├── SessionValidationError        bad input; also a ValueError; nothing was written
+    ├── SchemaOutOfDateError          the database schema is behind this library's migrations
+    └── StorageError                  the database failed (connection lost, server error)
+        └── StorageTimeoutError       no connection could be had in time (pool exhausted)
+
+Programming errors (``TypeError``, ``AttributeError``, ...) are never wrapped.
+"""
+
+from __future__ import annotations
+
+
+class AgentSessionsError(Exception):
+    """Root of every error agent_sessions raises on purpose."""
+
+
+class SessionNotFoundError(AgentSessionsError, LookupError):
+    """The session does not exist, is soft-deleted, or belongs to another user."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(
+            f"session {session_id!r} not found (unknown, deleted or not yours); "
+            "check the id, or create a new session with create_session()"
+        )
+
+
+class ConcurrentUpdateError(AgentSessionsError):
+    """The stored session changed since this copy was read; nothing was written."""
+
+    def __init__(self, session_id: str, expected_version: int, actual_version: int) -> None:
+        self.session_id = session_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        super().__init__(
+            f"session {session_id!r} was changed by someone else (your copy has version "
+            f"{expected_version}, the stored one {actual_version}); nothing was written: "
+            "read it again with get_session(), reapply your change and retry"
+        )
+
+
+class InvalidStateTransitionError(AgentSessionsError):
+    """The requested state change is not allowed from the current state."""
+
+    def __init__(self, session_id: str, current: str, target: str) -> None:
+        self.session_id = session_id
+        self.current = current
+        self.target = target
+        super().__init__(
+            f"session {session_id!r} cannot go from {current!r} to {target!r}; "
+            "see SessionState for the allowed transitions"
+        )
+
+
+class SessionValidationError(AgentSessionsError, ValueError):
+    """Input was rejected before anything was written."""
+
+
+class SchemaOutOfDateError(AgentSessionsError):
+    """The database schema is not at the revision this library needs."""
+
+
+class StorageError(AgentSessionsError):
+    """The database failed to carry out the operation; it was not applied."""
+
+
+class StorageTimeoutError(StorageError):
+    """No database connection became free in time (the pool is exhausted)."""

@@ -1,0 +1,655 @@
+"""SessionRepository: the async store of agent sessions and their checkpoints.
+
+Statements are SQLAlchemy Core on the declarative tables: every write is one or two bulk
+statements, reads never touch more than ``recent_checkpoints`` checkpoint rows, and rows read
+back from our own database are not validated a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, func, insert, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from agent_sessions import _cursor, _invalidation, migrations
+from agent_sessions._errors import storage_errors
+from agent_sessions._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size
+from agent_sessions.errors import (
+    ConcurrentUpdateError,
+    InvalidStateTransitionError,
+    SessionNotFoundError,
+    SessionValidationError,
+)
+from agent_sessions.models import (
+    AgentSession,
+    SessionCheckpoint,
+    SessionPage,
+    SessionState,
+    allowed_sources,
+    utcnow,
+    validation_error,
+)
+from agent_sessions.readthrough import ModelCache, read_through
+from agent_sessions.tables import checkpoints_table, sessions_table
+
+__all__ = ["SessionRepository"]
+
+logger = logging.getLogger(__name__)
+
+S = sessions_table.c
+C = checkpoints_table.c
+_SESSION_COLUMNS = (
+    S.id, S.agent_type, S.user_id, S.state, S.context, S.metadata, S.checkpoint_count,
+    S.version, S.created_at, S.updated_at, S.last_heartbeat,
+)  # fmt: skip
+_DELETED = SessionState.DELETED.value
+_LIVE_STATES = (SessionState.ACTIVE.value, SessionState.PAUSED.value)
+MAX_PAGE_SIZE = 1000
+MAX_BATCH_SIZE = 50_000
+
+
+def _parse_id(session_id: object) -> uuid.UUID | None:
+    if isinstance(session_id, uuid.UUID):
+        return session_id
+    if not isinstance(session_id, str):
+        return None
+    try:
+        return uuid.UUID(session_id)
+    except ValueError:
+        return None
+
+
+def _check_limit(limit: int, what: str = "limit", maximum: int = MAX_PAGE_SIZE) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= maximum:
+        raise SessionValidationError(
+            f"{what} must be an integer from 1 to {maximum}, got {limit!r}"
+        )
+    return limit
+
+
+def _checkpoint_from_row(row: Any) -> SessionCheckpoint:
+    return SessionCheckpoint.model_construct(
+        name=row.name, data=row.data, timestamp=row.cp_created_at, seq=row.seq
+    )
+
+
+def _session_from_row(row: Any, checkpoints: list[SessionCheckpoint]) -> AgentSession:
+    return AgentSession.model_construct(
+        session_id=str(row.id),
+        agent_type=row.agent_type,
+        user_id=row.user_id,
+        state=SessionState(row.state),
+        context=row.context,
+        metadata=row.metadata,
+        checkpoints=checkpoints,
+        checkpoint_count=row.checkpoint_count,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        last_heartbeat=row.last_heartbeat,
+        version=row.version,
+    )
+
+
+class _SchemaGate:
+    """Checks once per repository that the schema is at head, and learns the dialect."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self.dialect: str | None = None
+
+    async def pass_through(self, session: AsyncSession) -> str:
+        if self.dialect is None:
+            async with self._lock:
+                if self.dialect is None:
+                    conn = await session.connection()
+                    await conn.run_sync(migrations.check_connection)
+                    self.dialect = conn.dialect.name
+        return self.dialect
+
+
+class SessionRepository:
+    """Create, read, update and sweep agent sessions.
+
+    Each call is its own transaction, committed before it returns, unless the repository is
+    bound to a caller's ``AsyncSession`` with :meth:`bind`. One repository is safe to share
+    between many tasks.
+
+    Args:
+        session_factory: the host's ``async_sessionmaker`` (any ``expire_on_commit``).
+        recent_checkpoints: how many of the newest checkpoints ``get_session`` returns.
+        cache: a ``ModelCache`` such as ``RedisCache``; ``None`` reads the database every time.
+        max_payload_bytes: the largest serialized context, metadata or checkpoint data accepted.
+        clock: returns the current UTC-aware time; injectable for tests.
+
+    Example::
+
+        engine = create_engine("sqlite+aiosqlite:///sessions.db")
+        await migrations.upgrade(engine)
+        repo = SessionRepository(async_sessionmaker(engine))
+        session = await repo.create_session("planner", user_id="u1")
+    """
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        *,
+        recent_checkpoints: int = 20,
+        cache: ModelCache | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        if recent_checkpoints < 0:
+            raise ValueError("recent_checkpoints must be 0 or more")
+        self._factory = session_factory
+        self._recent = recent_checkpoints
+        self._cache = cache
+        self._max_payload = max_payload_bytes
+        self._clock = clock
+        self._gate = _SchemaGate()
+        self._bound: AsyncSession | None = None
+
+    @property
+    def cache(self) -> ModelCache | None:
+        """The cache this repository invalidates (``None`` without one)."""
+        return self._cache
+
+    @property
+    def _read_cache(self) -> ModelCache | None:
+        # A bound repository reads inside the caller's transaction, which may hold
+        # uncommitted changes: those must neither be served from nor put into the cache.
+        return None if self._bound is not None else self._cache
+
+    def bind(self, session: AsyncSession) -> SessionRepository:
+        """The same repository working inside the caller's session and transaction.
+
+        Its calls flush but never commit or roll back; cache invalidation happens when the
+        caller commits (and not at all when it rolls back).
+
+        Example::
+
+            async with factory() as db, db.begin():
+                db.add(Invoice(...))
+                await repo.bind(db).update_session(session)
+            # both are committed here, or neither
+        """
+        bound = copy.copy(self)
+        bound._bound = session
+        return bound
+
+    @asynccontextmanager
+    async def _transaction(self, operation: str) -> AsyncIterator[tuple[AsyncSession, str]]:
+        with storage_errors(operation):
+            if self._bound is not None:
+                yield self._bound, await self._gate.pass_through(self._bound)
+                return
+            async with self._factory() as session, session.begin():
+                yield session, await self._gate.pass_through(session)
+
+    def _invalidate_on_commit(self, session: AsyncSession, ids: Sequence[uuid.UUID]) -> None:
+        if self._cache is not None and ids:
+            _invalidation.on_commit(session, self._cache, AgentSession, [str(i) for i in ids])
+
+    def _check_sizes(self, **payloads: dict[str, Any]) -> None:
+        try:
+            for what, value in payloads.items():
+                check_payload_size(value, what, self._max_payload)
+        except ValueError as exc:
+            raise SessionValidationError(str(exc)) from None
+
+    # -- create ---------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        agent_type: str,
+        user_id: str = "",
+        context: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> AgentSession:
+        """Create an ACTIVE session, recording a ``session_created`` checkpoint.
+
+        Raises:
+            SessionValidationError: bad agent_type, user_id, context or metadata; nothing written.
+        """
+        now = self._clock()
+        try:
+            session = AgentSession(
+                session_id=str(uuid.uuid4()),
+                agent_type=agent_type,
+                user_id=user_id,
+                context={} if context is None else context,
+                metadata={} if metadata is None else metadata,
+                created_at=now,
+                updated_at=now,
+                last_heartbeat=now,
+                checkpoints=[
+                    SessionCheckpoint(
+                        name="session_created",
+                        data={"agent_type": agent_type, "user_id": user_id},
+                        timestamp=now,
+                        seq=1,
+                    )
+                ],
+                checkpoint_count=1,
+                version=1,
+            )
+        except ValidationError as exc:
+            raise validation_error(exc, "session") from exc
+        self._check_sizes(context=session.context, metadata=session.metadata)
+        sid = uuid.UUID(session.session_id)
+        async with self._transaction("create_session") as (db, _):
+            await db.execute(
+                insert(sessions_table).values(
+                    id=sid,
+                    agent_type=session.agent_type,
+                    user_id=session.user_id,
+                    state=session.state.value,
+                    context=session.context,
+                    metadata=session.metadata,
+                    checkpoint_count=1,
+                    version=1,
+                    created_at=now,
+                    updated_at=now,
+                    last_heartbeat=now,
+                )
+            )
+            await db.execute(
+                insert(checkpoints_table),
+                [self._checkpoint_values(sid, cp) for cp in session.checkpoints],
+            )
+        logger.debug("created session %s (%s)", session.session_id, session.agent_type)
+        return session
+
+    @staticmethod
+    def _checkpoint_values(sid: uuid.UUID, cp: SessionCheckpoint) -> dict[str, Any]:
+        return {"session_id": sid, "seq": cp.seq, "name": cp.name, "data": cp.data,
+                "created_at": cp.timestamp}  # fmt: skip
+
+    # -- read -----------------------------------------------------------------------------
+
+    async def get_session(
+        self, session_id: str, *, user_id: str | None = None
+    ) -> AgentSession | None:
+        """The session with its newest ``recent_checkpoints`` checkpoints, or ``None``.
+
+        ``None`` for an unknown, malformed or deleted id, and, with ``user_id``, for a session
+        of another user. The cost does not grow with the length of the history.
+        """
+        sid = _parse_id(session_id)
+        if sid is None:
+            return None
+        session = await self._load(str(sid))
+        if session is None or (user_id is not None and session.user_id != user_id):
+            return None
+        return session
+
+    @read_through(AgentSession, id_field="session_id", cache_attr="_read_cache")
+    async def _load(self, session_id: str) -> AgentSession | None:
+        # Checkpoint seqs are dense (1..checkpoint_count), so the newest N are a range
+        # scan of the primary key, joined in the same round trip.
+        stmt = (
+            select(*_SESSION_COLUMNS, C.seq, C.name, C.data, C.created_at.label("cp_created_at"))
+            .outerjoin(
+                checkpoints_table,
+                and_(C.session_id == S.id, C.seq > S.checkpoint_count - self._recent),
+            )
+            .where(S.id == uuid.UUID(session_id), S.state != _DELETED)
+            .order_by(C.seq)
+        )
+        async with self._transaction("get_session") as (db, _):
+            rows = (await db.execute(stmt)).all()
+        if not rows:
+            return None
+        checkpoints = [_checkpoint_from_row(r) for r in rows if r.seq is not None]
+        return _session_from_row(rows[0], checkpoints)
+
+    async def get_active_sessions(
+        self, agent_type: str | None = None, user_id: str | None = None, *, limit: int = 100
+    ) -> list[AgentSession]:
+        """The newest ACTIVE sessions, optionally of one agent type and/or user (no checkpoints)."""
+        page = await self.list_sessions(
+            agent_type=agent_type, user_id=user_id, state=SessionState.ACTIVE, limit=limit
+        )
+        return page.items
+
+    async def list_sessions(
+        self,
+        *,
+        agent_type: str | None = None,
+        user_id: str | None = None,
+        state: SessionState | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> SessionPage:
+        """One page of sessions, newest first, with keyset pagination.
+
+        Deleted sessions are left out unless ``state=SessionState.DELETED`` is asked for. Listed
+        sessions carry ``checkpoint_count`` but no checkpoints (use ``get_session``).
+
+        Raises:
+            SessionValidationError: a bad ``limit``, ``state`` or ``cursor`` (including a
+                cursor made for other filters).
+        """
+        _check_limit(limit)
+        try:
+            wanted = None if state is None else SessionState(state)
+        except ValueError:
+            raise SessionValidationError(
+                f"state must be one of {[s.value for s in SessionState]}, got {state!r}"
+            ) from None
+        filters = (agent_type, user_id, None if wanted is None else wanted.value)
+        stmt = select(*_SESSION_COLUMNS)
+        if agent_type is not None:
+            stmt = stmt.where(S.agent_type == agent_type)
+        if user_id is not None:
+            stmt = stmt.where(S.user_id == user_id)
+        stmt = stmt.where(S.state != _DELETED if wanted is None else S.state == wanted.value)
+        if cursor is not None:
+            created_at, last_id = _cursor.decode(cursor, filters)
+            stmt = stmt.where(tuple_(S.created_at, S.id) < tuple_(created_at, last_id))
+        stmt = stmt.order_by(S.created_at.desc(), S.id.desc()).limit(limit + 1)
+        async with self._transaction("list_sessions") as (db, _):
+            rows = (await db.execute(stmt)).all()
+        items = [_session_from_row(r, []) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = _cursor.encode(last.created_at, last.id, filters)
+        return SessionPage.model_construct(items=items, next_cursor=next_cursor)
+
+    async def list_checkpoints(
+        self,
+        session_id: str,
+        *,
+        after_seq: int | None = None,
+        limit: int = 100,
+        user_id: str | None = None,
+    ) -> list[SessionCheckpoint]:
+        """The session's full history in pages, oldest first: seqs above ``after_seq``.
+
+        Raises:
+            SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
+            SessionValidationError: a bad ``limit`` or ``after_seq``.
+        """
+        _check_limit(limit)
+        if after_seq is not None and (not isinstance(after_seq, int) or after_seq < 0):
+            raise SessionValidationError(f"after_seq must be an integer >= 0, got {after_seq!r}")
+        sid = _parse_id(session_id)
+        if sid is None:
+            raise SessionNotFoundError(str(session_id))
+        owner = select(S.id).where(S.id == sid, S.state != _DELETED)
+        if user_id is not None:
+            owner = owner.where(S.user_id == user_id)
+        stmt = (
+            select(C.seq, C.name, C.data, C.created_at.label("cp_created_at"))
+            .where(C.session_id == owner.scalar_subquery(), C.seq > (after_seq or 0))
+            .order_by(C.seq)
+            .limit(limit)
+        )
+        async with self._transaction("list_checkpoints") as (db, _):
+            rows = (await db.execute(stmt)).all()
+            if not rows and (await db.execute(owner)).first() is None:
+                raise SessionNotFoundError(str(session_id))
+        return [_checkpoint_from_row(r) for r in rows]
+
+    # -- write ----------------------------------------------------------------------------
+
+    async def update_session(self, session: AgentSession) -> AgentSession:
+        """Store context, metadata, state and new checkpoints; heartbeat; bump ``version``.
+
+        Checkpoints added with ``session.checkpoint()`` since it was read are appended; stored
+        ones are never rewritten. ``agent_type`` and ``user_id`` are fixed at creation.
+
+        Returns:
+            The stored session, with its new ``version``.
+
+        Raises:
+            ConcurrentUpdateError: the stored version moved since this copy was read (another
+                worker, or the stale sweep); nothing was written.
+            InvalidStateTransitionError: the stored state cannot move to ``session.state``.
+            SessionNotFoundError: the session does not exist or was deleted.
+            SessionValidationError: bad context, metadata or checkpoint; nothing was written.
+        """
+        sid = _parse_id(session.session_id)
+        if sid is None:
+            raise SessionNotFoundError(str(session.session_id))
+        target, pending = self._validated_changes(session)
+        now = self._clock()
+        stmt = (
+            update(sessions_table)
+            .where(
+                S.id == sid,
+                S.version == session.version,
+                S.state.in_([s.value for s in allowed_sources(target)]),
+            )
+            .values(
+                context=session.context,
+                metadata=session.metadata,
+                state=target.value,
+                version=S.version + 1,
+                updated_at=now,
+                last_heartbeat=now,
+                checkpoint_count=S.checkpoint_count + len(pending),
+            )
+            .returning(S.checkpoint_count, S.created_at)
+        )
+        async with self._transaction("update_session") as (db, _):
+            row = (await db.execute(stmt)).first()
+            if row is None:
+                await self._explain_failed_update(db, sid, session, target)
+                raise AssertionError("unreachable")  # pragma: no cover
+            first_seq = row.checkpoint_count - len(pending) + 1
+            stored = [cp.model_copy(update={"seq": first_seq + i}) for i, cp in enumerate(pending)]
+            if stored:
+                await db.execute(
+                    insert(checkpoints_table),
+                    [self._checkpoint_values(sid, cp) for cp in stored],
+                )
+            self._invalidate_on_commit(db, [sid])
+        kept = [cp for cp in session.checkpoints if cp.seq is not None] + stored
+        return AgentSession.model_construct(
+            **{
+                **dict(session),
+                "state": target,
+                "checkpoints": kept[-self._recent :] if self._recent else [],
+                "checkpoint_count": row.checkpoint_count,
+                "created_at": row.created_at,
+                "updated_at": now,
+                "last_heartbeat": now,
+                "version": session.version + 1,
+            }
+        )
+
+    def _validated_changes(
+        self, session: AgentSession
+    ) -> tuple[SessionState, list[SessionCheckpoint]]:
+        # The model is mutable and pydantic does not validate assignments: check again here.
+        try:
+            target = SessionState(session.state)
+            checked = AgentSession.model_validate(
+                {
+                    "session_id": session.session_id,
+                    "agent_type": session.agent_type,
+                    "user_id": session.user_id,
+                    "context": session.context,
+                    "metadata": session.metadata,
+                    "version": session.version,
+                }
+            )
+            pending = [
+                SessionCheckpoint.model_validate(cp.model_dump())
+                for cp in session.pending_checkpoints
+            ]
+        except ValidationError as exc:
+            raise validation_error(exc, "session") from exc
+        except ValueError as exc:
+            raise SessionValidationError(f"invalid session state: {exc}") from None
+        self._check_sizes(context=checked.context, metadata=checked.metadata)
+        for cp in pending:
+            self._check_sizes(**{f"checkpoint {cp.name!r} data": cp.data})
+        return target, pending
+
+    async def _explain_failed_update(
+        self, db: AsyncSession, sid: uuid.UUID, session: AgentSession, target: SessionState
+    ) -> None:
+        stored = (await db.execute(select(S.version, S.state).where(S.id == sid))).first()
+        if stored is None or stored.state == _DELETED:
+            raise SessionNotFoundError(session.session_id)
+        if stored.version != session.version:
+            raise ConcurrentUpdateError(session.session_id, session.version, stored.version)
+        raise InvalidStateTransitionError(session.session_id, stored.state, target.value)
+
+    async def delete_session(self, session_id: str, *, user_id: str | None = None) -> bool:
+        """Soft-delete: the session becomes DELETED and invisible to reads.
+
+        Returns:
+            ``False`` when the id is unknown, malformed, foreign or already deleted.
+        """
+        sid = _parse_id(session_id)
+        if sid is None:
+            return False
+        stmt = (
+            update(sessions_table)
+            .where(S.id == sid, S.state != _DELETED)
+            .values(state=_DELETED, version=S.version + 1, updated_at=self._clock())
+            .returning(S.id)
+        )
+        if user_id is not None:
+            stmt = stmt.where(S.user_id == user_id)
+        async with self._transaction("delete_session") as (db, _):
+            deleted = (await db.execute(stmt)).first() is not None
+            if deleted:
+                self._invalidate_on_commit(db, [sid])
+        return deleted
+
+    async def heartbeat(self, session_id: str) -> bool:
+        """Record that the session's agent is alive; touches ``last_heartbeat`` only.
+
+        Does not bump ``version``, so it never makes a content writer conflict.
+
+        Returns:
+            ``False`` when the session is unknown, malformed, or not ACTIVE/PAUSED (a swept,
+            completed or deleted session gets no heartbeat: the agent should stop).
+        """
+        sid = _parse_id(session_id)
+        if sid is None:
+            return False
+        stmt = (
+            update(sessions_table)
+            .where(S.id == sid, S.state.in_(_LIVE_STATES))
+            .values(last_heartbeat=self._clock())
+            .returning(S.id)
+        )
+        async with self._transaction("heartbeat") as (db, _):
+            alive = (await db.execute(stmt)).first() is not None
+            if alive:
+                self._invalidate_on_commit(db, [sid])
+        return alive
+
+    async def add_checkpoint(
+        self,
+        session_id: str,
+        name: str,
+        data: dict[str, Any] | None = None,
+        *,
+        user_id: str | None = None,
+    ) -> SessionCheckpoint:
+        """Append one checkpoint; its cost does not depend on the history's length.
+
+        Concurrent appends to one session all succeed with consecutive ``seq`` values. Bumps the
+        session's ``version`` (copies read before it are stale).
+
+        Raises:
+            SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
+            SessionValidationError: bad name or data; nothing written.
+        """
+        try:
+            cp = SessionCheckpoint(
+                name=name, data={} if data is None else data, timestamp=self._clock()
+            )
+        except ValidationError as exc:
+            raise validation_error(exc, "checkpoint") from exc
+        self._check_sizes(data=cp.data)
+        sid = _parse_id(session_id)
+        if sid is None:
+            raise SessionNotFoundError(str(session_id))
+        # The row lock taken by this UPDATE serializes appenders, so seqs never collide.
+        stmt = (
+            update(sessions_table)
+            .where(S.id == sid, S.state != _DELETED)
+            .values(
+                checkpoint_count=S.checkpoint_count + 1,
+                version=S.version + 1,
+                updated_at=cp.timestamp,
+            )
+            .returning(S.checkpoint_count)
+        )
+        if user_id is not None:
+            stmt = stmt.where(S.user_id == user_id)
+        async with self._transaction("add_checkpoint") as (db, _):
+            seq = (await db.execute(stmt)).scalar()
+            if seq is None:
+                raise SessionNotFoundError(str(session_id))
+            cp.seq = seq
+            await db.execute(insert(checkpoints_table).values(self._checkpoint_values(sid, cp)))
+            self._invalidate_on_commit(db, [sid])
+        return cp
+
+    async def cleanup_stale_sessions(
+        self, max_age: timedelta = timedelta(hours=48), *, batch_size: int = 2000
+    ) -> int:
+        """Fail every ACTIVE session whose last heartbeat is older than ``max_age``.
+
+        Each becomes FAILED with ``context["failure_reason"] == "heartbeat_timeout"`` and a new
+        ``version`` (so a worker holding an older copy gets ``ConcurrentUpdateError``). Works in
+        bulk statements of ``batch_size`` rows, each its own transaction unless bound.
+
+        Returns:
+            How many sessions were failed.
+        """
+        if max_age < timedelta(0):
+            raise SessionValidationError(f"max_age must not be negative, got {max_age}")
+        _check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
+        now = self._clock()
+        cutoff = now - max_age
+        stale = and_(S.state == SessionState.ACTIVE.value, S.last_heartbeat < cutoff)
+        total = 0
+        while True:
+            async with self._transaction("cleanup_stale_sessions") as (db, dialect):
+                batch = select(S.id).where(stale).order_by(S.last_heartbeat).limit(batch_size)
+                if dialect == "postgresql":
+                    # Rows another sweeper holds are skipped, not waited for.
+                    batch = batch.with_for_update(skip_locked=True)
+                stmt = (
+                    update(sessions_table)
+                    .where(S.id.in_(batch.scalar_subquery()), stale)
+                    .values(
+                        state=SessionState.FAILED.value,
+                        context=_with_failure_reason(dialect),
+                        version=S.version + 1,
+                        updated_at=now,
+                    )
+                    .returning(S.id)
+                )
+                ids = (await db.execute(stmt)).scalars().all()
+                self._invalidate_on_commit(db, ids)
+            total += len(ids)
+            if len(ids) < batch_size:
+                break
+        if total:
+            logger.info("failed %d sessions with no heartbeat since %s", total, cutoff.isoformat())
+        return total
+
+
+def _with_failure_reason(dialect: str) -> Any:
+    if dialect == "postgresql":
+        return S.context.op("||")(func.jsonb_build_object("failure_reason", "heartbeat_timeout"))
+    return func.json_set(S.context, "$.failure_reason", "heartbeat_timeout")

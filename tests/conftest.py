@@ -1,0 +1,154 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases built by the migrations, real Redis.
+
+Every repository test runs once per backend: ``sqlite`` and ``postgres``, each without and with
+the Redis cache (``+redis``). Servers are started here on 127.0.0.1 (see tests/servers.py); set
+``AGENT_SESSIONS_TEST_POSTGRES_URL`` / ``AGENT_SESSIONS_TEST_REDIS_URL`` to use running ones.
+Without the binaries the backend's tests skip locally; with ``CI=true`` they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from agent_sessions import SessionRepository, create_engine, migrations
+from agent_sessions.tables import checkpoints_table, sessions_table
+from tests.servers import PostgresServer, RedisServer, ServerUnavailable
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(reason: str) -> None:
+    """Skip locally, fail in CI: a backend that silently skips is a hole in the suite."""
+    if IN_CI:
+        pytest.fail(f"CI=true and a test backend is unavailable: {reason}")
+    pytest.skip(reason)
+
+
+class FakeClock:
+    """A controllable UTC clock for the repository (no sleeping in tests)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> datetime:
+        self.now += timedelta(**kwargs)
+        return self.now
+
+
+@pytest.fixture(scope="session")
+def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def postgres_server(servers_dir: Path) -> Iterator[PostgresServer | None]:
+    if os.environ.get("AGENT_SESSIONS_TEST_POSTGRES_URL"):
+        yield None
+        return
+    try:
+        server = PostgresServer.start(servers_dir / "pg")
+    except ServerUnavailable as exc:
+        unavailable(f"PostgreSQL: {exc}")
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer | None) -> str:
+    if postgres_server is None:
+        return os.environ["AGENT_SESSIONS_TEST_POSTGRES_URL"]
+    return postgres_server.create_database("agent_sessions_test")
+
+
+@pytest.fixture(scope="session")
+def redis_server(servers_dir: Path) -> Iterator[RedisServer | None]:
+    if os.environ.get("AGENT_SESSIONS_TEST_REDIS_URL"):
+        yield None
+        return
+    try:
+        server = RedisServer.start(servers_dir / "redis")
+    except ServerUnavailable as exc:
+        unavailable(f"Redis: {exc}")
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer | None) -> str:
+    if redis_server is None:
+        return os.environ["AGENT_SESSIONS_TEST_REDIS_URL"]
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(servers_dir: Path) -> str:
+    return f"sqlite+aiosqlite:///{servers_dir / 'sessions.db'}"
+
+
+@dataclass
+class Backend:
+    """One database, migrated to head once per test session."""
+
+    name: str
+    engine: AsyncEngine
+    factory: async_sessionmaker[AsyncSession]
+
+
+_engines: dict[str, Backend] = {}
+
+
+async def _backend(name: str, url: str) -> Backend:
+    if name not in _engines:
+        engine = create_engine(url)
+        await migrations.upgrade(engine)
+        _engines[name] = Backend(name, engine, async_sessionmaker(engine, expire_on_commit=False))
+    return _engines[name]
+
+
+@pytest.fixture(scope="session")
+async def _dispose_engines() -> AsyncIterator[None]:
+    yield
+    for backend in _engines.values():
+        await backend.engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db(request: pytest.FixtureRequest, _dispose_engines: None) -> AsyncIterator[Backend]:
+    """An empty, migrated database on each backend."""
+    if request.param == "sqlite":
+        url = request.getfixturevalue("sqlite_url")
+    else:
+        url = request.getfixturevalue("postgres_url")
+    backend = await _backend(request.param, url)
+    async with backend.engine.begin() as conn:
+        await conn.execute(delete(checkpoints_table))
+        await conn.execute(delete(sessions_table))
+    yield backend
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=["nocache"])
+async def repo(request: pytest.FixtureRequest, db: Backend, clock: FakeClock) -> SessionRepository:
+    """The repository under test, on each backend, without and with the Redis cache."""
+    return SessionRepository(db.factory, clock=clock)
+
+
+@pytest.fixture
+def user() -> str:
+    return f"user-{uuid.uuid4().hex[:8]}"
