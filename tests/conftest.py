@@ -19,7 +19,9 @@ import pytest
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from agent_sessions import SessionRepository, create_engine, migrations
+from redis.asyncio import Redis
+
+from agent_sessions import RedisCache, SessionRepository, create_engine, migrations
 from agent_sessions.tables import checkpoints_table, sessions_table
 from tests.servers import PostgresServer, RedisServer, ServerUnavailable
 
@@ -143,10 +145,28 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["nocache"])
-async def repo(request: pytest.FixtureRequest, db: Backend, clock: FakeClock) -> SessionRepository:
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A fresh cache namespace per test, so tests sharing one Redis never see each other."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["nocache", "redis"])
+async def repo(
+    request: pytest.FixtureRequest, db: Backend, clock: FakeClock, namespace: str
+) -> SessionRepository:
     """The repository under test, on each backend, without and with the Redis cache."""
-    return SessionRepository(db.factory, clock=clock)
+    if request.param == "nocache":
+        return SessionRepository(db.factory, clock=clock)
+    client: Redis = request.getfixturevalue("redis_client")
+    return SessionRepository(db.factory, clock=clock, cache=RedisCache(client, namespace=namespace))
 
 
 @pytest.fixture
