@@ -18,7 +18,13 @@ from agent_sessions.errors import (
     StorageError,
     StorageTimeoutError,
 )
-from agent_sessions.models import AgentSession, SessionCheckpoint, SessionPage, SessionState
+from agent_sessions.models import (
+    AgentSession,
+    SessionCheckpoint,
+    SessionPage,
+    SessionState,
+    SessionStats,
+)
 from agent_sessions.readthrough import ModelCache, read_through
 from agent_sessions.repository import SessionRepository
 from agent_sessions.tables import metadata
@@ -35,6 +41,7 @@ __all__ = [
     "SessionPage",
     "SessionRepository",
     "SessionState",
+    "SessionStats",
     "SessionValidationError",
     "StorageError",
     "StorageTimeoutError",

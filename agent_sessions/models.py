@@ -225,3 +225,17 @@ class SessionPage(BaseModel):
 
     items: list[AgentSession]
     next_cursor: str | None = None
+
+
+class SessionStats(BaseModel):
+    """What ``SessionRepository.stats`` reports about the store."""
+
+    by_state: dict[str, int]
+    by_agent_type: dict[str, int]
+    oldest_active_heartbeat: datetime | None
+    checkpoints: int
+
+    @property
+    def sessions(self) -> int:
+        """All sessions, soft-deleted ones included."""
+        return sum(self.by_state.values())

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, func, insert, select, tuple_, update
+from sqlalchemy import and_, delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agent_sessions import _cursor, _invalidation, migrations
@@ -34,6 +34,7 @@ from agent_sessions.models import (
     SessionCheckpoint,
     SessionPage,
     SessionState,
+    SessionStats,
     allowed_sources,
     utcnow,
     validation_error,
@@ -647,6 +648,64 @@ class SessionRepository:
         if total:
             logger.info("failed %d sessions with no heartbeat since %s", total, cutoff.isoformat())
         return total
+
+    async def purge_deleted_sessions(
+        self, older_than: timedelta = timedelta(days=30), *, batch_size: int = 500
+    ) -> int:
+        """Hard-delete sessions soft-deleted more than ``older_than`` ago, with their checkpoints.
+
+        Works in batches of ``batch_size`` sessions, each its own transaction unless bound.
+
+        Returns:
+            How many sessions were removed.
+        """
+        if older_than < timedelta(0):
+            raise SessionValidationError(f"older_than must not be negative, got {older_than}")
+        _check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
+        cutoff = self._clock() - older_than
+        doomed = (
+            select(S.id)
+            .where(S.state == _DELETED, S.updated_at < cutoff)
+            .order_by(S.updated_at)
+            .limit(batch_size)
+        )
+        total = 0
+        while True:
+            async with self._transaction("purge_deleted_sessions") as (db, _):
+                ids = (await db.execute(doomed)).scalars().all()
+                if ids:
+                    # Explicitly, not by ON DELETE CASCADE: SQLite enforces foreign keys only
+                    # when the host's engine turned them on.
+                    await db.execute(delete(checkpoints_table).where(C.session_id.in_(ids)))
+                    await db.execute(delete(sessions_table).where(S.id.in_(ids)))
+            total += len(ids)
+            if len(ids) < batch_size:
+                break
+        if total:
+            logger.info("purged %d sessions deleted before %s", total, cutoff.isoformat())
+        return total
+
+    async def stats(self) -> SessionStats:
+        """Counts by state and agent type, the oldest ACTIVE heartbeat, the checkpoint total."""
+        async with self._transaction("stats") as (db, _):
+            by_state = (await db.execute(select(S.state, func.count()).group_by(S.state))).all()
+            by_type = (
+                await db.execute(
+                    select(S.agent_type, func.count())
+                    .where(S.state != _DELETED)
+                    .group_by(S.agent_type)
+                )
+            ).all()
+            oldest = await db.scalar(
+                select(func.min(S.last_heartbeat)).where(S.state == SessionState.ACTIVE.value)
+            )
+            checkpoints = await db.scalar(select(func.coalesce(func.sum(S.checkpoint_count), 0)))
+        return SessionStats(
+            by_state={state: count for state, count in by_state},
+            by_agent_type={agent_type: count for agent_type, count in by_type},
+            oldest_active_heartbeat=oldest,
+            checkpoints=int(checkpoints or 0),
+        )
 
 
 def _with_failure_reason(dialect: str) -> Any:

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from redis.asyncio import Redis
 
-from agent_sessions import RedisCache, SessionRepository, create_engine, migrations
+from agent_sessions import SessionRepository, create_engine, migrations
 from agent_sessions.tables import checkpoints_table, sessions_table
 from tests.servers import PostgresServer, RedisServer, ServerUnavailable
 
@@ -165,6 +165,8 @@ async def repo(
     """The repository under test, on each backend, without and with the Redis cache."""
     if request.param == "nocache":
         return SessionRepository(db.factory, clock=clock)
+    from agent_sessions import RedisCache  # type: ignore[attr-defined,unused-ignore]
+
     client: Redis = request.getfixturevalue("redis_client")
     return SessionRepository(db.factory, clock=clock, cache=RedisCache(client, namespace=namespace))
 

@@ -412,3 +412,41 @@ async def test_session_state_enum_values_match_the_old_manager() -> None:
 async def test_created_at_is_utc(repo: SessionRepository) -> None:
     created = await repo.create_session("planner")
     assert created.created_at.tzinfo is UTC
+
+
+async def test_purge_removes_only_long_deleted_sessions_and_their_checkpoints(
+    repo: SessionRepository, clock: FakeClock, db: Backend
+) -> None:
+    old = await repo.create_session("planner")
+    await repo.add_checkpoint(old.session_id, "work")
+    await repo.delete_session(old.session_id)
+    clock.advance(days=31)
+    recent = await repo.create_session("planner")
+    await repo.delete_session(recent.session_id)
+    alive = await repo.create_session("planner")
+    assert await repo.purge_deleted_sessions(timedelta(days=30), batch_size=1) == 1
+    remaining = await repo.list_sessions(state=SessionState.DELETED)
+    assert [s.session_id for s in remaining.items] == [recent.session_id]
+    async with db.engine.connect() as conn:
+        old_rows = await conn.scalar(
+            select(func.count())
+            .select_from(checkpoints_table)
+            .where(checkpoints_table.c.session_id == uuid.UUID(old.session_id))
+        )
+    assert old_rows == 0
+    assert await repo.get_session(alive.session_id) is not None
+
+
+async def test_stats_counts_by_state_and_agent_type(repo: SessionRepository, clock: FakeClock) -> None:
+    first = await repo.create_session("planner")
+    clock.advance(minutes=1)
+    await repo.create_session("planner")
+    gone = await repo.create_session("coder")
+    await repo.add_checkpoint(first.session_id, "x")
+    await repo.delete_session(gone.session_id)
+    stats = await repo.stats()
+    assert stats.by_state == {"active": 2, "deleted": 1}
+    assert stats.by_agent_type == {"planner": 2}
+    assert stats.oldest_active_heartbeat == first.last_heartbeat
+    assert stats.checkpoints == 4
+    assert stats.sessions == 3
