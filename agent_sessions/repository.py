@@ -486,7 +486,9 @@ class SessionRepository:
                 }
             )
             pending = [
-                SessionCheckpoint.model_validate(cp.model_dump())
+                SessionCheckpoint.model_validate(
+                    {"name": cp.name, "data": cp.data, "timestamp": cp.timestamp}
+                )
                 for cp in session.pending_checkpoints
             ]
         except ValidationError as exc:
