@@ -80,17 +80,16 @@ async def test_bind_writes_inside_the_callers_transaction_and_rolls_back(
     repo: SessionRepository, db: Backend
 ) -> None:
     kept = await repo.create_session("planner", context={"v": 0})
-    async with db.factory() as s:
-        async with s.begin():
-            bound = repo.bind(s)
-            created = await bound.create_session("planner")
-            current = await bound.get_session(kept.session_id)
-            assert current is not None
-            current.context["v"] = 1
-            await bound.update_session(current)
-            await bound.add_checkpoint(kept.session_id, "inside")
-            assert await bound.get_session(created.session_id) is not None  # sees its own writes
-            await s.rollback()
+    async with db.factory() as s, s.begin():
+        bound = repo.bind(s)
+        created = await bound.create_session("planner")
+        current = await bound.get_session(kept.session_id)
+        assert current is not None
+        current.context["v"] = 1
+        await bound.update_session(current)
+        await bound.add_checkpoint(kept.session_id, "inside")
+        assert await bound.get_session(created.session_id) is not None  # sees its own writes
+        await s.rollback()
     assert await repo.get_session(created.session_id) is None
     stored = await repo.get_session(kept.session_id)
     assert stored is not None

@@ -437,7 +437,9 @@ async def test_purge_removes_only_long_deleted_sessions_and_their_checkpoints(
     assert await repo.get_session(alive.session_id) is not None
 
 
-async def test_stats_counts_by_state_and_agent_type(repo: SessionRepository, clock: FakeClock) -> None:
+async def test_stats_counts_by_state_and_agent_type(
+    repo: SessionRepository, clock: FakeClock
+) -> None:
     first = await repo.create_session("planner")
     clock.advance(minutes=1)
     await repo.create_session("planner")
