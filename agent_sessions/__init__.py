@@ -26,6 +26,7 @@ from agent_sessions.models import (
     SessionStats,
 )
 from agent_sessions.readthrough import ModelCache, read_through
+from agent_sessions.redis_cache import RedisCache
 from agent_sessions.repository import SessionRepository
 from agent_sessions.tables import metadata
 
@@ -35,6 +36,7 @@ __all__ = [
     "ConcurrentUpdateError",
     "InvalidStateTransitionError",
     "ModelCache",
+    "RedisCache",
     "SchemaOutOfDateError",
     "SessionCheckpoint",
     "SessionNotFoundError",

@@ -1,0 +1,488 @@
+"""RedisCache: the Redis backend of ``read_through``, coherent with the database and fail-safe.
+
+The cache knows nothing of sessions: it stores "a pydantic model with an id", as JSON. It never
+serves a copy older than a finished write, and a broken Redis never fails or stalls a caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import NamedTuple, TypeVar, cast
+
+from pydantic import BaseModel, PydanticUserError
+from redis.asyncio import Redis, RedisCluster
+from redis.client import NEVER_DECODE
+from redis.exceptions import RedisClusterException, RedisError
+
+from agent_sessions._circuit import CircuitBreaker, Permit, State
+
+__all__ = ["CacheStats", "RedisCache"]
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+# The first word of every stored value; a value with another one is a miss. Change it whenever
+# the layout "<format> <epoch> <schema>\n<json>" changes.
+_FORMAT = b"as1"
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+# Our values are read as bytes even through a ``decode_responses=True`` client, so a truncated
+# (non-UTF-8) value is a corrupt value, not a decoding error inside redis-py.
+_RAW: dict[str, list[object]] = {NEVER_DECODE: []}
+# What a broken, slow or unreachable Redis raises; anything else is a bug and propagates.
+_REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+_PER_KEY = 0.0001  # seconds added to an invalidation's time limit for each key
+
+# KEYS: generation, value. ARGV: the generation read before loading ("" for none), the value,
+# the ttl in ms. Stores only if no invalidation happened since the generation was read.
+_STORE_SCRIPT = """
+local gen = redis.call('GET', KEYS[1])
+if (gen or '') ~= ARGV[1] then
+    return 0
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Counters of one ``RedisCache`` since it was created, read with ``cache.stats``.
+
+    ``hits + misses`` is the number of ``fetch`` calls; ``loads`` counts those that read the
+    database themselves (the others joined a load already in flight for the same key).
+    """
+
+    hits: int = 0
+    """Fetches answered from Redis."""
+    misses: int = 0
+    """Fetches answered by a load: nothing usable cached, Redis failed, or the circuit was open."""
+    loads: int = 0
+    """Calls of ``load`` (the database reads)."""
+    errors: int = 0
+    """Redis operations that failed or ran out of time."""
+    circuit_open: int = 0
+    """Redis operations skipped because the circuit was open."""
+    invalidations: int = 0
+    """Keys invalidated in Redis."""
+    stale_sets_rejected: int = 0
+    """Loaded values not stored because the key was invalidated while they were loading."""
+    discarded: int = 0
+    """Cached values dropped as unusable: corrupt, another format or schema, wrong id, old epoch."""
+    epoch_bumps: int = 0
+    """New namespace epochs set after invalidations that did not reach Redis."""
+    circuit: State = "closed"
+    """``"closed"`` (using Redis), ``"open"`` (skipping it) or ``"half-open"`` (probing)."""
+
+
+class _Keys(NamedTuple):
+    gen: str
+    value: str
+
+
+def _keys(namespace: str, model: type[BaseModel], key: str) -> _Keys:
+    # One hash tag for both, so that in a cluster they share a slot and one script sees both.
+    # Namespace and model name hold no ':', '{' or '}', so distinct (model, key) never collide.
+    tag = f"{{{namespace}:{model.__qualname__}:{key}}}"
+    return _Keys(f"{tag}:gen", f"{tag}:val")
+
+
+def _epoch_key(namespace: str) -> str:
+    return f"{{{namespace}}}:epoch"
+
+
+def _schema_fingerprint(model: type[BaseModel]) -> bytes:
+    try:
+        schema: object = model.model_json_schema()
+    except PydanticUserError:  # a field type with no JSON schema: fall back to the annotations
+        schema = {name: repr(field.annotation) for name, field in model.model_fields.items()}
+    text = json.dumps(schema, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16].encode()
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class _Unavailable(Exception):
+    """Redis failed or the circuit is open: the caller goes to the database."""
+
+
+class _Flight:
+    """One load in progress for a key, shared by every caller that misses meanwhile."""
+
+    __slots__ = ("callers", "task", "waiting")
+
+    def __init__(self, task: asyncio.Task[tuple[BaseModel | None, bool]]) -> None:
+        self.task = task
+        self.callers = 0  # ever joined: more than one means the result must be copied
+        self.waiting = 0  # still awaiting it: at zero the load is cancelled
+
+
+class RedisCache:
+    """A Redis read-through cache for pydantic models, coherent with the database it fronts.
+
+    Implements ``ModelCache``. Values are JSON (never pickle) under keys namespaced by
+    ``namespace``, so applications sharing one Redis never see each other's entries. The cache
+    keeps its own time limits, whatever the client's timeouts and retries: a fetch waits on
+    Redis at most ``timeout`` in all (its load not counted), an invalidation at most ``timeout``
+    plus 0.1 ms per key. A Redis that is down, slow or refusing connections only turns reads
+    into database reads; it never makes a call fail.
+
+    How it stays coherent:
+
+    - **No stale sets.** Each key has a generation next to its value (one hash tag, so one
+      cluster slot). A miss reads the generation before loading and stores with a script that
+      writes only if the generation is unchanged; ``invalidate`` sets a new random generation,
+      then deletes the value. A reader that loaded before a write cannot store after it.
+    - **Single flight.** Concurrent misses on one key share one load in this process.
+      ``invalidate`` detaches that load, so a caller arriving after a write never joins it.
+    - **Unusable values are misses.** A stored value carries a format tag, the model's schema
+      fingerprint and the namespace epoch; a corrupt one, one of another format or schema, one
+      whose id field is not its key, or one of another epoch is dropped and loaded again.
+    - **Lost invalidations.** The namespace has an epoch, a random token in Redis that every
+      value records; the epoch is read in the same pipeline as the value. When an invalidation
+      fails (or is skipped because the circuit is open), the cache marks itself dirty and sets
+      a new epoch before it serves or stores anything again, which makes every older value a
+      miss, in every process.
+    - **Circuit breaker.** ``failure_threshold`` consecutive failures open the circuit: calls go
+      straight to the database for ``cooldown``, then one call probes Redis; success closes it.
+      While Redis is down one warning is logged per ``cooldown``.
+
+    What it does not cover (the residual window):
+
+    - While this process cannot reach Redis but others can, they may serve a copy older than a
+      write made here, until this process next reaches Redis (its next cache call after the
+      cooldown sets the new epoch) or the ``ttl`` runs out. A process that exits in that state
+      leaves only the ``ttl`` as the bound. The dirty mark is per ``RedisCache`` object: share
+      one per namespace in a process.
+    - Invalidations Redis acknowledged and then lost, such as a failover to a replica that had
+      not received them yet, are not detected; the ``ttl`` bounds them.
+    - Redis evicting a generation key (``maxmemory`` with an eviction policy) while a load for
+      that key is in flight re-opens the stale-set race for it; give Redis the memory it needs
+      or use ``noeviction`` (a full Redis then just fails stores). Generation keys live twice
+      the ``ttl``, so a load must also not take that long.
+
+    Args:
+        client: a ``redis.asyncio.Redis`` or ``RedisCluster``, owned (and closed) by the caller.
+        namespace: prefix of every key (letters, digits, ``_``, ``.``, ``-``).
+        ttl: how long a value stays cached at most.
+        timeout: how long a call may wait on Redis, redis-py's retries included.
+        failure_threshold: consecutive failures that open the circuit.
+        cooldown: how long the open circuit skips Redis before probing it again.
+        monotonic: the clock of the cooldown; injectable for tests.
+
+    Example::
+
+        cache = RedisCache(Redis.from_url("redis://localhost:6379/0"), namespace="myapp")
+        repo = SessionRepository(factory, cache=cache)
+        session = await repo.get_session(session_id)  # from Redis when cached
+        print(cache.stats.hits, cache.stats.misses)
+    """
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        namespace: str = "agent_sessions",
+        ttl: timedelta = timedelta(hours=24),
+        timeout: timedelta = timedelta(milliseconds=100),
+        failure_threshold: int = 3,
+        cooldown: timedelta = timedelta(seconds=5),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not _NAMESPACE.fullmatch(namespace):
+            raise ValueError(
+                f"namespace must be 1 to 100 letters, digits, '_', '.' or '-', got {namespace!r}"
+            )
+        if ttl.total_seconds() < 0.001 or timeout <= timedelta(0):
+            raise ValueError(f"ttl (>= 1 ms) and timeout must be positive, got {ttl}, {timeout}")
+        self._client = client
+        self._namespace = namespace
+        self._ttl_ms = int(ttl.total_seconds() * 1000)
+        self._timeout = timeout.total_seconds()
+        self._cooldown = cooldown.total_seconds()
+        self._monotonic = monotonic
+        self._circuit = CircuitBreaker(
+            threshold=failure_threshold, cooldown=self._cooldown, monotonic=monotonic
+        )
+        self._epoch_key = _epoch_key(namespace)
+        self._store_script = client.register_script(_STORE_SCRIPT)
+        self._flights: dict[tuple[type[BaseModel], str], _Flight] = {}
+        self._fingerprints: dict[type[BaseModel], bytes] = {}
+        self._counts: Counter[str] = Counter()
+        self._dirty = 0  # invalidations that did not reach Redis since the last new epoch
+        self._quiet_until = float("-inf")  # no failure warning before this (monotonic) time
+
+    @property
+    def namespace(self) -> str:
+        """The prefix of this cache's keys."""
+        return self._namespace
+
+    @property
+    def stats(self) -> CacheStats:
+        """A snapshot of the counters and the circuit's state."""
+        c = self._counts
+        return CacheStats(
+            hits=c["hits"],
+            misses=c["misses"],
+            loads=c["loads"],
+            errors=c["errors"],
+            circuit_open=c["circuit_open"],
+            invalidations=c["invalidations"],
+            stale_sets_rejected=c["stale_sets_rejected"],
+            discarded=c["discarded"],
+            epoch_bumps=c["epoch_bumps"],
+            circuit=self._circuit.state,
+        )
+
+    # -- ModelCache ----------------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        model: type[M],
+        key: str,
+        load: Callable[[], Awaitable[M | None]],
+        *,
+        id_field: str,
+    ) -> M | None:
+        """The cached ``model`` for ``key``, or ``await load()``, cached unless ``None``.
+
+        Never raises because of Redis; exceptions from ``load`` propagate. Concurrent misses on
+        one key share one ``load`` (each caller gets its own copy of the result).
+        """
+        flight_key = (model, key)
+        flight = self._flights.get(flight_key)
+        if flight is None:
+            task = asyncio.create_task(self._fill(model, key, load, id_field))
+            flight = self._flights[flight_key] = _Flight(task)
+        flight.callers += 1
+        flight.waiting += 1
+        try:
+            value, hit = await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            flight.waiting -= 1
+            if flight.waiting == 0 and not flight.task.done():  # nobody wants it any more
+                self._detach(flight_key, flight)
+                flight.task.cancel()
+            raise
+        self._counts["hits" if hit else "misses"] += 1
+        if value is not None and flight.callers > 1:
+            # Models are mutable: callers sharing one load must not share one object.
+            value = value.model_copy(deep=True)
+        return cast("M | None", value)
+
+    async def invalidate(self, model: type[BaseModel], keys: Collection[str]) -> None:
+        """Forget ``keys``; call once the write that changed them has committed. Never raises.
+
+        Loads in flight for these keys are detached first: later callers start a new one, and
+        theirs cannot store what they read before the write.
+        """
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return
+        for key in unique:
+            self._flights.pop((model, key), None)
+        # Big invalidations (a sweep) get more time: redis-py spends ~20 us on each command.
+        limit = self._timeout + len(unique) * _PER_KEY
+        try:
+            await self._call("invalidate", lambda: self._forget(model, unique), limit)
+        except _Unavailable:
+            self._dirty += 1  # the next cache call sets a new epoch before anything else
+            return
+        self._counts["invalidations"] += len(unique)
+
+    # -- one load, shared ----------------------------------------------------------------------
+
+    def _detach(self, flight_key: tuple[type[BaseModel], str], flight: _Flight) -> None:
+        if self._flights.get(flight_key) is flight:
+            del self._flights[flight_key]
+
+    async def _fill(
+        self, model: type[BaseModel], key: str, load: Callable[[], Awaitable[BaseModel | None]],
+        id_field: str,
+    ) -> tuple[BaseModel | None, bool]:  # fmt: skip
+        """The flight's body: read Redis, else load and store. Returns (value, from Redis)."""
+        flight_key = (model, key)
+        try:
+            return await self._read_or_load(model, key, load, id_field)
+        finally:
+            # Leave before finishing, so nobody joins a finished flight and shares its object.
+            current = self._flights.get(flight_key)
+            if current is not None and current.task is asyncio.current_task():
+                del self._flights[flight_key]
+
+    async def _read_or_load(
+        self, model: type[BaseModel], key: str, load: Callable[[], Awaitable[BaseModel | None]],
+        id_field: str,
+    ) -> tuple[BaseModel | None, bool]:  # fmt: skip
+        keys = _keys(self._namespace, model, key)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            epoch, gen, raw = await self._call("read", lambda: self._read(keys), self._timeout)
+        except _Unavailable:
+            return await self._load(load), False
+        spent = loop.time() - began
+        if raw is not None:
+            found, problem = self._decode(raw, model, key, id_field, epoch)
+            if found is not None:
+                return found, True
+            self._counts["discarded"] += 1
+            logger.debug("cache %r: dropping %s %s: %s", self._namespace, model.__name__, key,
+                         problem)  # fmt: skip
+        value = await self._load(load)
+        budget = self._timeout - spent  # one time limit for all of this fetch's Redis calls
+        if self._dirty or budget <= 0:
+            return value, False  # a new epoch must come first; the next fetch sets it
+        try:
+            if value is None or getattr(value, id_field) != key:
+                if raw is not None:  # the dropped value must not stay
+                    await self._call("remove", lambda: self._client.delete(keys.value), budget)
+            else:
+                payload = self._encode(value, epoch)
+                stored = await self._call("store", lambda: self._store(keys, gen, payload), budget)
+                if not stored:
+                    self._counts["stale_sets_rejected"] += 1
+                    logger.debug("cache %r: %s %s changed while loading; not stored",
+                                 self._namespace, model.__name__, key)  # fmt: skip
+        except _Unavailable:
+            pass
+        return value, False
+
+    async def _load(self, load: Callable[[], Awaitable[BaseModel | None]]) -> BaseModel | None:
+        self._counts["loads"] += 1
+        return await load()
+
+    # -- Redis operations ----------------------------------------------------------------------
+
+    async def _call(self, what: str, operation: Callable[[], Awaitable[T]], budget: float) -> T:
+        """Run one Redis operation within ``budget`` seconds, through the circuit breaker.
+
+        Raises:
+            _Unavailable: the circuit is open, or Redis failed or ran out of time.
+        """
+        permit = self._circuit.allow()
+        if permit is None:
+            self._counts["circuit_open"] += 1
+            raise _Unavailable
+        try:
+            async with asyncio.timeout(budget):  # wraps redis-py's retries and reconnects too
+                result = await operation()
+        except _REDIS_ERRORS as exc:
+            self._failed(permit, what, exc)
+            raise _Unavailable from exc
+        except BaseException:  # cancelled, or a bug: no verdict on Redis
+            self._circuit.record(permit, None)
+            raise
+        if self._circuit.record(permit, True) == "closed":
+            logger.info("cache %r: Redis answers again; the circuit is closed", self._namespace)
+        return result
+
+    def _failed(self, permit: Permit, what: str, exc: BaseException) -> None:
+        self._counts["errors"] += 1
+        self._circuit.record(permit, False)
+        now = self._monotonic()
+        level = logging.DEBUG
+        if now >= self._quiet_until:  # one warning per cooldown while Redis is down
+            self._quiet_until = now + self._cooldown
+            level = logging.WARNING
+        circuit = ""
+        if self._circuit.state != "closed":
+            circuit = f"; the circuit is open: Redis is skipped for {self._cooldown:g} s"
+        logger.log(level, "cache %r: Redis %s failed (%s)%s", self._namespace, what,
+                   _describe(exc), circuit)  # fmt: skip
+
+    async def _read(self, keys: _Keys) -> tuple[bytes, bytes, bytes | None]:
+        """Epoch, generation and value in one round trip (the epoch may live on another node)."""
+        covered = self._dirty
+        pipe = self._client.pipeline(transaction=False)
+        if covered:  # invalidations were lost: a new epoch before anything is served
+            pipe.set(self._epoch_key, secrets.token_hex(8))
+        for name in (self._epoch_key, keys.gen, keys.value):
+            pipe.execute_command("GET", name, **_RAW)
+        *_, epoch, gen, raw = await pipe.execute()
+        if covered:
+            self._epoch_set(covered)
+        if epoch is None:  # first use, or Redis lost it: values of any older epoch are misses
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(self._epoch_key, secrets.token_hex(8), nx=True)
+            pipe.execute_command("GET", self._epoch_key, **_RAW)
+            _, epoch = await pipe.execute()
+            if epoch is None:
+                raise RedisError(f"{self._epoch_key} vanished right after it was set")
+        return epoch, gen or b"", raw
+
+    async def _forget(self, model: type[BaseModel], keys: list[str]) -> None:
+        covered = self._dirty
+        pipe = self._client.pipeline(transaction=False)
+        if covered:  # earlier invalidations were lost: a new epoch, in the same round trip
+            pipe.set(self._epoch_key, secrets.token_hex(8))
+        for key in keys:
+            gen_key, value_key = _keys(self._namespace, model, key)
+            # A fresh random generation (no counter to wrap or to come back to an old value),
+            # kept twice the ttl so it outlives the value and any load in flight; then the
+            # delete: a reader that finds no value has already read the new generation.
+            pipe.set(gen_key, secrets.token_hex(8), px=2 * self._ttl_ms)
+            pipe.delete(value_key)
+        await pipe.execute()
+        if covered:
+            self._epoch_set(covered)
+
+    async def _store(self, keys: _Keys, gen: bytes, payload: bytes) -> bool:
+        stored = await self._store_script(keys=[keys.gen, keys.value],
+                                          args=[gen, payload, self._ttl_ms])  # fmt: skip
+        return bool(stored)
+
+    def _epoch_set(self, covered: int) -> None:
+        self._dirty -= covered  # invalidations lost meanwhile stay counted
+        self._counts["epoch_bumps"] += 1
+        logger.info(
+            "cache %r: new epoch after %d invalidation(s) that did not reach Redis; "
+            "every value cached before is now a miss",
+            self._namespace,
+            covered,
+        )
+
+    # -- values --------------------------------------------------------------------------------
+
+    def _fingerprint(self, model: type[BaseModel]) -> bytes:
+        found = self._fingerprints.get(model)
+        if found is None:
+            found = self._fingerprints[model] = _schema_fingerprint(model)
+        return found
+
+    def _encode(self, value: BaseModel, epoch: bytes) -> bytes:
+        header = b" ".join((_FORMAT, epoch, self._fingerprint(type(value))))
+        return header + b"\n" + value.model_dump_json(by_alias=True, round_trip=True).encode()
+
+    def _decode(
+        self, raw: bytes, model: type[BaseModel], key: str, id_field: str, epoch: bytes
+    ) -> tuple[BaseModel | None, str]:
+        """The value, or ``None`` and why it is unusable."""
+        header, newline, body = raw.partition(b"\n")
+        fields = header.split(b" ")
+        if not newline or len(fields) != 3 or fields[0] != _FORMAT:
+            return None, "not a value of this format"
+        if fields[1] != epoch:
+            return None, "stored before the current epoch"
+        if fields[2] != self._fingerprint(model):
+            return None, "stored with another schema of the model"
+        try:
+            value = model.model_validate_json(body)
+        except ValueError as exc:  # pydantic's ValidationError is one
+            return None, f"corrupt ({_describe(exc).splitlines()[0]})"
+        if getattr(value, id_field) != key:
+            return None, f"its {id_field} is not the key"
+        return value, ""
