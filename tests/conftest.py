@@ -16,13 +16,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio import RedisCluster as AsyncRedisCluster
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from redis.asyncio import Redis
-from redis.asyncio import RedisCluster as AsyncRedisCluster
-
-from agent_sessions import SessionRepository, create_engine, migrations
+from agent_sessions import RedisCache, SessionRepository, create_engine, migrations
 from agent_sessions.tables import checkpoints_table, sessions_table
 from tests.servers import PostgresServer, RedisCluster, RedisServer, ServerUnavailable
 
@@ -128,7 +127,7 @@ async def _dispose_engines() -> AsyncIterator[None]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def db(request: pytest.FixtureRequest, _dispose_engines: None) -> AsyncIterator[Backend]:
+async def db(request: pytest.FixtureRequest, _dispose_engines: None) -> Backend:
     """An empty, migrated database on each backend."""
     if request.param == "sqlite":
         url = request.getfixturevalue("sqlite_url")
@@ -138,7 +137,7 @@ async def db(request: pytest.FixtureRequest, _dispose_engines: None) -> AsyncIte
     async with backend.engine.begin() as conn:
         await conn.execute(delete(checkpoints_table))
         await conn.execute(delete(sessions_table))
-    yield backend
+    return backend
 
 
 @pytest.fixture
@@ -162,32 +161,23 @@ def namespace() -> str:
 @pytest.fixture(params=["nocache", "redis"])
 async def repo(
     request: pytest.FixtureRequest, db: Backend, clock: FakeClock, namespace: str
-) -> SessionRepository:
+) -> AsyncIterator[SessionRepository]:
     """The repository under test, on each backend, without and with the Redis cache."""
     if request.param == "nocache":
-        return SessionRepository(db.factory, clock=clock)
-    from agent_sessions import RedisCache  # type: ignore[attr-defined,unused-ignore]
-
-    client: Redis = request.getfixturevalue("redis_client")
-    return SessionRepository(db.factory, clock=clock, cache=RedisCache(client, namespace=namespace))
+        yield SessionRepository(db.factory, clock=clock)
+        return
+    client = Redis.from_url(request.getfixturevalue("redis_url"))
+    try:
+        yield SessionRepository(
+            db.factory, clock=clock, cache=RedisCache(client, namespace=namespace)
+        )
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
 def user() -> str:
     return f"user-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(autouse=True)
-def _redis_client_before_repo(request: pytest.FixtureRequest) -> None:
-    """Set up ``redis_client`` ahead of a ``repo[redis]``, from sync code.
-
-    ``repo`` asks for it with ``getfixturevalue`` while its own (async) setup runs, and
-    pytest-asyncio cannot start an async fixture from inside a running loop; once set up here,
-    that call just returns it. Remove when ``repo`` depends on ``redis_url`` directly.
-    """
-    callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and callspec.params.get("repo") == "redis":
-        request.getfixturevalue("redis_client")
 
 
 @pytest.fixture(scope="session")

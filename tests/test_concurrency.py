@@ -125,6 +125,8 @@ async def failing_checkpoint_insert(db: Backend) -> AsyncIterator[None]:
     """A trigger that makes the database refuse checkpoints named 'boom'."""
     async with db.engine.begin() as conn:
         if db.name == "sqlite":
+            # A pooled SQLite connection may still have the dropped trigger in its schema cache.
+            await conn.execute(text("DROP TRIGGER IF EXISTS boom"))
             await conn.execute(text(
                 "CREATE TRIGGER boom BEFORE INSERT ON agent_sessions_checkpoints "
                 "WHEN NEW.name = 'boom' BEGIN SELECT RAISE(ABORT, 'boom refused'); END"
