@@ -17,6 +17,9 @@ from datetime import datetime
 from agent_sessions.errors import SessionValidationError
 
 Filters = tuple[str | None, str | None, str | None]
+# A real cursor is about 130 characters; anything much longer is not one of ours, and must not
+# reach json.loads (a deeply nested value there raises RecursionError).
+MAX_CURSOR_LENGTH = 512
 
 
 def _fingerprint(filters: Filters) -> str:
@@ -36,6 +39,8 @@ def decode(cursor: str, filters: Filters) -> tuple[datetime, uuid.UUID]:
         SessionValidationError: the cursor is malformed, tampered with, or made for other filters.
     """
     try:
+        if not isinstance(cursor, str) or len(cursor) > MAX_CURSOR_LENGTH:
+            raise ValueError("not a cursor")
         padded = cursor + "=" * (-len(cursor) % 4)
         created, last_id, fingerprint = json.loads(base64.urlsafe_b64decode(padded.encode()))
         when = datetime.fromisoformat(created)

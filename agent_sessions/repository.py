@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agent_sessions import _cursor, _invalidation, migrations
 from agent_sessions._errors import storage_errors
-from agent_sessions._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size
+from agent_sessions._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size, check_text
 from agent_sessions.errors import (
     ConcurrentUpdateError,
     InvalidStateTransitionError,
@@ -56,6 +56,7 @@ _DELETED = SessionState.DELETED.value
 _LIVE_STATES = (SessionState.ACTIVE.value, SessionState.PAUSED.value)
 MAX_PAGE_SIZE = 1000
 MAX_BATCH_SIZE = 50_000
+MAX_INT = 2**31 - 1  # version and seq are INTEGER columns: 32 bits on PostgreSQL
 
 
 def _parse_id(session_id: object) -> uuid.UUID | None:
@@ -75,6 +76,20 @@ def _check_limit(limit: int, what: str = "limit", maximum: int = MAX_PAGE_SIZE) 
             f"{what} must be an integer from 1 to {maximum}, got {limit!r}"
         )
     return limit
+
+
+def _check_filter(value: object, what: str) -> None:
+    # A filter value no stored one can equal (NUL, lone surrogate, not a string) would reach
+    # PostgreSQL as a driver error and SQLite as a raw exception or an empty answer: refuse it
+    # the same way on both, before the database is asked.
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise SessionValidationError(f"{what} must be a string, got {type(value).__name__}")
+    try:
+        check_text(value, what)
+    except ValueError as exc:
+        raise SessionValidationError(str(exc)) from None
 
 
 def _checkpoint_from_row(row: Any) -> SessionCheckpoint:
@@ -283,7 +298,12 @@ class SessionRepository:
 
         ``None`` for an unknown, malformed or deleted id, and, with ``user_id``, for a session
         of another user. The cost does not grow with the length of the history.
+
+        Raises:
+            SessionValidationError: a ``user_id`` that is not a string, or holds NUL or a lone
+                surrogate.
         """
+        _check_filter(user_id, "user_id")
         sid = _parse_id(session_id)
         if sid is None:
             return None
@@ -336,10 +356,12 @@ class SessionRepository:
         sessions carry ``checkpoint_count`` but no checkpoints (use ``get_session``).
 
         Raises:
-            SessionValidationError: a bad ``limit``, ``state`` or ``cursor`` (including a
-                cursor made for other filters).
+            SessionValidationError: a bad ``limit``, ``state``, ``cursor`` (including a
+                cursor made for other filters), or text filter (not a string, NUL, surrogate).
         """
         _check_limit(limit)
+        _check_filter(agent_type, "agent_type")
+        _check_filter(user_id, "user_id")
         try:
             wanted = None if state is None else SessionState(state)
         except ValueError:
@@ -378,11 +400,18 @@ class SessionRepository:
 
         Raises:
             SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
-            SessionValidationError: a bad ``limit`` or ``after_seq``.
+            SessionValidationError: a bad ``limit``, ``after_seq`` or ``user_id``.
         """
         _check_limit(limit)
-        if after_seq is not None and (not isinstance(after_seq, int) or after_seq < 0):
-            raise SessionValidationError(f"after_seq must be an integer >= 0, got {after_seq!r}")
+        _check_filter(user_id, "user_id")
+        if after_seq is not None and (
+            isinstance(after_seq, bool)
+            or not isinstance(after_seq, int)
+            or not 0 <= after_seq <= MAX_INT
+        ):
+            raise SessionValidationError(
+                f"after_seq must be an integer from 0 to {MAX_INT}, got {after_seq!r}"
+            )
         sid = _parse_id(session_id)
         if sid is None:
             raise SessionNotFoundError(str(session_id))
@@ -417,11 +446,18 @@ class SessionRepository:
                 worker, or the stale sweep); nothing was written.
             InvalidStateTransitionError: the stored state cannot move to ``session.state``.
             SessionNotFoundError: the session does not exist or was deleted.
-            SessionValidationError: bad context, metadata or checkpoint; nothing was written.
+            SessionValidationError: bad context, metadata or checkpoint, or a ``version`` no
+                stored session can have; nothing was written.
         """
         sid = _parse_id(session.session_id)
         if sid is None:
             raise SessionNotFoundError(str(session.session_id))
+        version = session.version
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_INT:
+            raise SessionValidationError(
+                f"invalid session: version must be an integer from 1 to {MAX_INT}, got "
+                f"{version!r}; pass the session as get_session() returned it"
+            )
         target, pending = self._validated_changes(session)
         now = self._clock()
         stmt = (
@@ -515,7 +551,12 @@ class SessionRepository:
 
         Returns:
             ``False`` when the id is unknown, malformed, foreign or already deleted.
+
+        Raises:
+            SessionValidationError: a ``user_id`` that is not a string, or holds NUL or a lone
+                surrogate.
         """
+        _check_filter(user_id, "user_id")
         sid = _parse_id(session_id)
         if sid is None:
             return False
@@ -572,8 +613,9 @@ class SessionRepository:
 
         Raises:
             SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
-            SessionValidationError: bad name or data; nothing written.
+            SessionValidationError: bad name, data or ``user_id``; nothing written.
         """
+        _check_filter(user_id, "user_id")
         try:
             cp = SessionCheckpoint(
                 name=name, data={} if data is None else data, timestamp=self._clock()
