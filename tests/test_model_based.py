@@ -1,0 +1,581 @@
+"""Model-based test: hypothesis drives the repository and a plain in-memory model side by side.
+
+Every rule calls the repository and works out, from the model alone, what the call must return or
+raise; after every step the whole database (both tables, read directly) must equal the model. It
+runs on SQLite and PostgreSQL, each without and with the Redis cache, so a stale cached read shows
+up as a disagreement with the model.
+
+Hypothesis' state machines are synchronous and the test loop is session-scoped, so each example
+owns an ``asyncio.Runner`` and builds its own engine (and Redis client) inside it, and the whole
+``run_state_machine_as_test`` runs in a worker thread. Examples are derandomized: the same steps
+on every run. ``pytest -s`` prints how many examples and steps ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, TypeVar
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+from redis.asyncio import Redis
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from agent_sessions import (
+    AgentSession,
+    ConcurrentUpdateError,
+    InvalidStateTransitionError,
+    RedisCache,
+    SessionNotFoundError,
+    SessionRepository,
+    SessionState,
+    create_engine,
+)
+from agent_sessions.tables import checkpoints_table, sessions_table
+from tests.conftest import Backend, FakeClock
+
+T = TypeVar("T")
+
+RECENT = 3  # small, so get_session's "newest N checkpoints" window is exercised
+MAX_EXAMPLES = 30
+STEPS = 30
+ACTIVE, PAUSED, COMPLETED, FAILED, DELETED = (
+    SessionState.ACTIVE,
+    SessionState.PAUSED,
+    SessionState.COMPLETED,
+    SessionState.FAILED,
+    SessionState.DELETED,
+)
+# The rules, written out independently of agent_sessions.models: where a write may take a
+# session. Staying in the same state is always allowed; DELETED is reached by delete_session only.
+MOVES: dict[SessionState, set[SessionState]] = {
+    ACTIVE: {PAUSED, COMPLETED, FAILED},
+    PAUSED: {ACTIVE, COMPLETED, FAILED},
+    COMPLETED: set(),
+    FAILED: set(),
+    DELETED: set(),
+}
+USERS = ["alice", "bob", ""]
+AGENTS = ["planner", "coder"]
+
+text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=6)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=6,
+)
+json_objects = st.dictionaries(text, json_values, max_size=3)
+checkpoint_names = st.sampled_from(["tool_called", "tool_done", "note", "step-\u00e9t\u00e9"])
+changes = st.none() | st.tuples(text, json_values)
+new_checkpoints = st.lists(st.tuples(checkpoint_names, json_objects), max_size=3)
+actions = st.sampled_from(
+    ["stay", "stay", "pause", "resume", "complete", "fail"]
+    + [f"force:{state.value}" for state in (ACTIVE, PAUSED, COMPLETED, FAILED)]
+)
+
+
+def moves_to(current: SessionState, target: SessionState) -> bool:
+    return target == current or target in MOVES[current]
+
+
+@dataclass
+class ModelSession:
+    """What the database must hold for one session."""
+
+    session_id: str
+    agent_type: str
+    user_id: str
+    state: SessionState
+    context: dict[str, Any]
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    last_heartbeat: datetime
+    version: int = 1
+    history: list[tuple[int, str, dict[str, Any], datetime]] = field(default_factory=list)
+
+    def visible_to(self, user_id: str | None) -> bool:
+        return self.state is not DELETED and user_id in (None, self.user_id)
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.agent_type, self.user_id, self.state.value, self.context, self.metadata,
+            len(self.history), self.version, self.created_at, self.updated_at, self.last_heartbeat,
+        )  # fmt: skip
+
+    def append(self, name: str, data: dict[str, Any], when: datetime) -> int:
+        seq = len(self.history) + 1
+        self.history.append((seq, name, copy.deepcopy(data), when))
+        return seq
+
+
+def view(session: AgentSession) -> tuple[Any, ...]:
+    """The fields of a returned session that the model predicts, in ``ModelSession.row`` order."""
+    return (
+        session.agent_type, session.user_id, SessionState(session.state).value, session.context,
+        session.metadata, session.checkpoint_count, session.version, session.created_at,
+        session.updated_at, session.last_heartbeat,
+    )  # fmt: skip
+
+
+def checkpoint_view(session: AgentSession) -> list[tuple[Any, ...]]:
+    return [(cp.seq, cp.name, cp.data, cp.timestamp) for cp in session.checkpoints]
+
+
+class RepositoryMachine(RuleBasedStateMachine):
+    """One example: a fresh database, a fresh cache namespace, and the model."""
+
+    url: ClassVar[str]
+    redis_url: ClassVar[str | None]
+    counts: ClassVar[Counter[str]]
+
+    sessions = Bundle("sessions")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runner = asyncio.Runner()
+        self.clock = FakeClock()
+        self.model: dict[str, ModelSession] = {}
+        # Every copy of each session handed out so far, oldest first: updates write back
+        # the newest (usually fresh) or an older (stale) one.
+        self.held: dict[str, list[AgentSession]] = {}
+        self.engine = create_engine(self.url)
+        self.redis: Redis | None = None
+        self.cache: RedisCache | None = None
+        if self.redis_url is not None:
+            self.redis = Redis.from_url(self.redis_url)
+            self.cache = RedisCache(self.redis, namespace=f"model-{uuid.uuid4().hex[:12]}")
+        self.repo = SessionRepository(
+            async_sessionmaker(self.engine, expire_on_commit=False),
+            recent_checkpoints=RECENT,
+            cache=self.cache,
+            clock=self.clock,
+        )
+        self.run(self._truncate())
+        self.counts["examples"] += 1
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        async def wrapped() -> T:
+            return await awaitable
+
+        return self.runner.run(wrapped())
+
+    def outcome(self, call: Callable[[], Awaitable[T]]) -> T | Exception:
+        try:
+            return self.run(call())
+        except Exception as exc:  # compared with the model's expectation by the caller
+            return exc
+
+    def hold(self, session: AgentSession) -> None:
+        self.held.setdefault(session.session_id, []).append(session.model_copy(deep=True))
+
+    def step(self, name: str) -> None:
+        self.counts["steps"] += 1
+        self.counts[name] += 1
+
+    async def _truncate(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(checkpoints_table))
+            await conn.execute(delete(sessions_table))
+
+    def teardown(self) -> None:
+        if self.cache is not None:
+            stats = self.cache.stats
+            self.counts["cache hits"] += stats.hits
+            self.counts["cache misses"] += stats.misses
+            self.counts["cache errors (timeouts under load)"] += stats.errors
+        try:
+            self.run(self.engine.dispose())
+            if self.redis is not None:
+                self.run(self.redis.aclose())
+        finally:
+            self.runner.close()
+
+    # -- rules ----------------------------------------------------------------------------
+
+    @initialize(target=sessions)
+    def first_session(self) -> str:
+        return self._create("planner", "alice", {"step": 0}, {})
+
+    @rule(
+        target=sessions,
+        agent_type=st.sampled_from(AGENTS),
+        user_id=st.sampled_from(USERS),
+        context=json_objects,
+        metadata=json_objects,
+    )
+    def create(
+        self, agent_type: str, user_id: str, context: dict[str, Any], metadata: dict[str, Any]
+    ) -> str:
+        return self._create(agent_type, user_id, context, metadata)
+
+    def _create(
+        self, agent_type: str, user_id: str, context: dict[str, Any], metadata: dict[str, Any]
+    ) -> str:
+        self.step("create")
+        created = self.run(self.repo.create_session(agent_type, user_id, context, metadata))
+        now = self.clock.now
+        model = ModelSession(
+            created.session_id, agent_type, user_id, ACTIVE, copy.deepcopy(context),
+            copy.deepcopy(metadata), now, now, now,
+        )  # fmt: skip
+        model.append("session_created", {"agent_type": agent_type, "user_id": user_id}, now)
+        self.model[created.session_id] = model
+        assert view(created) == model.row()
+        assert checkpoint_view(created) == model.history
+        self.hold(created)
+        return created.session_id
+
+    @rule(
+        session_id=st.one_of(sessions, st.uuids().map(str)),
+        as_user=st.sampled_from([None, *USERS]),
+    )
+    def get(self, session_id: str, as_user: str | None) -> None:
+        self.step("get")
+        model = self.model.get(session_id)
+        for _ in range(2):  # the second read is usually answered by the cache, when there is one
+            got = self.run(self.repo.get_session(session_id, user_id=as_user))
+            if model is None or not model.visible_to(as_user):
+                assert got is None, f"got {got!r}, expected nothing"
+                continue
+            assert got is not None, "a visible session was not found"
+            assert view(got) == model.row()
+            assert checkpoint_view(got) == model.history[-RECENT:]
+            self.hold(got)
+
+    def _update(
+        self,
+        held: AgentSession,
+        context_change: tuple[str, Any] | None,
+        metadata_change: dict[str, Any] | None,
+        new_checkpoints: list[tuple[str, dict[str, Any]]],
+        action: str,
+    ) -> None:
+        work = held.model_copy(deep=True)  # the held copy stays as it was read
+        if context_change is not None:
+            work.context[context_change[0]] = context_change[1]
+        if metadata_change is not None:
+            work.metadata = metadata_change
+        for name, data in new_checkpoints:
+            work.checkpoint(name, data)
+        before = work.state
+        if action.startswith("force:"):
+            work.state = SessionState(action.removeprefix("force:"))
+        elif action != "stay":
+            wanted = {"pause": PAUSED, "resume": ACTIVE, "complete": COMPLETED, "fail": FAILED}
+            try:
+                if action == "fail":
+                    work.fail("gave up")
+                else:
+                    getattr(work, action)()
+            except InvalidStateTransitionError:
+                assert wanted[action] not in MOVES[before]
+                self.counts["update: refused in memory"] += 1
+                return
+            assert wanted[action] in MOVES[before]
+        target = SessionState(work.state)
+        pending = work.pending_checkpoints
+
+        result = self.outcome(lambda: self.repo.update_session(work))
+        stored = self.model[work.session_id]
+        if stored.state is DELETED:
+            assert isinstance(result, SessionNotFoundError), result
+            self.counts["update: not found"] += 1
+            return
+        if stored.version != work.version:
+            assert isinstance(result, ConcurrentUpdateError), result
+            assert (result.expected_version, result.actual_version) == (
+                work.version,
+                stored.version,
+            )
+            self.counts["update: conflict"] += 1
+            return
+        if not moves_to(stored.state, target):
+            assert isinstance(result, InvalidStateTransitionError), result
+            assert (result.current, result.target) == (stored.state.value, target.value)
+            self.counts["update: invalid transition"] += 1
+            return
+        assert isinstance(result, AgentSession), result
+        self.counts["update: ok"] += 1
+        now = self.clock.now
+        stored.context = copy.deepcopy(work.context)
+        stored.metadata = copy.deepcopy(work.metadata)
+        stored.state = target
+        stored.version += 1
+        stored.updated_at = stored.last_heartbeat = now
+        for cp in pending:
+            stored.append(cp.name, cp.data, cp.timestamp)
+        assert view(result) == stored.row()
+        kept = [c for c in checkpoint_view(work) if c[0] is not None]
+        kept += stored.history[len(stored.history) - len(pending) :]
+        assert checkpoint_view(result) == kept[-RECENT:]
+        self.hold(result)
+
+    @rule(
+        session_id=sessions,
+        context_change=changes,
+        metadata_change=st.none() | json_objects,
+        new_checkpoints=new_checkpoints,
+        action=actions,
+    )
+    def update_fresh_copy(
+        self,
+        session_id: str,
+        context_change: tuple[str, Any] | None,
+        metadata_change: dict[str, Any] | None,
+        new_checkpoints: list[tuple[str, dict[str, Any]]],
+        action: str,
+    ) -> None:
+        """Read the session as its owner, change it and write it back."""
+        self.step("update (fresh copy)")
+        model = self.model[session_id]
+        fresh = self.run(self.repo.get_session(session_id, user_id=model.user_id))
+        assert (fresh is None) is (model.state is DELETED)
+        held = fresh if fresh is not None else self.held[session_id][-1]
+        self._update(held, context_change, metadata_change, new_checkpoints, action)
+
+    @rule(
+        session_id=sessions,
+        pick=st.integers(0, 1000),
+        context_change=changes,
+        metadata_change=st.none() | json_objects,
+        new_checkpoints=new_checkpoints,
+        action=actions,
+    )
+    def update_held_copy(
+        self,
+        session_id: str,
+        pick: int,
+        context_change: tuple[str, Any] | None,
+        metadata_change: dict[str, Any] | None,
+        new_checkpoints: list[tuple[str, dict[str, Any]]],
+        action: str,
+    ) -> None:
+        """Write back any copy read earlier: the newest one, or a stale one."""
+        self.step("update (held copy)")
+        copies = self.held[session_id]
+        held = copies[-1 - pick % len(copies)]
+        self._update(held, context_change, metadata_change, new_checkpoints, action)
+
+    @rule(
+        session_id=st.one_of(sessions, st.uuids().map(str)),
+        name=checkpoint_names,
+        data=json_objects,
+        as_user=st.sampled_from([None, *USERS]),
+    )
+    def add_checkpoint(
+        self, session_id: str, name: str, data: dict[str, Any], as_user: str | None
+    ) -> None:
+        self.step("add_checkpoint")
+        result = self.outcome(
+            lambda: self.repo.add_checkpoint(session_id, name, data, user_id=as_user)
+        )
+        model = self.model.get(session_id)
+        if model is None or not model.visible_to(as_user):
+            assert isinstance(result, SessionNotFoundError), result
+            return
+        assert not isinstance(result, Exception), result
+        now = self.clock.now
+        seq = model.append(name, data, now)
+        model.version += 1
+        model.updated_at = now
+        assert (result.seq, result.name, result.data, result.timestamp) == (seq, name, data, now)
+
+    @rule(session_id=st.one_of(sessions, st.uuids().map(str)))
+    def heartbeat(self, session_id: str) -> None:
+        self.step("heartbeat")
+        alive = self.run(self.repo.heartbeat(session_id))
+        model = self.model.get(session_id)
+        expected = model is not None and model.state in (ACTIVE, PAUSED)
+        assert alive is expected
+        if model is not None and expected:
+            model.last_heartbeat = self.clock.now
+
+    @rule(
+        session_id=st.one_of(sessions, st.uuids().map(str)),
+        as_user=st.sampled_from([None, *USERS]),
+    )
+    def delete(self, session_id: str, as_user: str | None) -> None:
+        self.step("delete")
+        deleted = self.run(self.repo.delete_session(session_id, user_id=as_user))
+        model = self.model.get(session_id)
+        expected = model is not None and model.visible_to(as_user)
+        assert deleted is expected
+        if model is not None and expected:
+            model.state = DELETED
+            model.version += 1
+            model.updated_at = self.clock.now
+
+    @rule(minutes=st.integers(0, 90))
+    def tick(self, minutes: int) -> None:
+        self.step("tick")
+        self.clock.advance(minutes=minutes)
+
+    @rule(
+        advance=st.integers(0, 90),
+        max_age=st.sampled_from([0, 10, 60]),
+        batch_size=st.sampled_from([1, 2, 2000]),
+    )
+    def sweep(self, advance: int, max_age: int, batch_size: int) -> None:
+        self.step("sweep")
+        self.clock.advance(minutes=advance)
+        failed = self.run(
+            self.repo.cleanup_stale_sessions(timedelta(minutes=max_age), batch_size=batch_size)
+        )
+        now = self.clock.now
+        cutoff = now - timedelta(minutes=max_age)
+        stale = [m for m in self.model.values() if m.state is ACTIVE and m.last_heartbeat < cutoff]
+        assert failed == len(stale)
+        for model in stale:
+            model.state = FAILED
+            model.context["failure_reason"] = "heartbeat_timeout"
+            model.version += 1
+            model.updated_at = now
+        self.counts["sessions swept"] += failed
+
+    @rule(
+        agent_type=st.sampled_from([None, *AGENTS]),
+        user_id=st.sampled_from([None, *USERS]),
+        state=st.sampled_from([None, *SessionState]),
+        limit=st.integers(1, 4),
+    )
+    def list_sessions(
+        self,
+        agent_type: str | None,
+        user_id: str | None,
+        state: SessionState | None,
+        limit: int,
+    ) -> None:
+        self.step("list_sessions")
+        listed: list[AgentSession] = []
+        cursor: str | None = None
+        while True:
+            page = self.run(
+                self.repo.list_sessions(
+                    agent_type=agent_type, user_id=user_id, state=state, limit=limit, cursor=cursor
+                )
+            )
+            assert len(page.items) <= limit
+            listed += page.items
+            if page.next_cursor is None:
+                break
+            assert len(page.items) == limit
+            cursor = page.next_cursor
+        wanted = [
+            m
+            for m in self.model.values()
+            if agent_type in (None, m.agent_type)
+            and user_id in (None, m.user_id)
+            and (m.state is not DELETED if state is None else m.state is state)
+        ]
+        wanted.sort(key=lambda m: (m.created_at, uuid.UUID(m.session_id)), reverse=True)
+        assert [s.session_id for s in listed] == [m.session_id for m in wanted]
+        for got, model in zip(listed, wanted, strict=True):
+            assert view(got) == model.row()
+            assert got.checkpoints == []
+            self.hold(got)
+
+    @rule(
+        session_id=st.one_of(sessions, st.uuids().map(str)),
+        as_user=st.sampled_from([None, *USERS]),
+        after_seq=st.none() | st.integers(0, 8),
+        limit=st.integers(1, 3),
+    )
+    def list_checkpoints(
+        self, session_id: str, as_user: str | None, after_seq: int | None, limit: int
+    ) -> None:
+        self.step("list_checkpoints")
+        model = self.model.get(session_id)
+        if model is None or not model.visible_to(as_user):
+            result = self.outcome(
+                lambda: self.repo.list_checkpoints(session_id, after_seq=after_seq, user_id=as_user)
+            )
+            assert isinstance(result, SessionNotFoundError), result
+            return
+        seen: list[tuple[Any, ...]] = []
+        position = after_seq
+        while True:
+            batch = self.run(
+                self.repo.list_checkpoints(
+                    session_id, after_seq=position, limit=limit, user_id=as_user
+                )
+            )
+            seen += [(cp.seq, cp.name, cp.data, cp.timestamp) for cp in batch]
+            if len(batch) < limit:
+                break
+            position = batch[-1].seq
+        assert seen == [h for h in model.history if h[0] > (after_seq or 0)]
+
+    # -- the database as a whole ----------------------------------------------------------
+
+    @invariant()
+    def database_equals_model(self) -> None:
+        rows, cps = self.run(self._read_database())
+        assert rows == {sid: m.row() for sid, m in self.model.items()}
+        assert cps == {(sid, h[0]): h[1:] for sid, m in self.model.items() for h in m.history}
+
+    async def _read_database(
+        self,
+    ) -> tuple[dict[str, tuple[Any, ...]], dict[tuple[str, int], tuple[Any, ...]]]:
+        s, c = sessions_table.c, checkpoints_table.c
+        columns = (s.agent_type, s.user_id, s.state, s.context, s.metadata, s.checkpoint_count,
+                   s.version, s.created_at, s.updated_at, s.last_heartbeat)  # fmt: skip
+        async with self.engine.connect() as conn:
+            session_rows = (await conn.execute(select(s.id, *columns))).all()
+            checkpoint_rows = (
+                await conn.execute(select(c.session_id, c.seq, c.name, c.data, c.created_at))
+            ).all()
+        rows = {str(r[0]): tuple(r[1:]) for r in session_rows}
+        cps = {(str(r[0]), r[1]): tuple(r[2:]) for r in checkpoint_rows}
+        return rows, cps
+
+
+def _run_machine(url: str, redis_url: str | None, counts: Counter[str]) -> None:
+    machine = type(
+        "RepositoryMachineUnderTest",
+        (RepositoryMachine,),
+        {"url": url, "redis_url": redis_url, "counts": counts},
+    )
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=MAX_EXAMPLES,
+            stateful_step_count=STEPS,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        ),
+    )
+
+
+@pytest.mark.parametrize("cache", ["nocache", "redis"])
+async def test_repository_agrees_with_in_memory_model_step_by_step(
+    db: Backend, cache: str, request: pytest.FixtureRequest
+) -> None:
+    url = db.engine.url.render_as_string(hide_password=False)
+    redis_url: str | None = request.getfixturevalue("redis_url") if cache == "redis" else None
+    counts: Counter[str] = Counter()
+    await asyncio.to_thread(_run_machine, url, redis_url, counts)
+    print(f"\nmodel-based [{db.name}+{cache}]: {dict(sorted(counts.items()))}")
+    assert counts["examples"] >= MAX_EXAMPLES
+    # The interesting outcomes were reached, so agreement with the model means something.
+    reached = ["update: ok", "update: conflict", "update: not found", "sessions swept"]
+    for outcome in reached + (["cache hits"] if cache == "redis" else []):
+        assert counts[outcome] > 0, f"no example reached {outcome!r}: {counts}"
