@@ -1,0 +1,423 @@
+"""The commands of ``agent-sessions``: each takes the parsed arguments and returns an exit code.
+
+The parser and the entry point are in :mod:`agent_sessions.cli`; text and JSON rendering in
+:mod:`agent_sessions._cli_format`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from alembic.script import ScriptDirectory
+from redis.asyncio import Redis
+from sqlalchemy import ColumnElement, Connection, and_, func, select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from agent_sessions import _cli_format as fmt
+from agent_sessions import _cli_redis, migrations
+from agent_sessions._errors import storage_errors
+from agent_sessions.engine import DEFAULT_URL, create_engine
+from agent_sessions.errors import SessionNotFoundError
+from agent_sessions.models import SessionState
+from agent_sessions.redis_cache import RedisCache
+from agent_sessions.repository import SessionRepository
+from agent_sessions.tables import sessions_table
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_SCHEMA = 3
+EXIT_NOT_FOUND = 4
+
+URL_ENV = "AGENT_SESSIONS_DATABASE_URL"
+REDIS_URL_ENV = "AGENT_SESSIONS_REDIS_URL"
+REDIS_NAMESPACE_ENV = "AGENT_SESSIONS_REDIS_NAMESPACE"
+DEFAULT_REDIS_NAMESPACE = "agent_sessions"  # RedisCache's default
+CONNECT_TIMEOUT = 10.0  # seconds; asyncpg would otherwise wait a minute for a dead host
+
+
+class CliError(Exception):
+    """An expected failure: print the message, exit with the code, no traceback."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    _engine: AsyncEngine | None = None
+    _redis: Redis | None = None
+    _cache: RedisCache | None = None
+    _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+
+    @property
+    def raw_url(self) -> str:
+        return getattr(self.args, "url", None) or os.environ.get(URL_ENV) or DEFAULT_URL
+
+    @property
+    def url(self) -> URL:
+        try:
+            return make_url(self.raw_url)
+        except sa_exc.ArgumentError:
+            # Not echoed: the string may hold a password.
+            raise CliError(
+                "cannot parse the database URL (from --url or $AGENT_SESSIONS_DATABASE_URL); "
+                "expected e.g. postgresql+asyncpg://user:password@host:5432/db or "
+                "sqlite+aiosqlite:///path/to/sessions.db",
+                EXIT_USAGE,
+            ) from None
+
+    @property
+    def shown_url(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    def missing_sqlite_file(self) -> Path | None:
+        url = self.url
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        if url.database.startswith("file:") or url.query.get("uri"):
+            return None
+        path = Path(url.database)
+        return None if path.exists() else path
+
+    def engine(self, *, allow_missing_file: bool = False) -> AsyncEngine:
+        """The engine for the URL (checked first); a missing SQLite file is refused unless asked."""
+        if self._engine is None:
+            self._engine = self._create_engine()
+            self._closers.append(self._engine.dispose)
+        missing = None if allow_missing_file else self.missing_sqlite_file()
+        if missing is not None:
+            # Opening it would create an empty file; say what to do instead.
+            raise CliError(
+                f"there is no SQLite database at {missing}: create it with "
+                f"`agent-sessions db upgrade --url {self.shown_url}`",
+                EXIT_SCHEMA,
+            )
+        return self._engine
+
+    def _create_engine(self) -> AsyncEngine:
+        url = self.url
+        if url.get_backend_name() not in ("postgresql", "sqlite"):
+            raise CliError(
+                f"unsupported database {url.get_backend_name()!r} in {self.shown_url}: "
+                "agent_sessions runs on PostgreSQL (postgresql+asyncpg://...) and SQLite "
+                "(sqlite+aiosqlite:///...)",
+                EXIT_USAGE,
+            )
+        kwargs: dict[str, Any] = {}
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg":
+            kwargs["connect_args"] = {"timeout": CONNECT_TIMEOUT}
+        try:
+            return create_engine(self.raw_url, **kwargs)
+        except (sa_exc.ArgumentError, sa_exc.InvalidRequestError, ImportError) as exc:
+            raise CliError(
+                f"cannot use the driver of {self.shown_url} ({exc}); use an async driver: "
+                "postgresql+asyncpg://... or sqlite+aiosqlite:///...",
+                EXIT_USAGE,
+            ) from None
+
+    @property
+    def redis_url(self) -> str | None:
+        return getattr(self.args, "redis_url", None) or os.environ.get(REDIS_URL_ENV) or None
+
+    @property
+    def redis_namespace(self) -> str:
+        return (
+            getattr(self.args, "redis_namespace", None)
+            or os.environ.get(REDIS_NAMESPACE_ENV)
+            or DEFAULT_REDIS_NAMESPACE
+        )
+
+    def redis(self) -> Redis | None:
+        """The Redis client when a Redis URL is configured."""
+        if self._redis is None and self.redis_url:
+            try:
+                self._redis = _cli_redis.open_client(self.redis_url)
+            except ValueError as exc:
+                raise CliError(
+                    f"cannot use the Redis URL {_cli_redis.shown(self.redis_url)} ({exc}); "
+                    "expected e.g. redis://localhost:6379/0",
+                    EXIT_USAGE,
+                ) from None
+            self._closers.append(self._redis.aclose)
+        return self._redis
+
+    def cache(self) -> RedisCache | None:
+        """The applications' cache, so that this command's writes invalidate their copies."""
+        client = self.redis()
+        if client is not None and self._cache is None:
+            try:
+                self._cache = _cli_redis.open_cache(client, self.redis_namespace)
+            except ValueError as exc:
+                raise CliError(f"bad --redis-namespace: {exc}", EXIT_USAGE) from None
+        return self._cache
+
+    def warn_if_cache_failed(self) -> None:
+        if self._cache is not None and self._cache.stats.errors:
+            print(
+                f"agent-sessions: warning: {self._cache.stats.errors} Redis operation(s) failed; "
+                "applications may serve cached copies of the changed sessions until they "
+                "expire (the cache's ttl)",
+                file=sys.stderr,
+            )
+
+    def repository(self, *, recent_checkpoints: int = 20) -> SessionRepository:
+        factory = async_sessionmaker(self.engine(), expire_on_commit=False)
+        return SessionRepository(factory, recent_checkpoints=recent_checkpoints, cache=self.cache())
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+    async def close(self) -> None:
+        for close in reversed(self._closers):
+            await close()
+
+
+# -- db ---------------------------------------------------------------------------------------
+
+
+def library_version() -> str:
+    """The installed agent_sessions version."""
+    from agent_sessions import __version__
+
+    return __version__
+
+
+def known_revisions() -> set[str]:
+    """Every revision of the library's migration scripts."""
+    script = ScriptDirectory.from_config(migrations.alembic_config())
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def _describe(revision: str | None, head: str) -> str:
+    if revision is None:
+        return "none (no agent_sessions schema)"
+    if revision == head:
+        return f"{revision} (head)"
+    if revision in known_revisions():
+        return f"{revision} (behind: head is {head})"
+    return f"{revision} (unknown to this release: migrated by a newer one?)"
+
+
+async def db_upgrade(ctx: Context) -> int:
+    engine = ctx.engine(allow_missing_file=True)
+    before = await migrations.current(engine)
+    await migrations.upgrade(engine, ctx.args.revision)
+    after = await migrations.current(engine)
+    if before == after:
+        ctx.print(f"{ctx.shown_url}: already at {_describe(after, migrations.head())}")
+    else:
+        ctx.print(f"{ctx.shown_url}: upgraded from {before or 'empty'} to {after}")
+    return EXIT_OK
+
+
+async def db_downgrade(ctx: Context) -> int:
+    if ctx.args.revision == "base" and not ctx.args.yes:
+        raise CliError(
+            "downgrading to base drops agent_sessions' tables and every session in them; "
+            "add --yes to confirm",
+            EXIT_USAGE,
+        )
+    engine = ctx.engine()
+    before = await migrations.current(engine)
+    await migrations.downgrade(engine, ctx.args.revision)
+    after = await migrations.current(engine)
+    ctx.print(f"{ctx.shown_url}: downgraded from {before or 'empty'} to {after or 'empty'}")
+    return EXIT_OK
+
+
+async def _current(ctx: Context) -> str | None:
+    # A missing SQLite file has no schema; opening it would create an empty one.
+    engine = ctx.engine(allow_missing_file=True)
+    return None if ctx.missing_sqlite_file() else await migrations.current(engine)
+
+
+async def db_current(ctx: Context) -> int:
+    ctx.print(_describe(await _current(ctx), migrations.head()))
+    return EXIT_OK
+
+
+async def db_check(ctx: Context) -> int:
+    head, revision = migrations.head(), await _current(ctx)
+    if revision == head:
+        ctx.print(f"up to date: {_describe(revision, head)}")
+        return EXIT_OK
+    version = library_version()
+    if revision is not None and revision not in known_revisions():
+        raise CliError(
+            f"the database is at revision {revision}, which agent_sessions {version} does not "
+            "know (a newer release migrated it): upgrade the agent-sessions package",
+            EXIT_SCHEMA,
+        )
+    found = f"is at revision {revision}" if revision else "has no agent_sessions schema"
+    raise CliError(
+        f"the database {found}, but agent_sessions {version} needs {head}: "
+        f"run `agent-sessions db upgrade --url {ctx.shown_url}`",
+        EXIT_SCHEMA,
+    )
+
+
+async def db_sql(ctx: Context) -> int:
+    start = ctx.args.start
+    span = f"{start}:{ctx.args.revision}" if start else f"empty to {ctx.args.revision}"
+    ctx.print(f"-- agent_sessions {library_version()} migrations, {span}, for PostgreSQL")
+    ctx.print(migrations.offline_sql("postgresql+asyncpg://", ctx.args.revision, start=start))
+    return EXIT_OK
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+def _not_found(session_id: str) -> str:
+    return (
+        f"session {session_id!r} not found (unknown, malformed or deleted); "
+        "list sessions with `agent-sessions sessions list`"
+    )
+
+
+async def sessions_list(ctx: Context) -> int:
+    args = ctx.args
+    page = await ctx.repository().list_sessions(
+        agent_type=args.agent_type,
+        user_id=args.user_id,
+        state=args.state,
+        limit=args.limit,
+        cursor=args.cursor,
+    )
+    if args.json:
+        items = [s.model_dump(mode="json", exclude={"checkpoints"}) for s in page.items]
+        ctx.print(fmt.to_json({"items": items, "next_cursor": page.next_cursor}))
+        return EXIT_OK
+    ctx.print(fmt.sessions_table(page.items) if page.items else "no sessions")
+    if page.next_cursor:
+        ctx.print(f"next cursor: {page.next_cursor}")
+    return EXIT_OK
+
+
+async def sessions_show(ctx: Context) -> int:
+    repo = ctx.repository(recent_checkpoints=ctx.args.checkpoints)
+    session = await repo.get_session(ctx.args.session_id)
+    if session is None:
+        raise CliError(_not_found(ctx.args.session_id), EXIT_NOT_FOUND)
+    if ctx.args.json:
+        ctx.print(fmt.to_json(session.to_dict()))
+    else:
+        ctx.print(fmt.session_details(session, datetime.now(UTC)))
+    return EXIT_OK
+
+
+async def sessions_checkpoints(ctx: Context) -> int:
+    args = ctx.args
+    try:
+        checkpoints = await ctx.repository().list_checkpoints(
+            args.session_id, after_seq=args.after_seq, limit=args.limit
+        )
+    except SessionNotFoundError:
+        raise CliError(_not_found(args.session_id), EXIT_NOT_FOUND) from None
+    next_after = checkpoints[-1].seq if len(checkpoints) == args.limit else None
+    if args.json:
+        items = [cp.to_dict() for cp in checkpoints]
+        ctx.print(fmt.to_json({"items": items, "next_after_seq": next_after}))
+        return EXIT_OK
+    ctx.print(fmt.checkpoints_table(checkpoints) if checkpoints else "no checkpoints")
+    if next_after is not None:
+        ctx.print(f"more: --after-seq {next_after}")
+    return EXIT_OK
+
+
+# -- maintenance ------------------------------------------------------------------------------
+
+
+async def _count_sessions(ctx: Context, where: ColumnElement[bool]) -> int:
+    """A read-only count of the sessions matching ``where``, after checking the schema."""
+
+    def count(conn: Connection) -> int:
+        migrations.check_connection(conn)
+        stmt = select(func.count()).select_from(sessions_table).where(where)
+        return int(conn.execute(stmt).scalar_one())
+
+    with storage_errors("counting sessions"):
+        async with ctx.engine().connect() as conn:
+            return await conn.run_sync(count)
+
+
+async def _with_progress(
+    ctx: Context, doing: str, where: ColumnElement[bool], work: Callable[[], Awaitable[int]]
+) -> int:
+    """Await ``work()``; on a terminal, count first and show a spinner with the elapsed time.
+
+    The repository sweeps in batches inside one call and reports only the total, so the
+    progress shown is the expected count and the time spent, not a running count.
+    """
+    if not sys.stderr.isatty():
+        return await work()
+    expected = await _count_sessions(ctx, where)
+    return await fmt.with_spinner(doing.format(expected), work())
+
+
+async def cleanup(ctx: Context) -> int:
+    max_age: fmt.Duration = ctx.args.older_than
+    cutoff = datetime.now(UTC) - max_age.delta
+    what = f"ACTIVE sessions with no heartbeat for {max_age.text} (since {fmt.timestamp(cutoff)})"
+    S = sessions_table.c
+    stale = and_(S.state == SessionState.ACTIVE.value, S.last_heartbeat < cutoff)
+    if ctx.args.dry_run:
+        count = await _count_sessions(ctx, stale)
+        ctx.print(f"cleanup --dry-run: {count} {what} would be failed; nothing was changed")
+        return EXIT_OK
+    repo, batch = ctx.repository(), ctx.args.batch_size
+    failed = await _with_progress(
+        ctx, "cleanup: failing {} stale sessions", stale,
+        lambda: repo.cleanup_stale_sessions(max_age.delta, batch_size=batch),
+    )  # fmt: skip
+    ctx.print(f"cleanup: failed {failed} {what}")
+    ctx.warn_if_cache_failed()
+    return EXIT_OK
+
+
+async def purge(ctx: Context) -> int:
+    older_than: fmt.Duration = ctx.args.deleted_before
+    cutoff = datetime.now(UTC) - older_than.delta
+    what = f"sessions soft-deleted more than {older_than.text} ago (before {fmt.timestamp(cutoff)})"
+    S = sessions_table.c
+    doomed = and_(S.state == SessionState.DELETED.value, S.updated_at < cutoff)
+    if ctx.args.dry_run:
+        count = await _count_sessions(ctx, doomed)
+        ctx.print(f"purge --dry-run: {count} {what} would be removed; nothing was changed")
+        return EXIT_OK
+    repo, batch = ctx.repository(), ctx.args.batch_size
+    removed = await _with_progress(
+        ctx, "purge: removing {} deleted sessions", doomed,
+        lambda: repo.purge_deleted_sessions(older_than.delta, batch_size=batch),
+    )  # fmt: skip
+    ctx.print(f"purge: removed {removed} {what}, with their checkpoints")
+    return EXIT_OK
+
+
+async def stats(ctx: Context) -> int:
+    result = await ctx.repository().stats()
+    client = ctx.redis()
+    cache = None
+    if client is not None and ctx.redis_url:
+        cache = await _cli_redis.report(client, ctx.redis_url, ctx.redis_namespace)
+    if ctx.args.json:
+        data = {**result.model_dump(mode="json"), "sessions": result.sessions, "cache": cache}
+        ctx.print(fmt.to_json(data))
+    else:
+        more = _cli_redis.report_rows(cache) if cache is not None else []
+        ctx.print(fmt.stats_text(result, datetime.now(UTC), more))
+    if cache is not None and not cache["reachable"]:
+        raise CliError(f"Redis at {cache['url']} is unreachable ({cache['error']})", EXIT_ERROR)
+    return EXIT_OK

@@ -1,0 +1,278 @@
+"""The ``agent-sessions`` command: migrate, inspect and clean up an agent_sessions database.
+
+Example::
+
+    agent-sessions db upgrade --url postgresql+asyncpg://app@db/app
+    agent-sessions sessions list --state active --limit 20
+    agent-sessions cleanup --older-than 48h --dry-run
+
+See docs/cli.md for every command. ``main()`` returns the exit code (listed in ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from alembic.util import CommandError
+from sqlalchemy import exc as sa_exc
+
+from agent_sessions import _cli_format as fmt
+from agent_sessions._cli_commands import (
+    DEFAULT_REDIS_NAMESPACE,
+    EXIT_ERROR,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_SCHEMA,
+    EXIT_USAGE,
+    REDIS_NAMESPACE_ENV,
+    REDIS_URL_ENV,
+    URL_ENV,
+    CliError,
+    Context,
+    cleanup,
+    db_check,
+    db_current,
+    db_downgrade,
+    db_sql,
+    db_upgrade,
+    known_revisions,
+    library_version,
+    purge,
+    sessions_checkpoints,
+    sessions_list,
+    sessions_show,
+    stats,
+)
+from agent_sessions.engine import DEFAULT_URL
+from agent_sessions.errors import (
+    AgentSessionsError,
+    SchemaOutOfDateError,
+    SessionNotFoundError,
+    SessionValidationError,
+)
+from agent_sessions.models import SessionState
+
+__all__ = ["EXIT_ERROR", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_SCHEMA", "EXIT_USAGE", "main"]
+
+logger = logging.getLogger(__name__)
+
+EPILOG = f"""\
+environment:
+  {URL_ENV}   database URL when --url is not given
+                                (default {DEFAULT_URL})
+  {REDIS_URL_ENV}      Redis URL when --redis-url is not given (the cache that
+                                cleanup invalidates and stats reports on)
+  {REDIS_NAMESPACE_ENV}  the cache namespace when --redis-namespace is not given
+
+exit codes:
+  0  success
+  1  operational error: the database (or Redis) is unreachable or failed
+  2  usage error: bad arguments, unparseable URL or unsupported driver
+  3  the database schema is not at this version's revision
+     (run `agent-sessions db upgrade`)
+  4  the session asked for does not exist
+
+Passwords in URLs are never printed. See docs/cli.md for examples."""
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def _common() -> argparse.ArgumentParser:
+    # SUPPRESS keeps a subcommand's absent option from hiding one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help=f"database URL (default: ${URL_ENV}, else {DEFAULT_URL})",
+    )
+    common.add_argument(
+        "--redis-url",
+        default=argparse.SUPPRESS,
+        help=f"Redis URL of the cache (default: ${REDIS_URL_ENV}; none: no cache)",
+    )
+    common.add_argument(
+        "--redis-namespace",
+        default=argparse.SUPPRESS,
+        help=f"the applications' cache namespace (default: ${REDIS_NAMESPACE_ENV}, "
+        f"else {DEFAULT_REDIS_NAMESPACE})",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="log what happens on stderr (-vv: also the SQL)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``agent-sessions`` (every level has ``--help``)."""
+    common = _common()
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="agent-sessions",
+        description="Migrate, inspect and clean up an agent_sessions database.",
+        epilog=EPILOG,
+        formatter_class=formatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {library_version()}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def add(
+        group: Any, name: str, handler: Callable[[Context], Awaitable[int]], help: str
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(
+            name, help=help, description=help, epilog=EPILOG, formatter_class=formatter,
+            parents=[common],
+        )  # fmt: skip
+        sub.set_defaults(handler=handler)
+        return sub
+
+    db = commands.add_parser(
+        "db", help="schema migrations", description="Manage agent_sessions' schema (Alembic)."
+    )
+    db_commands = db.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    sub = add(db_commands, "upgrade", db_upgrade, "upgrade the schema (default: to head)")
+    sub.add_argument("revision", nargs="?", default="head", help="target revision (head)")
+    sub = add(db_commands, "downgrade", db_downgrade, "downgrade the schema to REVISION")
+    sub.add_argument("revision", help="target revision; base drops the tables")
+    sub.add_argument("--yes", action="store_true", help="confirm a downgrade to base")
+    add(db_commands, "current", db_current, "print the database's schema revision")
+    add(db_commands, "check", db_check, "exit 3 unless the schema is at head")
+    sub = add(db_commands, "sql", db_sql, "print the upgrade SQL for PostgreSQL (no database)")
+    sub.add_argument("revision", nargs="?", default="head", help="target revision (head)")
+    sub.add_argument("--from", dest="start", metavar="REV", help="start revision (empty)")
+
+    sessions = commands.add_parser(
+        "sessions", help="list and inspect sessions", description="List and inspect sessions."
+    )
+    sessions_commands = sessions.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    sub = add(sessions_commands, "list", sessions_list, "list sessions, newest first")
+    sub.add_argument("--agent-type", help="only this agent type")
+    sub.add_argument("--user-id", help="only this user's sessions")
+    sub.add_argument(
+        "--state", choices=[s.value for s in SessionState], help="only this state (not deleted)"
+    )
+    sub.add_argument("--limit", type=fmt.positive_int, default=20, help="page size (20)")
+    sub.add_argument("--cursor", help="the next cursor printed by the previous page")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub = add(sessions_commands, "show", sessions_show, "show a session and recent checkpoints")
+    sub.add_argument("session_id", metavar="ID")
+    sub.add_argument(
+        "--checkpoints",
+        type=fmt.non_negative_int,
+        default=10,
+        metavar="N",
+        help="recent checkpoints shown (10)",
+    )
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub = add(sessions_commands, "checkpoints", sessions_checkpoints, "page a session's history")
+    sub.add_argument("session_id", metavar="ID")
+    sub.add_argument(
+        "--after-seq", type=fmt.non_negative_int, metavar="SEQ", help="start after this seq"
+    )
+    sub.add_argument("--limit", type=fmt.positive_int, default=100, help="page size (100)")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+
+    sub = add(commands, "cleanup", cleanup, "fail ACTIVE sessions with no recent heartbeat")
+    sub.add_argument(
+        "--older-than", type=fmt.duration, required=True, metavar="AGE",
+        help="heartbeat age, e.g. 30m, 48h, 7d",
+    )  # fmt: skip
+    sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
+    sub.add_argument("--batch-size", type=fmt.positive_int, default=2000, help="(2000)")
+    sub = add(commands, "purge", purge, "hard-delete sessions soft-deleted long ago")
+    sub.add_argument(
+        "--deleted-before", type=fmt.duration, required=True, metavar="AGE",
+        help="time since deletion, e.g. 30d",
+    )  # fmt: skip
+    sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
+    sub.add_argument("--batch-size", type=fmt.positive_int, default=500, help="(500)")
+    sub = add(commands, "stats", stats, "counts by state and agent type; cache counters")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def _configure_logging(verbosity: int) -> None:
+    if verbosity <= 0:
+        return
+    logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.getLogger("agent_sessions").setLevel(level)
+    logging.getLogger("alembic").setLevel(logging.INFO)
+    if verbosity > 1:
+        logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)
+
+
+async def _run(ctx: Context) -> int:
+    try:
+        handler: Callable[[Context], Awaitable[int]] = ctx.args.handler
+        return await handler(ctx)
+    finally:
+        await ctx.close()
+
+
+def _explain(ctx: Context, exc: BaseException) -> tuple[int, str]:
+    """The exit code and message for an expected failure."""
+    if isinstance(exc, CliError):
+        return exc.code, str(exc)
+    if isinstance(exc, SchemaOutOfDateError):
+        return EXIT_SCHEMA, str(exc)
+    if isinstance(exc, SessionNotFoundError):
+        return EXIT_NOT_FOUND, str(exc)
+    if isinstance(exc, SessionValidationError):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, CommandError):  # Alembic: mostly an unknown revision
+        known = ", ".join([*sorted(known_revisions()), "head", "base"])
+        return EXIT_USAGE, f"{exc}; known revisions: {known}"
+    if isinstance(exc, AgentSessionsError):  # StorageError and kin: the database failed
+        return EXIT_ERROR, f"{exc} (database: {ctx.shown_url})"
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted"
+    # The migration functions let driver errors through unwrapped.
+    detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig else exc
+    text = str(detail).strip().splitlines()[0] if str(detail).strip() else ""
+    return EXIT_ERROR, (
+        f"the database at {ctx.shown_url} failed or could not be reached "
+        f"({type(detail).__name__}: {text}); check the URL and that the server is up"
+    )
+
+
+_EXPECTED = (
+    CliError, AgentSessionsError, CommandError, sa_exc.DBAPIError, OSError, TimeoutError,
+    KeyboardInterrupt,
+)  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``agent-sessions`` with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Example::
+
+        sys.exit(main(["db", "upgrade", "--url", "sqlite+aiosqlite:///sessions.db"]))
+    """
+    args = build_parser().parse_args(argv)
+    _configure_logging(getattr(args, "verbose", 0))
+    ctx = Context(args)
+    try:
+        return asyncio.run(_run(ctx))
+    except _EXPECTED as exc:
+        code, message = _explain(ctx, exc)
+        logger.debug("exiting with %d", code, exc_info=True)
+    print(f"agent-sessions: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

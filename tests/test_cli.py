@@ -1,0 +1,581 @@
+"""The ``agent-sessions`` command, through its real entry point (``python -m agent_sessions.cli``).
+
+Subprocess calls cost about a second each, so every command runs once that way and the remaining
+cases (error paths, text vs JSON) call ``main()`` in-process. Data is seeded in-process with the
+repository; a fake clock puts heartbeats and deletions in the past.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import sqlite3
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from agent_sessions import SessionRepository, SessionState, create_engine, migrations
+from agent_sessions.cli import build_parser, main
+from agent_sessions.redis_cache import RedisCache
+from tests.conftest import FakeClock
+from tests.servers import PostgresServer
+
+ENV_VARS = ("AGENT_SESSIONS_DATABASE_URL", "AGENT_SESSIONS_REDIS_URL")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+async def cli(*args: str, cwd: Path, stderr_tty: bool = False) -> Result:
+    """Run ``python -m agent_sessions.cli ARGS`` in ``cwd`` with no AGENT_SESSIONS_* variables."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    command = [sys.executable, "-m", "agent_sessions.cli", *args]
+    if not stderr_tty:
+        proc = await asyncio.create_subprocess_exec(
+            *command, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return Result(proc.returncode or 0, out.decode(), err.decode())
+    master, slave = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *command, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=slave
+        )
+    finally:
+        os.close(slave)
+    try:
+        reader = asyncio.to_thread(_read_until_closed, master)
+        (out, _), err_bytes = await asyncio.wait_for(asyncio.gather(proc.communicate(), reader), 60)
+    finally:
+        os.close(master)
+    return Result(proc.returncode or 0, out.decode(), err_bytes.decode())
+
+
+def _read_until_closed(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO once the child has exited and closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
+    """``main(args)`` in this process (for sync tests: it runs its own event loop)."""
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return Result(code, captured.out, captured.err)
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'sessions.db'}"
+
+
+@pytest.fixture
+async def engine(url: str) -> AsyncIterator[AsyncEngine]:
+    """A migrated SQLite database in tmp_path."""
+    engine = create_engine(url)
+    await migrations.upgrade(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def repo(engine: AsyncEngine, clock: FakeClock) -> SessionRepository:
+    return SessionRepository(async_sessionmaker(engine, expire_on_commit=False), clock=clock)
+
+
+# -- help and usage ---------------------------------------------------------------------------
+
+
+async def test_help_lists_commands_and_exit_codes(tmp_path: Path) -> None:
+    result = await cli("--help", cwd=tmp_path)
+    assert result.code == 0, result.err
+    for command in ("db", "sessions", "cleanup", "purge", "stats"):
+        assert f"    {command} " in result.out
+    assert "exit codes:" in result.out
+    assert "3  the database schema is not at this version's revision" in result.out
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        [], ["db"], ["db", "upgrade"], ["db", "downgrade"], ["db", "current"], ["db", "check"],
+        ["db", "sql"], ["sessions"], ["sessions", "list"], ["sessions", "show"],
+        ["sessions", "checkpoints"], ["cleanup"], ["purge"], ["stats"],
+    ],
+)  # fmt: skip
+def test_every_level_has_help(path: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([*path, "--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: agent-sessions {' '.join(path)}".rstrip())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["cleanup"], "--older-than"),
+        (["cleanup", "--older-than", "3x"], "invalid duration '3x'"),
+        (["purge", "--deleted-before", "soon"], "invalid duration 'soon'"),
+        (["sessions", "list", "--limit", "0"], "1 or more"),
+        (["sessions", "list", "--state", "sleeping"], "invalid choice"),
+        (["sessions", "show", "x", "--checkpoints", "-1"], "0 or more"),
+        (["sessions", "checkpoints", "x", "--after-seq", "-1"], "0 or more"),
+        (["db"], "required"),
+    ],
+)
+def test_bad_arguments_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# -- db ---------------------------------------------------------------------------------------
+
+
+async def test_db_check_upgrade_downgrade_on_a_fresh_sqlite_file(tmp_path: Path, url: str) -> None:
+    db_file = tmp_path / "sessions.db"
+    behind = await cli("db", "check", "--url", url, cwd=tmp_path)
+    assert behind.code == 3
+    assert f"run `agent-sessions db upgrade --url {url}`" in behind.err
+    assert not db_file.exists()  # checking does not create an empty database
+
+    upgraded = await cli("-v", "db", "upgrade", "--url", url, cwd=tmp_path)
+    assert upgraded.code == 0, upgraded.err
+    assert upgraded.out == f"{url}: upgraded from empty to {migrations.head()}\n"
+    assert "Running upgrade  -> 0001" in upgraded.err  # -v shows the migration log
+    assert await migrations.current(url) == migrations.head()
+
+    checked = await cli("db", "check", "--url", url, cwd=tmp_path)
+    assert (checked.code, checked.out) == (0, f"up to date: {migrations.head()} (head)\n")
+
+    downgraded = await cli("db", "downgrade", "base", "--yes", "--url", url, cwd=tmp_path)
+    assert downgraded.code == 0, downgraded.err
+    assert await migrations.current(url) is None
+
+
+def test_db_downgrade_to_base_needs_yes(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    result = in_process(capsys, "db", "downgrade", "base", "--url", url)
+    assert result.code == 2
+    assert "add --yes" in result.err
+
+
+def test_db_upgrade_to_an_unknown_revision_is_a_usage_error(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = in_process(capsys, "db", "upgrade", "nope", "--url", url)
+    assert result.code == 2
+    assert "nope" in result.err and "known revisions: 0001" in result.err
+
+
+def test_db_current_of_a_missing_file_is_none(
+    tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = in_process(capsys, "db", "current", "--url", url)
+    assert (result.code, result.out) == (0, "none (no agent_sessions schema)\n")
+    assert not (tmp_path / "sessions.db").exists()
+
+
+async def test_db_sql_prints_the_postgresql_ddl(tmp_path: Path) -> None:
+    result = await cli("db", "sql", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert "CREATE TABLE agent_sessions_sessions" in result.out
+    assert "context JSONB NOT NULL" in result.out
+    assert "CREATE TABLE agent_sessions_alembic_version" in result.out
+    assert "INSERT INTO agent_sessions_alembic_version (version_num) VALUES ('0001')" in result.out
+    assert os.listdir(tmp_path) == []  # no database was touched
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+async def test_unreachable_server_exits_1_without_password_or_traceback(tmp_path: Path) -> None:
+    url = "postgresql+asyncpg://app:s3cret@127.0.0.1:1/app"  # nothing listens on port 1
+    result = await cli("sessions", "list", "--url", url, cwd=tmp_path)
+    assert result.code == 1
+    assert "postgresql+asyncpg://app:***@127.0.0.1:1/app" in result.err
+    assert "s3cret" not in result.err + result.out
+    assert "Traceback" not in result.err
+
+
+async def test_unparseable_url_exits_2(tmp_path: Path) -> None:
+    result = await cli("stats", "--url", "not a url with p@ssword", cwd=tmp_path)
+    assert result.code == 2
+    assert "cannot parse the database URL" in result.err
+    assert "p@ssword" not in result.err and "Traceback" not in result.err
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql+aiomysql://u:pw@localhost/db", "unsupported database 'mysql'"),
+        ("sqlite:///x.db", "use an async driver"),
+        ("postgresql://u:pw@localhost/db", "use an async driver"),
+    ],
+)
+def test_unsupported_driver_exits_2(
+    url: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = in_process(capsys, "db", "current", "--url", url)
+    assert result.code == 2
+    assert message in result.err
+    assert ":pw@" not in result.err
+
+
+def test_unreachable_server_during_migration_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    result = in_process(capsys, "db", "upgrade", "--url", "postgresql+asyncpg://u@127.0.0.1:1/x")
+    assert result.code == 1
+    assert "could not be reached" in result.err
+
+
+async def test_schema_behind_exits_3_naming_the_upgrade_command(tmp_path: Path, url: str) -> None:
+    sqlite3.connect(tmp_path / "sessions.db").close()  # a database without our tables
+    result = await cli("sessions", "list", "--url", url, cwd=tmp_path)
+    assert result.code == 3
+    assert f"`agent-sessions db upgrade --url {url}`" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_missing_sqlite_file_exits_3_and_is_not_created(
+    tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = in_process(capsys, "stats", "--url", url)
+    assert result.code == 3
+    assert "there is no SQLite database" in result.err
+    assert not (tmp_path / "sessions.db").exists()
+
+
+def test_url_comes_from_the_environment(
+    url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AGENT_SESSIONS_DATABASE_URL", url)
+    result = in_process(capsys, "db", "check")
+    assert result.code == 3
+    assert url in result.err
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+async def test_sessions_list_pages_with_the_printed_cursor(
+    tmp_path: Path, url: str, repo: SessionRepository, clock: FakeClock
+) -> None:
+    created = []
+    for i in range(3):
+        created.append(await repo.create_session("planner", f"user-{i}"))
+        clock.advance(seconds=1)
+    await repo.create_session("coder")
+    newest_first = [s.session_id for s in reversed(created)]
+
+    first = await cli(
+        "sessions", "list", "--agent-type", "planner", "--limit", "2", "--url", url, cwd=tmp_path
+    )
+    assert first.code == 0, first.err
+    lines = first.out.splitlines()
+    assert lines[0].split() == [
+        "SESSION_ID", "AGENT_TYPE", "USER_ID", "STATE", "CHECKPOINTS", "VERSION", "UPDATED_AT",
+    ]  # fmt: skip
+    assert [line.split()[0] for line in lines[1:3]] == newest_first[:2]
+    assert lines[3].startswith("next cursor: ")
+    cursor = lines[3].removeprefix("next cursor: ")
+
+    second = await cli(
+        "sessions", "list", "--agent-type", "planner", "--limit", "2", "--cursor", cursor,
+        "--json", "--url", url, cwd=tmp_path,
+    )  # fmt: skip
+    assert second.code == 0, second.err
+    page = json.loads(second.out)
+    assert [item["session_id"] for item in page["items"]] == newest_first[2:]
+    assert page["items"][0]["user_id"] == "user-0"
+    assert page["next_cursor"] is None
+
+
+async def test_sessions_show_prints_the_session_and_recent_checkpoints(
+    tmp_path: Path, url: str, repo: SessionRepository
+) -> None:
+    session = await repo.create_session("planner", "u1", context={"goal": "ship"})
+    await repo.add_checkpoint(session.session_id, "tool_called", {"tool": "search"})
+    result = await cli("sessions", "show", session.session_id, "--url", url, cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert f"session_id:     {session.session_id}" in result.out
+    assert "state:          active" in result.out
+    assert 'context:        {"goal":"ship"}' in result.out
+    assert "recent checkpoints (1-2 of 2):" in result.out
+    assert "2    tool_called" in result.out and '{"tool":"search"}' in result.out
+
+
+async def test_sessions_show_json_and_unknown_id(
+    url: str, repo: SessionRepository, capsys: pytest.CaptureFixture[str]
+) -> None:
+    session = await repo.create_session("planner")
+    for i in range(4):
+        await repo.add_checkpoint(session.session_id, f"step-{i}")
+    shown = await asyncio.to_thread(
+        in_process, capsys, "sessions", "show", session.session_id, "--json",
+        "--checkpoints", "2", "--url", url,
+    )  # fmt: skip
+    assert shown.code == 0, shown.err
+    data = json.loads(shown.out)
+    assert data["session_id"] == session.session_id
+    assert [cp["name"] for cp in data["checkpoints"]] == ["step-2", "step-3"]
+
+    unknown = str(uuid.uuid4())
+    missing = await asyncio.to_thread(in_process, capsys, "sessions", "show", unknown, "--url", url)
+    assert missing.code == 4
+    assert f"session '{unknown}' not found" in missing.err
+
+
+async def test_sessions_checkpoints_pages_by_seq(
+    tmp_path: Path, url: str, repo: SessionRepository
+) -> None:
+    session = await repo.create_session("planner")
+    for i in range(3):
+        await repo.add_checkpoint(session.session_id, f"step-{i}", {"i": i})
+    result = await cli(
+        "sessions", "checkpoints", session.session_id, "--after-seq", "1", "--limit", "2",
+        "--json", "--url", url, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    page = json.loads(result.out)
+    assert [(cp["seq"], cp["name"], cp["data"]) for cp in page["items"]] == [
+        (2, "step-0", {"i": 0}),
+        (3, "step-1", {"i": 1}),
+    ]
+    assert page["next_after_seq"] == 3
+
+
+async def test_sessions_checkpoints_text_and_unknown_id(
+    url: str, repo: SessionRepository, capsys: pytest.CaptureFixture[str]
+) -> None:
+    session = await repo.create_session("planner")
+    text = await asyncio.to_thread(
+        in_process, capsys, "sessions", "checkpoints", session.session_id, "--url", url
+    )
+    assert text.code == 0, text.err
+    assert text.out.splitlines()[1].split()[:2] == ["1", "session_created"]
+    assert "more:" not in text.out
+    missing = await asyncio.to_thread(
+        in_process, capsys, "sessions", "checkpoints", "not-an-id", "--url", url
+    )
+    assert missing.code == 4
+
+
+# -- maintenance ------------------------------------------------------------------------------
+
+
+async def _seed_stale(repo: SessionRepository, clock: FakeClock) -> tuple[list[str], str]:
+    """Two ACTIVE and one PAUSED session silent for 3 days, one fresh ACTIVE session."""
+    clock.advance(days=-3)
+    stale = [(await repo.create_session("planner")).session_id for _ in range(2)]
+    paused = await repo.create_session("planner")
+    paused.pause()
+    await repo.update_session(paused)
+    clock.advance(days=3)
+    fresh = (await repo.create_session("planner")).session_id
+    return stale, fresh
+
+
+async def _states(repo: SessionRepository, ids: list[str]) -> list[SessionState]:
+    sessions = [await repo.get_session(i) for i in ids]
+    return [s.state for s in sessions if s is not None]
+
+
+async def test_cleanup_dry_run_counts_then_cleanup_fails_stale_sessions(
+    tmp_path: Path, url: str, repo: SessionRepository, clock: FakeClock
+) -> None:
+    stale, fresh = await _seed_stale(repo, clock)
+
+    dry = await cli("cleanup", "--older-than", "48h", "--dry-run", "--url", url, cwd=tmp_path)
+    assert dry.code == 0, dry.err
+    assert dry.out.startswith("cleanup --dry-run: 2 ACTIVE sessions with no heartbeat for 48h")
+    assert "nothing was changed" in dry.out
+    assert await _states(repo, [*stale, fresh]) == [SessionState.ACTIVE] * 3
+
+    done = await cli("cleanup", "--older-than", "48h", "--url", url, cwd=tmp_path)
+    assert done.code == 0, done.err
+    assert done.out.startswith("cleanup: failed 2 ACTIVE sessions with no heartbeat for 48h")
+    assert done.err == ""  # no progress display when stderr is not a terminal
+    states = await _states(repo, [*stale, fresh])
+    assert states == [SessionState.FAILED, SessionState.FAILED, SessionState.ACTIVE]
+
+
+async def test_cleanup_on_a_terminal_shows_progress(
+    tmp_path: Path, url: str, repo: SessionRepository, clock: FakeClock
+) -> None:
+    stale, _ = await _seed_stale(repo, clock)
+    result = await cli("cleanup", "--older-than", "2d", "--url", url, cwd=tmp_path, stderr_tty=True)
+    assert result.code == 0, result.err
+    assert "cleanup: failing 2 stale sessions" in result.err  # the first spinner frame
+    assert result.err.endswith("\r\x1b[K")  # the progress line is cleared at the end
+    assert result.out.startswith("cleanup: failed 2 ")
+    assert await _states(repo, stale) == [SessionState.FAILED] * 2
+
+
+async def test_purge_removes_sessions_deleted_long_ago(
+    tmp_path: Path, url: str, repo: SessionRepository, clock: FakeClock
+) -> None:
+    clock.advance(days=-40)
+    old = await repo.create_session("planner")
+    await repo.delete_session(old.session_id)
+    clock.advance(days=40)
+    recent = await repo.create_session("planner")
+    await repo.delete_session(recent.session_id)
+    kept = await repo.create_session("planner")
+
+    result = await cli("purge", "--deleted-before", "30d", "--url", url, cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert result.out.startswith("purge: removed 1 sessions soft-deleted more than 30d ago")
+    stats = await repo.stats()
+    assert stats.by_state == {"deleted": 1, "active": 1}
+    assert await repo.get_session(kept.session_id) is not None
+
+
+async def test_purge_dry_run_changes_nothing(
+    url: str, repo: SessionRepository, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clock.advance(days=-40)
+    old = await repo.create_session("planner")
+    await repo.delete_session(old.session_id)
+    clock.advance(days=40)
+    result = await asyncio.to_thread(
+        in_process, capsys, "purge", "--deleted-before", "30d", "--dry-run", "--url", url
+    )
+    assert result.code == 0, result.err
+    assert result.out.startswith("purge --dry-run: 1 sessions soft-deleted more than 30d ago")
+    assert (await repo.stats()).by_state == {"deleted": 1}
+
+
+async def test_stats_json_and_text(
+    tmp_path: Path, url: str, repo: SessionRepository, clock: FakeClock,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    first = await repo.create_session("planner")
+    await repo.create_session("coder")
+    done = await repo.create_session("coder")
+    done.complete()
+    await repo.update_session(done)
+    await repo.delete_session(first.session_id)
+
+    result = await cli("stats", "--json", "--url", url, cwd=tmp_path)
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert data["by_state"] == {"active": 1, "completed": 1, "deleted": 1}
+    assert data["by_agent_type"] == {"coder": 2}
+    assert (data["sessions"], data["checkpoints"]) == (3, 3)
+
+    text = await asyncio.to_thread(in_process, capsys, "stats", "--url", url)
+    assert text.code == 0, text.err
+    rows = [line.split() for line in text.out.splitlines()]
+    assert ["sessions:", "3", "(soft-deleted", "included)"] in rows
+    assert ["coder:", "2"] in rows and ["deleted:", "1"] in rows
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_server: PostgresServer | None, postgres_url: str) -> str:
+    """An empty database of its own, or the shared one when a server URL is given."""
+    if postgres_server is None:
+        return postgres_url
+    return postgres_server.create_database(f"cli_{uuid.uuid4().hex[:12]}")
+
+
+async def test_db_upgrade_current_and_sessions_list_on_postgres(
+    tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    url = fresh_postgres_url
+    upgraded = await cli("db", "upgrade", "--url", url, cwd=tmp_path)
+    assert upgraded.code == 0, upgraded.err
+    current = await cli("db", "current", "--url", url, cwd=tmp_path)
+    assert (current.code, current.out) == (0, f"{migrations.head()} (head)\n")
+
+    engine = create_engine(url)
+    try:
+        repo = SessionRepository(async_sessionmaker(engine, expire_on_commit=False))
+        agent_type = f"cli-{uuid.uuid4().hex[:8]}"
+        session = await repo.create_session(agent_type, "pg-user")
+    finally:
+        await engine.dispose()
+    listed = await cli(
+        "sessions", "list", "--agent-type", agent_type, "--json", "--url", url, cwd=tmp_path
+    )
+    assert listed.code == 0, listed.err
+    page = json.loads(listed.out)
+    assert [(s["session_id"], s["user_id"]) for s in page["items"]] == [
+        (session.session_id, "pg-user")
+    ]
+
+
+# -- Redis ------------------------------------------------------------------------------------
+
+
+async def test_cleanup_invalidates_the_applications_cached_copies(
+    tmp_path: Path, url: str, engine: AsyncEngine, clock: FakeClock, redis_url: str,
+    namespace: str,
+) -> None:  # fmt: skip
+    client = Redis.from_url(redis_url)
+    try:
+        app_repo = SessionRepository(
+            async_sessionmaker(engine, expire_on_commit=False),
+            clock=clock,
+            cache=RedisCache(client, namespace=namespace),
+        )
+        stale, _ = await _seed_stale(app_repo, clock)
+        assert await _states(app_repo, stale) == [SessionState.ACTIVE] * 2  # now cached
+        assert await _states(app_repo, stale) == [SessionState.ACTIVE] * 2  # served from Redis
+
+        result = await cli(
+            "cleanup", "--older-than", "48h", "--url", url, "--redis-url", redis_url,
+            "--redis-namespace", namespace, cwd=tmp_path,
+        )  # fmt: skip
+        assert result.code == 0, result.err
+        assert result.out.startswith("cleanup: failed 2 ")
+        assert "warning" not in result.err
+        assert await _states(app_repo, stale) == [SessionState.FAILED] * 2
+    finally:
+        await client.aclose()
+
+
+async def test_stats_reports_the_cache_server(
+    tmp_path: Path, url: str, engine: AsyncEngine, redis_url: str
+) -> None:
+    result = await cli("stats", "--url", url, "--redis-url", redis_url, cwd=tmp_path)
+    assert result.code == 0, result.err
+    rows = {line.split(":")[0].strip(): line for line in result.out.splitlines()}
+    assert rows["cache"].endswith(f"{redis_url} (namespace 'agent_sessions')")
+    assert " ms (Redis " in rows["round trip"]
+    assert "for every key of this Redis" in rows["server hits"]
+
+
+def test_stats_with_unreachable_redis_exits_1(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert in_process(capsys, "db", "upgrade", "--url", url).code == 0
+    result = in_process(
+        capsys, "stats", "--json", "--url", url, "--redis-url", "redis://:pw@127.0.0.1:1/0"
+    )
+    assert result.code == 1
+    assert json.loads(result.out)["cache"]["reachable"] is False
+    assert "Redis at redis://:***@127.0.0.1:1/0 is unreachable" in result.err
+    assert ":pw@" not in result.out + result.err
