@@ -22,8 +22,9 @@ def storage_errors(operation: str) -> Iterator[None]:
         ) from exc
     except (sa_exc.DBAPIError, OSError, TimeoutError) as exc:
         detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+        first_line = str(detail).splitlines()[0] if str(detail) else ""
         raise StorageError(
-            f"{operation} failed in the database and was not applied "
-            f"({type(detail).__name__}: {str(detail).splitlines()[0] if str(detail) else ''}); "
-            "it is safe to retry once the database is reachable"
+            f"{operation} failed in the database ({type(detail).__name__}: {first_line}). "
+            "Its transaction was rolled back, unless the connection was lost while committing: "
+            "then it may have been applied, so re-read before retrying a non-idempotent call"
         ) from exc

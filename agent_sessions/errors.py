@@ -68,7 +68,13 @@ class SchemaOutOfDateError(AgentSessionsError):
 
 
 class StorageError(AgentSessionsError):
-    """The database failed to carry out the operation; it was not applied."""
+    """The database failed to carry out the operation.
+
+    The operation's transaction was rolled back, except when the connection was lost during the
+    commit itself: then its outcome is unknown, as with any database client. ``heartbeat``,
+    ``update_session`` (compare-and-set) and ``delete_session`` are safe to retry;
+    re-read before retrying ``create_session`` or ``add_checkpoint``.
+    """
 
 
 class StorageTimeoutError(StorageError):

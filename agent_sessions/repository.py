@@ -432,11 +432,15 @@ class SessionRepository:
 
     # -- write ----------------------------------------------------------------------------
 
-    async def update_session(self, session: AgentSession) -> AgentSession:
+    async def update_session(
+        self, session: AgentSession, *, user_id: str | None = None
+    ) -> AgentSession:
         """Store context, metadata, state and new checkpoints; heartbeat; bump ``version``.
 
         Checkpoints added with ``session.checkpoint()`` since it was read are appended; stored
-        ones are never rewritten. ``agent_type`` and ``user_id`` are fixed at creation.
+        ones are never rewritten. ``agent_type`` and ``user_id`` are fixed at creation: a copy
+        whose ``user_id`` is not the stored one is not that session. With ``user_id``, only that
+        user's session is written.
 
         Returns:
             The stored session, with its new ``version``.
@@ -445,12 +449,14 @@ class SessionRepository:
             ConcurrentUpdateError: the stored version moved since this copy was read (another
                 worker, or the stale sweep); nothing was written.
             InvalidStateTransitionError: the stored state cannot move to ``session.state``.
-            SessionNotFoundError: the session does not exist or was deleted.
+            SessionNotFoundError: the session does not exist, was deleted, or is another
+                user's.
             SessionValidationError: bad context, metadata or checkpoint, or a ``version`` no
                 stored session can have; nothing was written.
         """
+        _check_filter(user_id, "user_id")
         sid = _parse_id(session.session_id)
-        if sid is None:
+        if sid is None or (user_id is not None and session.user_id != user_id):
             raise SessionNotFoundError(str(session.session_id))
         version = session.version
         if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_INT:
@@ -464,6 +470,7 @@ class SessionRepository:
             update(sessions_table)
             .where(
                 S.id == sid,
+                S.user_id == session.user_id,
                 S.version == session.version,
                 S.state.in_([s.value for s in allowed_sources(target)]),
             )
@@ -539,8 +546,10 @@ class SessionRepository:
     async def _explain_failed_update(
         self, db: AsyncSession, sid: uuid.UUID, session: AgentSession, target: SessionState
     ) -> None:
-        stored = (await db.execute(select(S.version, S.state).where(S.id == sid))).first()
-        if stored is None or stored.state == _DELETED:
+        stored = (
+            await db.execute(select(S.version, S.state, S.user_id).where(S.id == sid))
+        ).first()
+        if stored is None or stored.state == _DELETED or stored.user_id != session.user_id:
             raise SessionNotFoundError(session.session_id)
         if stored.version != session.version:
             raise ConcurrentUpdateError(session.session_id, session.version, stored.version)
@@ -574,15 +583,17 @@ class SessionRepository:
                 self._invalidate_on_commit(db, [sid])
         return deleted
 
-    async def heartbeat(self, session_id: str) -> bool:
+    async def heartbeat(self, session_id: str, *, user_id: str | None = None) -> bool:
         """Record that the session's agent is alive; touches ``last_heartbeat`` only.
 
         Does not bump ``version``, so it never makes a content writer conflict.
 
         Returns:
-            ``False`` when the session is unknown, malformed, or not ACTIVE/PAUSED (a swept,
-            completed or deleted session gets no heartbeat: the agent should stop).
+            ``False`` when the session is unknown, malformed, (with ``user_id``) another user's,
+            or not ACTIVE/PAUSED (a swept, completed or deleted session gets no heartbeat: the
+            agent should stop).
         """
+        _check_filter(user_id, "user_id")
         sid = _parse_id(session_id)
         if sid is None:
             return False
@@ -592,6 +603,8 @@ class SessionRepository:
             .values(last_heartbeat=self._clock())
             .returning(S.id)
         )
+        if user_id is not None:
+            stmt = stmt.where(S.user_id == user_id)
         async with self._transaction("heartbeat") as (db, _):
             alive = (await db.execute(stmt)).first() is not None
             if alive:

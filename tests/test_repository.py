@@ -452,3 +452,22 @@ async def test_stats_counts_by_state_and_agent_type(
     assert stats.oldest_active_heartbeat == first.last_heartbeat
     assert stats.checkpoints == 4
     assert stats.sessions == 3
+
+
+async def test_update_and_heartbeat_scoped_by_user_never_touch_a_foreign_session(
+    repo: SessionRepository, user: str
+) -> None:
+    created = await repo.create_session("planner", user, {"v": 0})
+    copy = await repo.get_session(created.session_id)
+    assert copy is not None
+    copy.context["v"] = 1
+    with pytest.raises(SessionNotFoundError):
+        await repo.update_session(copy, user_id="intruder")
+    forged = copy.model_copy(update={"user_id": "intruder"})
+    with pytest.raises(SessionNotFoundError):
+        await repo.update_session(forged)  # a copy claiming another owner is not that session
+    assert await repo.heartbeat(created.session_id, user_id="intruder") is False
+    stored = await repo.get_session(created.session_id)
+    assert stored is not None and stored.context == {"v": 0} and stored.version == 1
+    assert (await repo.update_session(copy, user_id=user)).version == 2
+    assert await repo.heartbeat(created.session_id, user_id=user) is True
