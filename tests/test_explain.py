@@ -1,0 +1,168 @@
+"""The planner picks indexes for the statements the repository really sends (PostgreSQL).
+
+A fresh database is migrated, seeded in bulk with 20,000 sessions of realistic shape (200 users,
+20 agent types, every state, 1% of the active ones stale, three checkpoints each and one long
+history) and ANALYZEd. The repository's own SQL is captured with ``before_cursor_execute`` while
+it runs, then EXPLAINed with the captured parameters. ``enable_seqscan`` stays on: the point
+is that the planner chooses the indexes on its own.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from agent_sessions import SessionRepository, SessionState, create_engine, migrations
+
+pytestmark = pytest.mark.postgres_only
+
+SESSIONS = 20_000
+USERS = 200
+AGENT_TYPES = 20
+LONG_HISTORY = 2_000
+OUR_TABLES = re.compile(r"\bagent_sessions_(sessions|checkpoints)\b")
+SEQ_SCAN = re.compile(r"Seq Scan on agent_sessions_(sessions|checkpoints)\b")
+
+# State by i % 20: 1 paused, 1 deleted, 8 completed, 3 failed, 7 active (one in 100 stale).
+_SEED_SESSIONS = """
+INSERT INTO agent_sessions_sessions (id, agent_type, user_id, state, context, metadata,
+    checkpoint_count, version, created_at, updated_at, last_heartbeat)
+SELECT gen_random_uuid(), 'agent-' || mod(i, :agent_types), 'user-' || mod(i, :users),
+    CASE WHEN mod(i, 20) = 0 THEN 'paused' WHEN mod(i, 20) = 1 THEN 'deleted'
+         WHEN mod(i, 20) < 10 THEN 'completed' WHEN mod(i, 20) < 13 THEN 'failed'
+         ELSE 'active' END,
+    jsonb_build_object('step', i), '{}'::jsonb, 3, 1,
+    CAST(:now AS timestamptz) - interval '30 days' + i * interval '1 minute',
+    CAST(:now AS timestamptz) - interval '30 days' + i * interval '1 minute',
+    CASE WHEN mod(i, 100) = 13 THEN CAST(:now AS timestamptz) - interval '3 days'
+         ELSE CAST(:now AS timestamptz) - mod(i, 3600) * interval '1 second' END
+FROM generate_series(1, :sessions) AS s(i)
+"""
+_SEED_CHECKPOINTS = """
+INSERT INTO agent_sessions_checkpoints (session_id, seq, name, data, created_at)
+SELECT s.id, n, 'step', jsonb_build_object('n', n), s.created_at
+FROM agent_sessions_sessions AS s CROSS JOIN generate_series(1, 3) AS n
+"""
+_LONG_SESSION = """
+UPDATE agent_sessions_sessions SET checkpoint_count = :count, state = 'active'
+WHERE id = (SELECT id FROM agent_sessions_sessions WHERE user_id = 'user-7' LIMIT 1)
+RETURNING id
+"""
+_LONG_CHECKPOINTS = """
+INSERT INTO agent_sessions_checkpoints (session_id, seq, name, data, created_at)
+SELECT :sid, n, 'step', jsonb_build_object('n', n), CAST(:now AS timestamptz)
+FROM generate_series(4, :count) AS n
+"""
+
+
+@dataclass
+class Seeded:
+    engine: AsyncEngine
+    repo: SessionRepository
+    long_session: str
+    statements: list[tuple[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+async def seeded(postgres_url: str) -> AsyncIterator[Seeded]:
+    """A fresh, migrated, seeded and analyzed database; removed afterwards."""
+    name = f"explain_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f"CREATE DATABASE {name}"))  # our own generated name
+    engine = create_engine(make_url(postgres_url).set(database=name).render_as_string(False))
+    try:
+        await migrations.upgrade(engine)
+        now = datetime.now(UTC)
+        async with engine.begin() as conn:
+            params = {"sessions": SESSIONS, "users": USERS, "agent_types": AGENT_TYPES, "now": now}
+            await conn.execute(text(_SEED_SESSIONS), params)
+            await conn.execute(text(_SEED_CHECKPOINTS))
+            sid = (await conn.execute(text(_LONG_SESSION), {"count": LONG_HISTORY})).scalar_one()
+            await conn.execute(
+                text(_LONG_CHECKPOINTS), {"sid": sid, "count": LONG_HISTORY, "now": now}
+            )
+        async with engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.execute(text("VACUUM ANALYZE agent_sessions_sessions"))
+            await auto.execute(text("VACUUM ANALYZE agent_sessions_checkpoints"))
+        repo = SessionRepository(async_sessionmaker(engine, expire_on_commit=False))
+        yield Seeded(engine, repo, str(sid))
+    finally:
+        await engine.dispose()
+        async with admin.connect() as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        await admin.dispose()
+
+
+async def _list_next_page(repo: SessionRepository, s: Seeded) -> object:
+    first = await repo.list_sessions(user_id="user-3", limit=20)
+    s.statements.clear()  # only the second page's statement
+    return await repo.list_sessions(user_id="user-3", limit=20, cursor=first.next_cursor)
+
+
+async def _write_then_read(repo: SessionRepository, s: Seeded) -> object:
+    await repo.add_checkpoint(s.long_session, "step", {"n": 1})
+    await repo.heartbeat(s.long_session)
+    return await repo.list_checkpoints(s.long_session, after_seq=LONG_HISTORY - 50)
+
+
+Call = Callable[[SessionRepository, Seeded], Awaitable[object]]
+OPERATIONS: dict[str, Call] = {
+    "list_sessions by user": lambda repo, s: repo.list_sessions(user_id="user-7"),
+    "list_sessions by user, next page": _list_next_page,
+    "list_sessions by agent type": lambda repo, s: repo.list_sessions(agent_type="agent-5"),
+    "list_sessions by state": lambda repo, s: repo.list_sessions(state=SessionState.PAUSED),
+    "list_sessions, everyone's": lambda repo, s: repo.list_sessions(),
+    "get_session": lambda repo, s: repo.get_session(s.long_session),
+    "cleanup_stale_sessions": lambda repo, s: repo.cleanup_stale_sessions(timedelta(hours=48)),
+    "add_checkpoint, heartbeat, list_checkpoints": _write_then_read,
+}
+
+
+async def _captured(seeded: Seeded, call: Call) -> list[tuple[str, Any]]:
+    """The statements on our tables that ``call`` made the repository send."""
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if OUR_TABLES.search(statement):
+            seeded.statements.append((statement, params))
+
+    seeded.statements.clear()
+    event.listen(seeded.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        # Roll back whatever the call writes: the next case sees the seeded data.
+        async with async_sessionmaker(seeded.engine, expire_on_commit=False)() as db:
+            await db.begin()
+            await call(seeded.repo.bind(db), seeded)
+            await db.rollback()
+    finally:
+        event.remove(seeded.engine.sync_engine, "before_cursor_execute", capture)
+    return list(seeded.statements)
+
+
+async def _plan(engine: AsyncEngine, statement: str, params: Any) -> str:
+    async with engine.connect() as conn:
+        rows = await conn.exec_driver_sql(f"EXPLAIN {statement}", params)
+        return "\n".join(row[0] for row in rows)
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+async def test_repository_statements_use_indexes_not_seq_scans(
+    seeded: Seeded, operation: str
+) -> None:
+    statements = await _captured(seeded, OPERATIONS[operation])
+    assert statements, f"{operation} sent no statement on the agent_sessions tables"
+    for statement, params in statements:
+        plan = await _plan(seeded.engine, statement, params)
+        assert not SEQ_SCAN.search(plan), f"{operation}:\n{statement}\n{params}\n{plan}"
+        if not statement.startswith("INSERT"):  # every read finds its rows through an index
+            assert "Index" in plan, f"{operation}: no index in the plan:\n{statement}\n{plan}"
