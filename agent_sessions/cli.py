@@ -240,7 +240,7 @@ def _explain(ctx: Context, exc: BaseException) -> tuple[int, str]:
         return EXIT_ERROR, f"{exc} (database: {ctx.shown_url})"
     if isinstance(exc, KeyboardInterrupt):
         return 130, "interrupted"
-    # The migration functions let driver errors through unwrapped.
+    # Driver errors from outside the library's calls (e.g. an engine that cannot be built).
     detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig else exc
     text = str(detail).strip().splitlines()[0] if str(detail).strip() else ""
     return EXIT_ERROR, (

@@ -25,6 +25,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agent_sessions._errors import storage_errors
 from agent_sessions.engine import create_engine
 from agent_sessions.errors import SchemaOutOfDateError
 from agent_sessions.tables import VERSION_TABLE
@@ -54,8 +55,18 @@ def alembic_config() -> Config:
 
 
 @functools.cache
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+@functools.cache
 def _script_heads() -> tuple[str, ...]:
-    return tuple(sorted(ScriptDirectory.from_config(alembic_config()).get_heads()))
+    return tuple(sorted(_script().get_heads()))
+
+
+@functools.cache
+def _known_revisions() -> frozenset[str]:
+    return frozenset(script.revision for script in _script().walk_revisions())
 
 
 def head() -> str:
@@ -77,23 +88,34 @@ def current_revisions(connection: Connection) -> tuple[str, ...]:
 def check_connection(connection: Connection) -> None:
     """Raise ``SchemaOutOfDateError`` unless the database is at the library's head."""
     found = current_revisions(connection)
-    if found != _script_heads():
-        url = connection.engine.url.render_as_string(hide_password=True)
-        at = ", ".join(found) if found else "no agent_sessions schema"
+    if found == _script_heads():
+        return
+    url = connection.engine.url.render_as_string(hide_password=True)
+    unknown = [rev for rev in found if rev not in _known_revisions()]
+    if unknown:
         raise SchemaOutOfDateError(
-            f"the database has {at}, but agent_sessions needs revision {head()}: run "
-            f"`agent-sessions db upgrade --url {url}` (or `alembic upgrade head` with this "
-            "library's alembic.ini, or `await agent_sessions.migrations.upgrade(url)`)"
+            f"the database is at revision {', '.join(unknown)}, which this version of "
+            f"agent_sessions does not know (it needs {head()}): a newer release migrated it; "
+            "upgrade the agent-sessions package rather than the database"
         )
+    at = ", ".join(found) if found else "no agent_sessions schema"
+    raise SchemaOutOfDateError(
+        f"the database has {at}, but agent_sessions needs revision {head()}: run "
+        f"`agent-sessions db upgrade --url {url}` (or `alembic upgrade head` with this "
+        "library's alembic.ini, or `await agent_sessions.migrations.upgrade(url)`)"
+    )
 
 
-async def _with_connection(url_or_engine: str | AsyncEngine, fn: Callable[[Connection], T]) -> T:
+async def _with_connection(
+    url_or_engine: str | AsyncEngine, fn: Callable[[Connection], T], operation: str
+) -> T:
     engine = create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
     try:
-        async with engine.connect() as conn:
-            result = await conn.run_sync(fn)
-            await conn.commit()
-            return result
+        with storage_errors(f"migrations.{operation}"):
+            async with engine.connect() as conn:
+                result = await conn.run_sync(fn)
+                await conn.commit()
+                return result
     finally:
         if engine is not url_or_engine:
             await engine.dispose()
@@ -114,23 +136,27 @@ async def upgrade(url_or_engine: str | AsyncEngine, revision: str = "head") -> N
     Safe to run from several processes at once on PostgreSQL (they take turns on an advisory lock).
     An engine you pass is used, not disposed; a URL gets a private engine for the call.
     """
-    await _with_connection(url_or_engine, _command(lambda c: command.upgrade(c, revision)))
+    await _with_connection(
+        url_or_engine, _command(lambda c: command.upgrade(c, revision)), "upgrade"
+    )
 
 
 async def downgrade(url_or_engine: str | AsyncEngine, revision: str) -> None:
     """Downgrade the library's tables to ``revision`` (``"base"`` drops them)."""
-    await _with_connection(url_or_engine, _command(lambda c: command.downgrade(c, revision)))
+    await _with_connection(
+        url_or_engine, _command(lambda c: command.downgrade(c, revision)), "downgrade"
+    )
 
 
 async def current(url_or_engine: str | AsyncEngine) -> str | None:
     """The revision the database is at, or ``None`` when the library's schema is absent."""
-    revisions = await _with_connection(url_or_engine, current_revisions)
+    revisions = await _with_connection(url_or_engine, current_revisions, "current")
     return ", ".join(revisions) or None
 
 
 async def check(url_or_engine: str | AsyncEngine) -> None:
     """Raise ``SchemaOutOfDateError`` (naming the command to run) unless the schema is at head."""
-    await _with_connection(url_or_engine, check_connection)
+    await _with_connection(url_or_engine, check_connection, "check")
 
 
 def offline_sql(url: str, revision: str = "head", *, start: str | None = None) -> str:

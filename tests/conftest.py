@@ -9,6 +9,8 @@ Without the binaries the backend's tests skip locally; with ``CI=true`` they fai
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -50,8 +52,12 @@ class FakeClock:
 
 
 @pytest.fixture(scope="session")
-def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("servers")
+def servers_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: every new pytest process resets that tree to mode 0700,
+    # which would cut a concurrently running server (as the postgres user) off its data.
+    path = Path(tempfile.mkdtemp(prefix="agent-sessions-servers-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

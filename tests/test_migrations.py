@@ -1,4 +1,4 @@
-"""Alembic owns the schema: one head, up/down/up, models and migrations agree, the wheel ships them."""
+"""Alembic owns the schema: one head, up/down/up, models and migrations agree, wheel ships them."""
 
 from __future__ import annotations
 
@@ -17,7 +17,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, make_url, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from agent_sessions import SchemaOutOfDateError, SessionRepository, create_engine, migrations
+from agent_sessions import (
+    SchemaOutOfDateError,
+    SessionRepository,
+    StorageError,
+    create_engine,
+    migrations,
+)
 from agent_sessions.tables import VERSION_TABLE, metadata
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +183,8 @@ def test_offline_sql_for_postgresql_has_the_ddl() -> None:
 def test_the_wheel_ships_the_migrations_and_migrates_on_its_own(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(dist), str(ROOT)],
         check=True, capture_output=True,
     )  # fmt: skip
     [wheel] = dist.glob("agent_sessions-*.whl")
@@ -226,3 +233,54 @@ def test_the_wheel_ships_the_migrations_and_migrates_on_its_own(tmp_path: Path) 
         [str(python), "-c", code], check=True, cwd=work, capture_output=True, text=True, env=env
     )
     assert out.stdout.split() == [migrations.head(), migrations.head()]
+
+
+async def test_constraint_and_index_names_in_the_database_match_the_models(empty_url: str) -> None:
+    # Autogenerate does not compare check constraints or constraint names: check them here.
+    engine = create_engine(empty_url)
+
+    def names(connection: Connection) -> dict[str, set[str]]:
+        inspector = inspect(connection)
+        found: dict[str, set[str]] = {}
+        for table in metadata.sorted_tables:
+            found[table.name] = {
+                *(c["name"] for c in inspector.get_check_constraints(table.name)),
+                *(i["name"] for i in inspector.get_indexes(table.name)),
+                *(f["name"] for f in inspector.get_foreign_keys(table.name)),
+                inspector.get_pk_constraint(table.name)["name"],
+            }
+        return found
+
+    expected = {
+        table.name: {
+            *(str(c.name) for c in table.constraints),
+            *(str(i.name) for i in table.indexes),
+        }
+        for table in metadata.sorted_tables
+    }
+    try:
+        await migrations.upgrade(engine)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(names) == expected
+    finally:
+        await engine.dispose()
+
+
+async def test_migrations_on_an_unreachable_server_raise_storage_error() -> None:
+    with pytest.raises(StorageError, match=r"migrations\.upgrade failed"):
+        await migrations.upgrade("postgresql+asyncpg://nobody@127.0.0.1:9/none")
+    with pytest.raises(StorageError, match=r"migrations\.check failed"):
+        await migrations.check("postgresql+asyncpg://nobody@127.0.0.1:9/none")
+
+
+async def test_a_database_migrated_by_a_newer_release_says_so(empty_url: str) -> None:
+    engine = create_engine(empty_url)
+    try:
+        await migrations.upgrade(engine)
+        async with engine.begin() as conn:
+            await conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = 'f00d_future'"))
+        with pytest.raises(SchemaOutOfDateError, match="newer release") as info:
+            await migrations.check(engine)
+        assert "upgrade the agent-sessions package" in str(info.value)
+    finally:
+        await engine.dispose()

@@ -39,7 +39,7 @@ def upgrade() -> None:
         sa.Column("last_heartbeat", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint(
             "state IN ('active', 'paused', 'completed', 'failed', 'deleted')",
-            name="ck_agent_sessions_sessions_state",
+            name=op.f("ck_agent_sessions_sessions_state"),
         ),
         sa.PrimaryKeyConstraint("id", name="pk_agent_sessions_sessions"),
     )
