@@ -66,8 +66,9 @@ async def main() -> None:
         session.resume()
         session = await repo.update_session(session)
         print(f"resumed  state={session.state}")
-        print(f"alice sees it: {await repo.get_session(session.session_id, user_id='alice') is not None}; "
-              f"bob sees it: {await repo.get_session(session.session_id, user_id='bob') is not None}")  # fmt: skip
+        alice = await repo.get_session(session.session_id, user_id="alice")
+        bob = await repo.get_session(session.session_id, user_id="bob")
+        print(f"alice sees it: {alice is not None}; bob sees it: {bob is not None}")
 
         active = await repo.get_active_sessions(agent_type="research-agent", user_id="alice")
         print(f"active   {len(active)} research-agent session(s) for alice")
