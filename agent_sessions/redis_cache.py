@@ -24,6 +24,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.client import NEVER_DECODE
 from redis.exceptions import RedisClusterException, RedisError
 
+from agent_sessions import telemetry
 from agent_sessions._circuit import CircuitBreaker, Permit, State
 
 __all__ = ["CacheStats", "RedisCache"]
@@ -247,6 +248,10 @@ class RedisCache:
             circuit=self._circuit.state,
         )
 
+    def _count(self, event: str, n: int = 1) -> None:
+        self._counts[event] += n
+        telemetry.record_cache(event, count=n, namespace=self._namespace)
+
     # -- ModelCache ----------------------------------------------------------------------------
 
     async def fetch(
@@ -277,7 +282,7 @@ class RedisCache:
                 self._detach(flight_key, flight)
                 flight.task.cancel()
             raise
-        self._counts["hits" if hit else "misses"] += 1
+        self._count("hits" if hit else "misses")
         if value is not None and flight.callers > 1:
             # Models are mutable: callers sharing one load must not share one object.
             value = value.model_copy(deep=True)
@@ -301,7 +306,7 @@ class RedisCache:
         except _Unavailable:
             self._dirty += 1  # the next cache call sets a new epoch before anything else
             return
-        self._counts["invalidations"] += len(unique)
+        self._count("invalidations", len(unique))
 
     # -- one load, shared ----------------------------------------------------------------------
 
@@ -339,7 +344,7 @@ class RedisCache:
             found, problem = self._decode(raw, model, key, id_field, epoch)
             if found is not None:
                 return found, True
-            self._counts["discarded"] += 1
+            self._count("discarded")
             logger.debug("cache %r: dropping %s %s: %s", self._namespace, model.__name__, key,
                          problem)  # fmt: skip
         value = await self._load(load)
@@ -354,7 +359,7 @@ class RedisCache:
                 payload = self._encode(value, epoch)
                 stored = await self._call("store", lambda: self._store(keys, gen, payload), budget)
                 if not stored:
-                    self._counts["stale_sets_rejected"] += 1
+                    self._count("stale_sets_rejected")
                     logger.debug("cache %r: %s %s changed while loading; not stored",
                                  self._namespace, model.__name__, key)  # fmt: skip
         except _Unavailable:
@@ -362,7 +367,7 @@ class RedisCache:
         return value, False
 
     async def _load(self, load: Callable[[], Awaitable[BaseModel | None]]) -> BaseModel | None:
-        self._counts["loads"] += 1
+        self._count("loads")
         return await load()
 
     # -- Redis operations ----------------------------------------------------------------------
@@ -375,7 +380,7 @@ class RedisCache:
         """
         permit = self._circuit.allow()
         if permit is None:
-            self._counts["circuit_open"] += 1
+            self._count("circuit_open")
             raise _Unavailable
         try:
             async with asyncio.timeout(budget):  # wraps redis-py's retries and reconnects too
@@ -391,7 +396,7 @@ class RedisCache:
         return result
 
     def _failed(self, permit: Permit, what: str, exc: BaseException) -> None:
-        self._counts["errors"] += 1
+        self._count("errors")
         self._circuit.record(permit, False)
         now = self._monotonic()
         level = logging.DEBUG
@@ -447,7 +452,7 @@ class RedisCache:
 
     def _epoch_set(self, covered: int) -> None:
         self._dirty -= covered  # invalidations lost meanwhile stay counted
-        self._counts["epoch_bumps"] += 1
+        self._count("epoch_bumps")
         logger.info(
             "cache %r: new epoch after %d invalidation(s) that did not reach Redis; "
             "every value cached before is now a miss",

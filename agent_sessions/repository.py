@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import and_, delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from agent_sessions import _cursor, _invalidation, migrations
+from agent_sessions import _cursor, _invalidation, migrations, telemetry
 from agent_sessions._errors import storage_errors
 from agent_sessions._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size, check_text
 from agent_sessions.errors import (
@@ -202,8 +202,15 @@ class SessionRepository:
         return bound
 
     @asynccontextmanager
-    async def _transaction(self, operation: str) -> AsyncIterator[tuple[AsyncSession, str]]:
-        with storage_errors(operation):
+    async def _transaction(
+        self, operation: str, session_id: uuid.UUID | None = None
+    ) -> AsyncIterator[tuple[AsyncSession, str]]:
+        # The span wraps storage_errors, so it records the library's error, not the driver's.
+        sid = None if session_id is None else str(session_id)
+        with (
+            telemetry.span(operation, session_id=sid, bound=self._bound is not None),
+            storage_errors(operation),
+        ):
             if self._bound is not None:
                 yield self._bound, await self._gate.pass_through(self._bound)
                 return
@@ -261,7 +268,7 @@ class SessionRepository:
             raise validation_error(exc, "session") from exc
         self._check_sizes(context=session.context, metadata=session.metadata)
         sid = uuid.UUID(session.session_id)
-        async with self._transaction("create_session") as (db, _):
+        async with self._transaction("create_session", sid) as (db, _):
             await db.execute(
                 insert(sessions_table).values(
                     id=sid,
@@ -325,7 +332,7 @@ class SessionRepository:
             .where(S.id == uuid.UUID(session_id), S.state != _DELETED)
             .order_by(C.seq)
         )
-        async with self._transaction("get_session") as (db, _):
+        async with self._transaction("get_session", uuid.UUID(session_id)) as (db, _):
             rows = (await db.execute(stmt)).all()
         if not rows:
             return None
@@ -424,7 +431,7 @@ class SessionRepository:
             .order_by(C.seq)
             .limit(limit)
         )
-        async with self._transaction("list_checkpoints") as (db, _):
+        async with self._transaction("list_checkpoints", sid) as (db, _):
             rows = (await db.execute(stmt)).all()
             if not rows and (await db.execute(owner)).first() is None:
                 raise SessionNotFoundError(str(session_id))
@@ -485,7 +492,7 @@ class SessionRepository:
             )
             .returning(S.checkpoint_count, S.created_at)
         )
-        async with self._transaction("update_session") as (db, _):
+        async with self._transaction("update_session", sid) as (db, _):
             row = (await db.execute(stmt)).first()
             if row is None:
                 await self._explain_failed_update(db, sid, session, target)
@@ -577,7 +584,7 @@ class SessionRepository:
         )
         if user_id is not None:
             stmt = stmt.where(S.user_id == user_id)
-        async with self._transaction("delete_session") as (db, _):
+        async with self._transaction("delete_session", sid) as (db, _):
             deleted = (await db.execute(stmt)).first() is not None
             if deleted:
                 self._invalidate_on_commit(db, [sid])
@@ -605,7 +612,7 @@ class SessionRepository:
         )
         if user_id is not None:
             stmt = stmt.where(S.user_id == user_id)
-        async with self._transaction("heartbeat") as (db, _):
+        async with self._transaction("heartbeat", sid) as (db, _):
             alive = (await db.execute(stmt)).first() is not None
             if alive:
                 self._invalidate_on_commit(db, [sid])
@@ -652,7 +659,7 @@ class SessionRepository:
         )
         if user_id is not None:
             stmt = stmt.where(S.user_id == user_id)
-        async with self._transaction("add_checkpoint") as (db, _):
+        async with self._transaction("add_checkpoint", sid) as (db, _):
             seq = (await db.execute(stmt)).scalar()
             if seq is None:
                 raise SessionNotFoundError(str(session_id))

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
-from agent_sessions import telemetry
+from agent_sessions import RedisCache, SessionRepository, telemetry
+from tests.conftest import Backend
 
 
 @pytest.fixture(autouse=True)
@@ -119,3 +121,31 @@ def test_record_cache_counts_events(otel: Otel) -> None:
     telemetry.record_cache("hits")
     telemetry.record_cache("invalidations", count=3, namespace="app")
     assert (otel.count(name, **hit), otel.count(name, **gone)) == (hits + 2, invalidations + 3)
+
+
+async def test_repository_calls_are_spans_with_session_id_and_cache_events_are_counted(
+    otel: Otel, db: Backend, redis_client: Redis, namespace: str
+) -> None:
+    repo = SessionRepository(db.factory, cache=RedisCache(redis_client, namespace=namespace))
+    created = await repo.create_session("planner")
+    otel.spans.clear()
+    hits_before = otel.count(
+        "agent_sessions.cache.events",
+        **{"agent_sessions.cache.event": "hits", "agent_sessions.namespace": namespace},
+    )
+    await repo.get_session(created.session_id)  # a miss: the database is read, in a span
+    await repo.get_session(created.session_id)  # a hit: no database, no span
+    assert await repo.heartbeat(created.session_id)
+    names = [
+        (s.name, s.attributes.get("agent_sessions.session_id"))
+        for s in otel.spans.get_finished_spans()
+    ]
+    assert names == [
+        ("agent_sessions.get_session", created.session_id),
+        ("agent_sessions.heartbeat", created.session_id),
+    ]
+    hits = otel.count(
+        "agent_sessions.cache.events",
+        **{"agent_sessions.cache.event": "hits", "agent_sessions.namespace": namespace},
+    )
+    assert hits == hits_before + 1
