@@ -26,13 +26,14 @@ from agent_sessions.models import (
     SessionStats,
 )
 from agent_sessions.readthrough import ModelCache, read_through
-from agent_sessions.redis_cache import RedisCache
+from agent_sessions.redis_cache import CacheStats, RedisCache
 from agent_sessions.repository import SessionRepository
 from agent_sessions.tables import metadata
 
 __all__ = [
     "AgentSession",
     "AgentSessionsError",
+    "CacheStats",
     "ConcurrentUpdateError",
     "InvalidStateTransitionError",
     "ModelCache",
