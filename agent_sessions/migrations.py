@@ -12,6 +12,7 @@ The migration scripts ship inside the wheel, so this works with no checkout arou
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from agent_sessions._errors import storage_errors
 from agent_sessions.engine import create_engine
@@ -104,6 +105,24 @@ def check_connection(connection: Connection) -> None:
         f"`agent-sessions db upgrade --url {url}` (or `alembic upgrade head` with this "
         "library's alembic.ini, or `await agent_sessions.migrations.upgrade(url)`)"
     )
+
+
+class SchemaGate:
+    """Checks once, on first use, that the schema is at head; remembers the dialect."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self.dialect: str | None = None
+
+    async def pass_through(self, session: AsyncSession) -> str:
+        """Return the dialect's name; raise ``SchemaOutOfDateError`` the first time if behind."""
+        if self.dialect is None:
+            async with self._lock:
+                if self.dialect is None:
+                    conn = await session.connection()
+                    await conn.run_sync(check_connection)
+                    self.dialect = conn.dialect.name
+        return self.dialect
 
 
 async def _with_connection(

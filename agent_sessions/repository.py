@@ -7,7 +7,6 @@ back from our own database are not validated a second time.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 import uuid
@@ -20,15 +19,34 @@ from pydantic import ValidationError
 from sqlalchemy import and_, delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from agent_sessions import _cursor, _invalidation, migrations, telemetry
+from agent_sessions import _cursor, _invalidation, telemetry
+from agent_sessions._arguments import (
+    MAX_BATCH_SIZE,
+    MAX_INT,
+    check_filter,
+    check_int,
+    check_limit,
+    parse_id,
+)
 from agent_sessions._errors import storage_errors
-from agent_sessions._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size, check_text
+from agent_sessions._rows import (
+    CHECKPOINT_COLUMNS,
+    SESSION_COLUMNS,
+    C,
+    S,
+    checkpoint_from_row,
+    checkpoint_values,
+    context_with_failure_reason,
+    session_from_row,
+)
+from agent_sessions._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size
 from agent_sessions.errors import (
     ConcurrentUpdateError,
     InvalidStateTransitionError,
     SessionNotFoundError,
     SessionValidationError,
 )
+from agent_sessions.migrations import SchemaGate
 from agent_sessions.models import (
     AgentSession,
     SessionCheckpoint,
@@ -46,90 +64,8 @@ __all__ = ["SessionRepository"]
 
 logger = logging.getLogger(__name__)
 
-S = sessions_table.c
-C = checkpoints_table.c
-_SESSION_COLUMNS = (
-    S.id, S.agent_type, S.user_id, S.state, S.context, S.metadata, S.checkpoint_count,
-    S.version, S.created_at, S.updated_at, S.last_heartbeat,
-)  # fmt: skip
 _DELETED = SessionState.DELETED.value
 _LIVE_STATES = (SessionState.ACTIVE.value, SessionState.PAUSED.value)
-MAX_PAGE_SIZE = 1000
-MAX_BATCH_SIZE = 50_000
-MAX_INT = 2**31 - 1  # version and seq are INTEGER columns: 32 bits on PostgreSQL
-
-
-def _parse_id(session_id: object) -> uuid.UUID | None:
-    if isinstance(session_id, uuid.UUID):
-        return session_id
-    if not isinstance(session_id, str):
-        return None
-    try:
-        return uuid.UUID(session_id)
-    except ValueError:
-        return None
-
-
-def _check_limit(limit: int, what: str = "limit", maximum: int = MAX_PAGE_SIZE) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= maximum:
-        raise SessionValidationError(
-            f"{what} must be an integer from 1 to {maximum}, got {limit!r}"
-        )
-    return limit
-
-
-def _check_filter(value: object, what: str) -> None:
-    # A filter value no stored one can equal (NUL, lone surrogate, not a string) would reach
-    # PostgreSQL as a driver error and SQLite as a raw exception or an empty answer: refuse it
-    # the same way on both, before the database is asked.
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise SessionValidationError(f"{what} must be a string, got {type(value).__name__}")
-    try:
-        check_text(value, what)
-    except ValueError as exc:
-        raise SessionValidationError(str(exc)) from None
-
-
-def _checkpoint_from_row(row: Any) -> SessionCheckpoint:
-    return SessionCheckpoint.model_construct(
-        name=row.name, data=row.data, timestamp=row.cp_created_at, seq=row.seq
-    )
-
-
-def _session_from_row(row: Any, checkpoints: list[SessionCheckpoint]) -> AgentSession:
-    return AgentSession.model_construct(
-        session_id=str(row.id),
-        agent_type=row.agent_type,
-        user_id=row.user_id,
-        state=SessionState(row.state),
-        context=row.context,
-        metadata=row.metadata,
-        checkpoints=checkpoints,
-        checkpoint_count=row.checkpoint_count,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        last_heartbeat=row.last_heartbeat,
-        version=row.version,
-    )
-
-
-class _SchemaGate:
-    """Checks once per repository that the schema is at head, and learns the dialect."""
-
-    def __init__(self) -> None:
-        self._lock = asyncio.Lock()
-        self.dialect: str | None = None
-
-    async def pass_through(self, session: AsyncSession) -> str:
-        if self.dialect is None:
-            async with self._lock:
-                if self.dialect is None:
-                    conn = await session.connection()
-                    await conn.run_sync(migrations.check_connection)
-                    self.dialect = conn.dialect.name
-        return self.dialect
 
 
 class SessionRepository:
@@ -170,7 +106,7 @@ class SessionRepository:
         self._cache = cache
         self._max_payload = max_payload_bytes
         self._clock = clock
-        self._gate = _SchemaGate()
+        self._gate = SchemaGate()
         self._bound: AsyncSession | None = None
 
     @property
@@ -286,15 +222,10 @@ class SessionRepository:
             )
             await db.execute(
                 insert(checkpoints_table),
-                [self._checkpoint_values(sid, cp) for cp in session.checkpoints],
+                [checkpoint_values(sid, cp) for cp in session.checkpoints],
             )
         logger.debug("created session %s (%s)", session.session_id, session.agent_type)
         return session
-
-    @staticmethod
-    def _checkpoint_values(sid: uuid.UUID, cp: SessionCheckpoint) -> dict[str, Any]:
-        return {"session_id": sid, "seq": cp.seq, "name": cp.name, "data": cp.data,
-                "created_at": cp.timestamp}  # fmt: skip
 
     # -- read -----------------------------------------------------------------------------
 
@@ -310,8 +241,8 @@ class SessionRepository:
             SessionValidationError: a ``user_id`` that is not a string, or holds NUL or a lone
                 surrogate.
         """
-        _check_filter(user_id, "user_id")
-        sid = _parse_id(session_id)
+        check_filter(user_id, "user_id")
+        sid = parse_id(session_id)
         if sid is None:
             return None
         session = await self._load(str(sid))
@@ -324,7 +255,7 @@ class SessionRepository:
         # Checkpoint seqs are dense (1..checkpoint_count), so the newest N are a range
         # scan of the primary key, joined in the same round trip.
         stmt = (
-            select(*_SESSION_COLUMNS, C.seq, C.name, C.data, C.created_at.label("cp_created_at"))
+            select(*SESSION_COLUMNS, *CHECKPOINT_COLUMNS)
             .outerjoin(
                 checkpoints_table,
                 and_(C.session_id == S.id, C.seq > S.checkpoint_count - self._recent),
@@ -336,8 +267,8 @@ class SessionRepository:
             rows = (await db.execute(stmt)).all()
         if not rows:
             return None
-        checkpoints = [_checkpoint_from_row(r) for r in rows if r.seq is not None]
-        return _session_from_row(rows[0], checkpoints)
+        checkpoints = [checkpoint_from_row(r) for r in rows if r.seq is not None]
+        return session_from_row(rows[0], checkpoints)
 
     async def get_active_sessions(
         self, agent_type: str | None = None, user_id: str | None = None, *, limit: int = 100
@@ -366,9 +297,9 @@ class SessionRepository:
             SessionValidationError: a bad ``limit``, ``state``, ``cursor`` (including a
                 cursor made for other filters), or text filter (not a string, NUL, surrogate).
         """
-        _check_limit(limit)
-        _check_filter(agent_type, "agent_type")
-        _check_filter(user_id, "user_id")
+        check_limit(limit)
+        check_filter(agent_type, "agent_type")
+        check_filter(user_id, "user_id")
         try:
             wanted = None if state is None else SessionState(state)
         except ValueError:
@@ -376,7 +307,7 @@ class SessionRepository:
                 f"state must be one of {[s.value for s in SessionState]}, got {state!r}"
             ) from None
         filters = (agent_type, user_id, None if wanted is None else wanted.value)
-        stmt = select(*_SESSION_COLUMNS)
+        stmt = select(*SESSION_COLUMNS)
         if agent_type is not None:
             stmt = stmt.where(S.agent_type == agent_type)
         if user_id is not None:
@@ -388,7 +319,7 @@ class SessionRepository:
         stmt = stmt.order_by(S.created_at.desc(), S.id.desc()).limit(limit + 1)
         async with self._transaction("list_sessions") as (db, _):
             rows = (await db.execute(stmt)).all()
-        items = [_session_from_row(r, []) for r in rows[:limit]]
+        items = [session_from_row(r, []) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
@@ -409,24 +340,18 @@ class SessionRepository:
             SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
             SessionValidationError: a bad ``limit``, ``after_seq`` or ``user_id``.
         """
-        _check_limit(limit)
-        _check_filter(user_id, "user_id")
-        if after_seq is not None and (
-            isinstance(after_seq, bool)
-            or not isinstance(after_seq, int)
-            or not 0 <= after_seq <= MAX_INT
-        ):
-            raise SessionValidationError(
-                f"after_seq must be an integer from 0 to {MAX_INT}, got {after_seq!r}"
-            )
-        sid = _parse_id(session_id)
+        check_limit(limit)
+        check_filter(user_id, "user_id")
+        if after_seq is not None:
+            check_int(after_seq, "after_seq", 0, MAX_INT)
+        sid = parse_id(session_id)
         if sid is None:
             raise SessionNotFoundError(str(session_id))
         owner = select(S.id).where(S.id == sid, S.state != _DELETED)
         if user_id is not None:
             owner = owner.where(S.user_id == user_id)
         stmt = (
-            select(C.seq, C.name, C.data, C.created_at.label("cp_created_at"))
+            select(*CHECKPOINT_COLUMNS)
             .where(C.session_id == owner.scalar_subquery(), C.seq > (after_seq or 0))
             .order_by(C.seq)
             .limit(limit)
@@ -435,7 +360,7 @@ class SessionRepository:
             rows = (await db.execute(stmt)).all()
             if not rows and (await db.execute(owner)).first() is None:
                 raise SessionNotFoundError(str(session_id))
-        return [_checkpoint_from_row(r) for r in rows]
+        return [checkpoint_from_row(r) for r in rows]
 
     # -- write ----------------------------------------------------------------------------
 
@@ -461,16 +386,11 @@ class SessionRepository:
             SessionValidationError: bad context, metadata or checkpoint, or a ``version`` no
                 stored session can have; nothing was written.
         """
-        _check_filter(user_id, "user_id")
-        sid = _parse_id(session.session_id)
+        check_filter(user_id, "user_id")
+        sid = parse_id(session.session_id)
         if sid is None or (user_id is not None and session.user_id != user_id):
             raise SessionNotFoundError(str(session.session_id))
-        version = session.version
-        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_INT:
-            raise SessionValidationError(
-                f"invalid session: version must be an integer from 1 to {MAX_INT}, got "
-                f"{version!r}; pass the session as get_session() returned it"
-            )
+        check_int(session.version, "version (pass the session as it was read)", 1, MAX_INT)
         target, pending = self._validated_changes(session)
         now = self._clock()
         stmt = (
@@ -502,7 +422,7 @@ class SessionRepository:
             if stored:
                 await db.execute(
                     insert(checkpoints_table),
-                    [self._checkpoint_values(sid, cp) for cp in stored],
+                    [checkpoint_values(sid, cp) for cp in stored],
                 )
             self._invalidate_on_commit(db, [sid])
         kept = [cp for cp in session.checkpoints if cp.seq is not None] + stored
@@ -572,8 +492,8 @@ class SessionRepository:
             SessionValidationError: a ``user_id`` that is not a string, or holds NUL or a lone
                 surrogate.
         """
-        _check_filter(user_id, "user_id")
-        sid = _parse_id(session_id)
+        check_filter(user_id, "user_id")
+        sid = parse_id(session_id)
         if sid is None:
             return False
         stmt = (
@@ -600,8 +520,8 @@ class SessionRepository:
             or not ACTIVE/PAUSED (a swept, completed or deleted session gets no heartbeat: the
             agent should stop).
         """
-        _check_filter(user_id, "user_id")
-        sid = _parse_id(session_id)
+        check_filter(user_id, "user_id")
+        sid = parse_id(session_id)
         if sid is None:
             return False
         stmt = (
@@ -635,7 +555,7 @@ class SessionRepository:
             SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
             SessionValidationError: bad name, data or ``user_id``; nothing written.
         """
-        _check_filter(user_id, "user_id")
+        check_filter(user_id, "user_id")
         try:
             cp = SessionCheckpoint(
                 name=name, data={} if data is None else data, timestamp=self._clock()
@@ -643,7 +563,7 @@ class SessionRepository:
         except ValidationError as exc:
             raise validation_error(exc, "checkpoint") from exc
         self._check_sizes(data=cp.data)
-        sid = _parse_id(session_id)
+        sid = parse_id(session_id)
         if sid is None:
             raise SessionNotFoundError(str(session_id))
         # The row lock taken by this UPDATE serializes appenders, so seqs never collide.
@@ -664,7 +584,7 @@ class SessionRepository:
             if seq is None:
                 raise SessionNotFoundError(str(session_id))
             cp.seq = seq
-            await db.execute(insert(checkpoints_table).values(self._checkpoint_values(sid, cp)))
+            await db.execute(insert(checkpoints_table).values(checkpoint_values(sid, cp)))
             self._invalidate_on_commit(db, [sid])
         return cp
 
@@ -682,7 +602,7 @@ class SessionRepository:
         """
         if max_age < timedelta(0):
             raise SessionValidationError(f"max_age must not be negative, got {max_age}")
-        _check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
+        check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
         now = self._clock()
         cutoff = now - max_age
         stale = and_(S.state == SessionState.ACTIVE.value, S.last_heartbeat < cutoff)
@@ -698,7 +618,7 @@ class SessionRepository:
                     .where(S.id.in_(batch.scalar_subquery()), stale)
                     .values(
                         state=SessionState.FAILED.value,
-                        context=_with_failure_reason(dialect),
+                        context=context_with_failure_reason(dialect),
                         version=S.version + 1,
                         updated_at=now,
                     )
@@ -725,7 +645,7 @@ class SessionRepository:
         """
         if older_than < timedelta(0):
             raise SessionValidationError(f"older_than must not be negative, got {older_than}")
-        _check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
+        check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
         cutoff = self._clock() - older_than
         doomed = (
             select(S.id)
@@ -770,9 +690,3 @@ class SessionRepository:
             oldest_active_heartbeat=oldest,
             checkpoints=int(checkpoints or 0),
         )
-
-
-def _with_failure_reason(dialect: str) -> Any:
-    if dialect == "postgresql":
-        return S.context.op("||")(func.jsonb_build_object("failure_reason", "heartbeat_timeout"))
-    return func.json_set(S.context, "$.failure_reason", "heartbeat_timeout")

@@ -1,0 +1,61 @@
+"""How the repository reads rows: the columns it selects and the models it builds from them.
+
+Rows come from our own database, already checked on the way in, so models are built with
+``model_construct`` (no second validation).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func
+
+from agent_sessions.models import AgentSession, SessionCheckpoint, SessionState
+from agent_sessions.tables import checkpoints_table, sessions_table
+
+S = sessions_table.c
+C = checkpoints_table.c
+SESSION_COLUMNS = (
+    S.id, S.agent_type, S.user_id, S.state, S.context, S.metadata, S.checkpoint_count,
+    S.version, S.created_at, S.updated_at, S.last_heartbeat,
+)  # fmt: skip
+CHECKPOINT_COLUMNS = (C.seq, C.name, C.data, C.created_at.label("cp_created_at"))
+
+
+def checkpoint_from_row(row: Any) -> SessionCheckpoint:
+    """A checkpoint from a row holding ``CHECKPOINT_COLUMNS``."""
+    return SessionCheckpoint.model_construct(
+        name=row.name, data=row.data, timestamp=row.cp_created_at, seq=row.seq
+    )
+
+
+def session_from_row(row: Any, checkpoints: list[SessionCheckpoint]) -> AgentSession:
+    """A session from a row holding ``SESSION_COLUMNS``."""
+    return AgentSession.model_construct(
+        session_id=str(row.id),
+        agent_type=row.agent_type,
+        user_id=row.user_id,
+        state=SessionState(row.state),
+        context=row.context,
+        metadata=row.metadata,
+        checkpoints=checkpoints,
+        checkpoint_count=row.checkpoint_count,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        last_heartbeat=row.last_heartbeat,
+        version=row.version,
+    )
+
+
+def checkpoint_values(sid: uuid.UUID, cp: SessionCheckpoint) -> dict[str, Any]:
+    """The checkpoints table's values for storing ``cp`` in session ``sid``."""
+    return {"session_id": sid, "seq": cp.seq, "name": cp.name, "data": cp.data,
+            "created_at": cp.timestamp}  # fmt: skip
+
+
+def context_with_failure_reason(dialect: str) -> Any:
+    """``context`` with ``failure_reason = "heartbeat_timeout"`` merged in, done by the database."""
+    if dialect == "postgresql":
+        return S.context.op("||")(func.jsonb_build_object("failure_reason", "heartbeat_timeout"))
+    return func.json_set(S.context, "$.failure_reason", "heartbeat_timeout")
