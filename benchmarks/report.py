@@ -209,7 +209,7 @@ def render(report: Report) -> str:
     lines.append(f"{'target':<62} {'value':>9} {'need':>8}  verdict")
     for t in report.targets():
         need = f"{t.need} {t.threshold:g}"
-        lines.append(f"{t.name:<62} {_fmt(t.value, '.2f'):>9} {need:>8}  {t.verdict}")
+        lines.append(f"{t.name:<62} {_fmt(t.value, '.3f'):>9} {need:>8}  {t.verdict}")
     lines.extend(f"note: {n}" for n in report.notes)
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from agent_sessions import SessionRepository, SessionState, create_engine, migrations
 
@@ -76,7 +77,8 @@ class Seeded:
 async def seeded(postgres_url: str) -> AsyncIterator[Seeded]:
     """A fresh, migrated, seeded and analyzed database; removed afterwards."""
     name = f"explain_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    # No pool: other tests may terminate idle connections while this module runs.
+    admin = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     async with admin.connect() as conn:
         await conn.execute(text(f"CREATE DATABASE {name}"))  # our own generated name
     engine = create_engine(make_url(postgres_url).set(database=name).render_as_string(False))
