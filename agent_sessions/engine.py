@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 DEFAULT_URL = "sqlite+aiosqlite:///agent_sessions.db"
+# A PostgreSQL connection idle for longer than this is pinged before it is handed out.
+IDLE_PING_AFTER = 5.0
+_IDLE_SINCE = "agent_sessions.idle_since"
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -23,21 +28,55 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.close()
 
 
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    """Like ``pool_pre_ping``, but only for connections that sat idle for a while.
+
+    ``pool_pre_ping`` costs asyncpg three round trips on every checkout, more than the
+    statement it guards. A connection used moments ago is alive or will fail like any
+    in-flight call; one idle longer may have died with a server restart, so it is pinged
+    and, if dead, silently replaced by the pool.
+    """
+    pool = engine.sync_engine.pool
+    dialect = engine.sync_engine.dialect
+
+    def idle_from_now(_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    def ping_if_idle(
+        dbapi_connection: DBAPIConnection,
+        record: ConnectionPoolEntry,
+        _proxy: PoolProxiedConnection,
+    ) -> None:
+        if time.monotonic() - record.info.get(_IDLE_SINCE, 0.0) < IDLE_PING_AFTER:
+            return
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # any failure of the ping means: do not use this one
+            raise sa_exc.DisconnectionError(f"idle connection is dead: {exc}") from exc
+        if not alive:
+            raise sa_exc.DisconnectionError("idle connection is dead")
+
+    event.listen(pool, "connect", idle_from_now)
+    event.listen(pool, "checkin", idle_from_now)
+    event.listen(pool, "checkout", ping_if_idle)
+
+
 def create_engine(url: str = DEFAULT_URL, **kwargs: Any) -> AsyncEngine:
     """Create an ``AsyncEngine`` with settings suited to agent_sessions.
 
-    PostgreSQL (``postgresql+asyncpg://``): connections are pinged before use, so the pool
-    recovers on its own after a server restart. SQLite (``sqlite+aiosqlite://``): WAL mode,
-    foreign keys on, a 30 s busy timeout. Extra keyword arguments go to
+    PostgreSQL (``postgresql+asyncpg://``): connections idle for more than a few seconds are
+    pinged before use, so the pool recovers on its own after a server restart (pass
+    ``pool_pre_ping=True`` to ping on every checkout instead). SQLite (``sqlite+aiosqlite://``):
+    WAL mode, foreign keys on, a 30 s busy timeout. Extra keyword arguments go to
     ``sqlalchemy.ext.asyncio.create_async_engine``.
 
     Example::
 
         engine = create_engine("sqlite+aiosqlite:///sessions.db")
     """
-    if url.startswith("postgresql"):
-        kwargs.setdefault("pool_pre_ping", True)
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    elif "pool_pre_ping" not in kwargs:
+        _ping_idle_connections(engine)
     return engine

@@ -56,6 +56,22 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 
+# KEYS: the epoch, then generation/value pairs. ARGV: the generation's expiry in ms, a new epoch
+# ("" to keep it), then one new generation per pair (made by the caller: a script's random
+# numbers repeat from call to call). One round trip for a whole sweep batch, where a pipeline
+# of two commands per key spends most of its time in the client. Standalone Redis only: a
+# cluster refuses scripts whose keys span slots, and keeps the pipeline.
+_FORGET_SCRIPT = """
+if ARGV[2] ~= '' then
+    redis.call('SET', KEYS[1], ARGV[2])
+end
+for i = 1, (#KEYS - 1) / 2 do
+    redis.call('SET', KEYS[2 * i], ARGV[i + 2], 'PX', ARGV[1])
+    redis.call('DEL', KEYS[2 * i + 1])
+end
+return 1
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class CacheStats:
@@ -220,6 +236,9 @@ class RedisCache:
         )
         self._epoch_key = _epoch_key(namespace)
         self._store_script = client.register_script(_STORE_SCRIPT)
+        self._forget_script = (
+            None if isinstance(client, RedisCluster) else client.register_script(_FORGET_SCRIPT)
+        )
         self._flights: dict[tuple[type[BaseModel], str], _Flight] = {}
         self._fingerprints: dict[type[BaseModel], bytes] = {}
         self._counts: Counter[str] = Counter()
@@ -431,6 +450,16 @@ class RedisCache:
 
     async def _forget(self, model: type[BaseModel], keys: list[str]) -> None:
         covered = self._dirty
+        if self._forget_script is not None:
+            names = [self._epoch_key]
+            for key in keys:
+                names.extend(_keys(self._namespace, model, key))
+            tokens = [secrets.token_hex(8) for _ in keys]
+            epoch = secrets.token_hex(8) if covered else ""
+            await self._forget_script(keys=names, args=[2 * self._ttl_ms, epoch, *tokens])
+            if covered:
+                self._epoch_set(covered)
+            return
         pipe = self._client.pipeline(transaction=False)
         if covered:  # earlier invalidations were lost: a new epoch, in the same round trip
             pipe.set(self._epoch_key, secrets.token_hex(8))

@@ -1,0 +1,66 @@
+"""create_engine: SQLite pragmas, and PostgreSQL connections that outlive a server restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from agent_sessions import SessionRepository, StorageError, create_engine, engine, migrations
+from tests.conftest import unavailable
+from tests.servers import PostgresServer, ServerUnavailable
+
+
+async def test_sqlite_engine_uses_wal_and_foreign_keys(tmp_path: Path) -> None:
+    sqlite = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    try:
+        async with sqlite.connect() as conn:
+            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+            assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+    finally:
+        await sqlite.dispose()
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> PostgresServer:
+    try:
+        return PostgresServer.start(tmp_path / "pg")
+    except ServerUnavailable as exc:
+        unavailable(f"PostgreSQL: {exc}")
+        raise
+
+
+async def test_idle_connections_are_pinged_and_replaced_after_a_restart(
+    own_postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with own_postgres:
+        pg = create_engine(own_postgres.url)
+        try:
+            await migrations.upgrade(pg)
+            repo = SessionRepository(async_sessionmaker(pg))
+            created = await repo.create_session("planner")
+            own_postgres.restart()  # every pooled connection is now dead
+            monkeypatch.setattr(engine, "IDLE_PING_AFTER", 0.0)  # they all count as idle
+            assert await repo.get_session(created.session_id) is not None
+        finally:
+            await pg.dispose()
+
+
+async def test_without_the_ping_a_dead_connection_fails_once_then_the_pool_recovers(
+    own_postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with own_postgres:
+        pg = create_engine(own_postgres.url)
+        try:
+            await migrations.upgrade(pg)
+            repo = SessionRepository(async_sessionmaker(pg))
+            created = await repo.create_session("planner")
+            own_postgres.restart()
+            monkeypatch.setattr(engine, "IDLE_PING_AFTER", 3600.0)  # used "just now"
+            with pytest.raises(StorageError):
+                await repo.get_session(created.session_id)
+            assert await repo.get_session(created.session_id) is not None
+        finally:
+            await pg.dispose()
