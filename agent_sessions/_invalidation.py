@@ -54,3 +54,13 @@ def _after_commit(sync_session: Session) -> None:
 
 def _after_rollback(sync_session: Session, *_: Any) -> None:
     sync_session.info.pop(_PENDING, None)
+
+
+async def run_pending(session: AsyncSession) -> None:
+    """Invalidate what ``on_commit`` registered, now: for statements run without a transaction."""
+    pending: _Pending | None = session.sync_session.info.pop(_PENDING, None)
+    for cache, model, keys in (pending or {}).values():
+        try:
+            await cache.invalidate(model, keys)
+        except Exception:  # the write happened; a cache fault must not look like a failed write
+            logger.exception("invalidating %d cached %s failed", len(keys), model.__name__)

@@ -16,10 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, delete, func, insert, select, tuple_, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agent_sessions import _cursor, _invalidation, telemetry
+from agent_sessions import _statements as sql
 from agent_sessions._arguments import (
     MAX_BATCH_SIZE,
     MAX_INT,
@@ -31,7 +32,6 @@ from agent_sessions._arguments import (
 from agent_sessions._errors import storage_errors
 from agent_sessions._rows import (
     CHECKPOINT_COLUMNS,
-    SESSION_COLUMNS,
     C,
     S,
     checkpoint_from_row,
@@ -139,8 +139,14 @@ class SessionRepository:
 
     @asynccontextmanager
     async def _transaction(
-        self, operation: str, session_id: uuid.UUID | None = None
+        self, operation: str, session_id: uuid.UUID | None = None, *, atomic: bool = True
     ) -> AsyncIterator[tuple[AsyncSession, str]]:
+        """A session to run ``operation`` in, and the dialect's name.
+
+        Bound: the caller's session. Otherwise a new one, in a transaction committed at the end;
+        with ``atomic=False`` (a single statement, or reads that need no common snapshot) in
+        autocommit mode instead, which saves the BEGIN and COMMIT round trips.
+        """
         # The span wraps storage_errors, so it records the library's error, not the driver's.
         sid = None if session_id is None else str(session_id)
         with (
@@ -149,9 +155,14 @@ class SessionRepository:
         ):
             if self._bound is not None:
                 yield self._bound, await self._gate.pass_through(self._bound)
-                return
-            async with self._factory() as session, session.begin():
-                yield session, await self._gate.pass_through(session)
+            elif atomic:
+                async with self._factory() as session, session.begin():
+                    yield session, await self._gate.pass_through(session)
+            else:
+                async with self._factory() as session:
+                    await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+                    yield session, await self._gate.pass_through(session)
+                    await _invalidation.run_pending(session)
 
     def _invalidate_on_commit(self, session: AsyncSession, ids: Sequence[uuid.UUID]) -> None:
         if self._cache is not None and ids:
@@ -206,24 +217,22 @@ class SessionRepository:
         sid = uuid.UUID(session.session_id)
         async with self._transaction("create_session", sid) as (db, _):
             await db.execute(
-                insert(sessions_table).values(
-                    id=sid,
-                    agent_type=session.agent_type,
-                    user_id=session.user_id,
-                    state=session.state.value,
-                    context=session.context,
-                    metadata=session.metadata,
-                    checkpoint_count=1,
-                    version=1,
-                    created_at=now,
-                    updated_at=now,
-                    last_heartbeat=now,
-                )
+                sql.INSERT_SESSION,
+                {
+                    "id": sid,
+                    "agent_type": session.agent_type,
+                    "user_id": session.user_id,
+                    "state": session.state.value,
+                    "context": session.context,
+                    "metadata": session.metadata,
+                    "checkpoint_count": 1,
+                    "version": 1,
+                    "created_at": now,
+                    "updated_at": now,
+                    "last_heartbeat": now,
+                },
             )
-            await db.execute(
-                insert(checkpoints_table),
-                [checkpoint_values(sid, cp) for cp in session.checkpoints],
-            )
+            await db.execute(sql.INSERT_CHECKPOINT, checkpoint_values(sid, session.checkpoints[0]))
         logger.debug("created session %s (%s)", session.session_id, session.agent_type)
         return session
 
@@ -252,19 +261,9 @@ class SessionRepository:
 
     @read_through(AgentSession, id_field="session_id", cache_attr="_read_cache")
     async def _load(self, session_id: str) -> AgentSession | None:
-        # Checkpoint seqs are dense (1..checkpoint_count), so the newest N are a range
-        # scan of the primary key, joined in the same round trip.
-        stmt = (
-            select(*SESSION_COLUMNS, *CHECKPOINT_COLUMNS)
-            .outerjoin(
-                checkpoints_table,
-                and_(C.session_id == S.id, C.seq > S.checkpoint_count - self._recent),
-            )
-            .where(S.id == uuid.UUID(session_id), S.state != _DELETED)
-            .order_by(C.seq)
-        )
-        async with self._transaction("get_session", uuid.UUID(session_id)) as (db, _):
-            rows = (await db.execute(stmt)).all()
+        sid = uuid.UUID(session_id)
+        async with self._transaction("get_session", sid, atomic=False) as (db, _):
+            rows = (await db.execute(sql.LOAD, {"b_sid": sid, "b_recent": self._recent})).all()
         if not rows:
             return None
         checkpoints = [checkpoint_from_row(r) for r in rows if r.seq is not None]
@@ -307,18 +306,19 @@ class SessionRepository:
                 f"state must be one of {[s.value for s in SessionState]}, got {state!r}"
             ) from None
         filters = (agent_type, user_id, None if wanted is None else wanted.value)
-        stmt = select(*SESSION_COLUMNS)
-        if agent_type is not None:
-            stmt = stmt.where(S.agent_type == agent_type)
-        if user_id is not None:
-            stmt = stmt.where(S.user_id == user_id)
-        stmt = stmt.where(S.state != _DELETED if wanted is None else S.state == wanted.value)
+        params: dict[str, Any] = {
+            "b_agent": agent_type,
+            "b_user": user_id,
+            "b_state": filters[2],
+            "b_limit": limit + 1,
+        }
         if cursor is not None:
-            created_at, last_id = _cursor.decode(cursor, filters)
-            stmt = stmt.where(tuple_(S.created_at, S.id) < tuple_(created_at, last_id))
-        stmt = stmt.order_by(S.created_at.desc(), S.id.desc()).limit(limit + 1)
-        async with self._transaction("list_sessions") as (db, _):
-            rows = (await db.execute(stmt)).all()
+            params["b_after_at"], params["b_after_id"] = _cursor.decode(cursor, filters)
+        stmt = sql.list_page(
+            agent_type is not None, user_id is not None, wanted is not None, cursor is not None
+        )
+        async with self._transaction("list_sessions", atomic=False) as (db, _):
+            rows = (await db.execute(stmt, params)).all()
         items = [session_from_row(r, []) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
@@ -356,7 +356,7 @@ class SessionRepository:
             .order_by(C.seq)
             .limit(limit)
         )
-        async with self._transaction("list_checkpoints", sid) as (db, _):
+        async with self._transaction("list_checkpoints", sid, atomic=False) as (db, _):
             rows = (await db.execute(stmt)).all()
             if not rows and (await db.execute(owner)).first() is None:
                 raise SessionNotFoundError(str(session_id))
@@ -393,27 +393,20 @@ class SessionRepository:
         check_int(session.version, "version (pass the session as it was read)", 1, MAX_INT)
         target, pending = self._validated_changes(session)
         now = self._clock()
-        stmt = (
-            update(sessions_table)
-            .where(
-                S.id == sid,
-                S.user_id == session.user_id,
-                S.version == session.version,
-                S.state.in_([s.value for s in allowed_sources(target)]),
-            )
-            .values(
-                context=session.context,
-                metadata=session.metadata,
-                state=target.value,
-                version=S.version + 1,
-                updated_at=now,
-                last_heartbeat=now,
-                checkpoint_count=S.checkpoint_count + len(pending),
-            )
-            .returning(S.checkpoint_count, S.created_at)
-        )
-        async with self._transaction("update_session", sid) as (db, _):
-            row = (await db.execute(stmt)).first()
+        params = {
+            "b_sid": sid,
+            "b_owner": session.user_id,
+            "b_version": session.version,
+            "b_sources": [s.value for s in allowed_sources(target)],
+            "b_context": session.context,
+            "b_metadata": session.metadata,
+            "b_state": target.value,
+            "b_now": now,
+            "b_added": len(pending),
+        }
+        # Without new checkpoints the update is one statement: no transaction needed.
+        async with self._transaction("update_session", sid, atomic=bool(pending)) as (db, _):
+            row = (await db.execute(sql.UPDATE, params)).first()
             if row is None:
                 await self._explain_failed_update(db, sid, session, target)
                 raise AssertionError("unreachable")  # pragma: no cover
@@ -421,8 +414,7 @@ class SessionRepository:
             stored = [cp.model_copy(update={"seq": first_seq + i}) for i, cp in enumerate(pending)]
             if stored:
                 await db.execute(
-                    insert(checkpoints_table),
-                    [checkpoint_values(sid, cp) for cp in stored],
+                    sql.INSERT_CHECKPOINT, [checkpoint_values(sid, cp) for cp in stored]
                 )
             self._invalidate_on_commit(db, [sid])
         kept = [cp for cp in session.checkpoints if cp.seq is not None] + stored
@@ -496,16 +488,10 @@ class SessionRepository:
         sid = parse_id(session_id)
         if sid is None:
             return False
-        stmt = (
-            update(sessions_table)
-            .where(S.id == sid, S.state != _DELETED)
-            .values(state=_DELETED, version=S.version + 1, updated_at=self._clock())
-            .returning(S.id)
-        )
-        if user_id is not None:
-            stmt = stmt.where(S.user_id == user_id)
-        async with self._transaction("delete_session", sid) as (db, _):
-            deleted = (await db.execute(stmt)).first() is not None
+        params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id}
+        async with self._transaction("delete_session", sid, atomic=False) as (db, _):
+            stmt = sql.DELETE[user_id is not None]
+            deleted = (await db.execute(stmt, params)).first() is not None
             if deleted:
                 self._invalidate_on_commit(db, [sid])
         return deleted
@@ -524,16 +510,10 @@ class SessionRepository:
         sid = parse_id(session_id)
         if sid is None:
             return False
-        stmt = (
-            update(sessions_table)
-            .where(S.id == sid, S.state.in_(_LIVE_STATES))
-            .values(last_heartbeat=self._clock())
-            .returning(S.id)
-        )
-        if user_id is not None:
-            stmt = stmt.where(S.user_id == user_id)
-        async with self._transaction("heartbeat", sid) as (db, _):
-            alive = (await db.execute(stmt)).first() is not None
+        params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id}
+        async with self._transaction("heartbeat", sid, atomic=False) as (db, _):
+            alive = (await db.execute(sql.HEARTBEAT[user_id is not None], params)).first()
+            alive = alive is not None
             if alive:
                 self._invalidate_on_commit(db, [sid])
         return alive
@@ -566,25 +546,13 @@ class SessionRepository:
         sid = parse_id(session_id)
         if sid is None:
             raise SessionNotFoundError(str(session_id))
-        # The row lock taken by this UPDATE serializes appenders, so seqs never collide.
-        stmt = (
-            update(sessions_table)
-            .where(S.id == sid, S.state != _DELETED)
-            .values(
-                checkpoint_count=S.checkpoint_count + 1,
-                version=S.version + 1,
-                updated_at=cp.timestamp,
-            )
-            .returning(S.checkpoint_count)
-        )
-        if user_id is not None:
-            stmt = stmt.where(S.user_id == user_id)
+        params = {"b_sid": sid, "b_now": cp.timestamp, "b_user": user_id}
         async with self._transaction("add_checkpoint", sid) as (db, _):
-            seq = (await db.execute(stmt)).scalar()
+            seq = (await db.execute(sql.APPEND[user_id is not None], params)).scalar()
             if seq is None:
                 raise SessionNotFoundError(str(session_id))
             cp.seq = seq
-            await db.execute(insert(checkpoints_table).values(checkpoint_values(sid, cp)))
+            await db.execute(sql.INSERT_CHECKPOINT, checkpoint_values(sid, cp))
             self._invalidate_on_commit(db, [sid])
         return cp
 

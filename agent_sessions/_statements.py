@@ -1,0 +1,127 @@
+"""The repository's hot statements, built once with bound parameters.
+
+Building a Core statement and its cache key on every call costs more than many of the round
+trips it makes; these are built at import and only executed with new parameter values.
+Parameter names start with ``b_`` (names equal to a column's are reserved in UPDATE ... SET).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from sqlalchemy import (
+    Integer,
+    Select,
+    String,
+    Uuid,
+    and_,
+    bindparam,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.sql.dml import ReturningUpdate
+
+from agent_sessions._rows import CHECKPOINT_COLUMNS, SESSION_COLUMNS, C, S
+from agent_sessions.tables import JsonType, UtcDateTime, checkpoints_table, sessions_table
+
+DELETED = "deleted"
+LIVE_STATES = ("active", "paused")
+
+_SID = bindparam("b_sid", type_=Uuid())
+_NOW = bindparam("b_now", type_=UtcDateTime())
+_USER = bindparam("b_user", type_=String())
+
+
+def _scoped(stmt: ReturningUpdate[Any]) -> dict[bool, ReturningUpdate[Any]]:
+    """The statement unscoped (``False``) and limited to the user ``b_user`` (``True``)."""
+    return {False: stmt, True: stmt.where(S.user_id == _USER)}
+
+
+# The session and its newest ``b_recent`` checkpoints in one round trip: seqs are dense
+# (1..checkpoint_count), so the newest N are a range scan of the checkpoints' primary key.
+LOAD = (
+    select(*SESSION_COLUMNS, *CHECKPOINT_COLUMNS)
+    .outerjoin(
+        checkpoints_table,
+        and_(
+            C.session_id == S.id,
+            C.seq > S.checkpoint_count - bindparam("b_recent", type_=Integer()),
+        ),
+    )
+    .where(S.id == _SID, S.state != DELETED)
+    .order_by(C.seq)
+)
+
+INSERT_SESSION = insert(sessions_table)
+INSERT_CHECKPOINT = insert(checkpoints_table)
+
+HEARTBEAT = _scoped(
+    update(sessions_table)
+    .where(S.id == _SID, S.state.in_(LIVE_STATES))
+    .values(last_heartbeat=_NOW)
+    .returning(S.id)
+)
+
+# Takes the session's row lock, so concurrent appenders get consecutive seqs.
+APPEND = _scoped(
+    update(sessions_table)
+    .where(S.id == _SID, S.state != DELETED)
+    .values(checkpoint_count=S.checkpoint_count + 1, version=S.version + 1, updated_at=_NOW)
+    .returning(S.checkpoint_count)
+)
+
+DELETE = _scoped(
+    update(sessions_table)
+    .where(S.id == _SID, S.state != DELETED)
+    .values(state=DELETED, version=S.version + 1, updated_at=_NOW)
+    .returning(S.id)
+)
+
+# Compare-and-set on (owner, version, a state the new one may follow).
+UPDATE = (
+    update(sessions_table)
+    .where(
+        S.id == _SID,
+        S.user_id == bindparam("b_owner", type_=String()),
+        S.version == bindparam("b_version", type_=Integer()),
+        S.state.in_(bindparam("b_sources", expanding=True, type_=String())),
+    )
+    .values(
+        context=bindparam("b_context", type_=JsonType),
+        metadata=bindparam("b_metadata", type_=JsonType),
+        state=bindparam("b_state", type_=String()),
+        version=S.version + 1,
+        updated_at=_NOW,
+        last_heartbeat=_NOW,
+        checkpoint_count=S.checkpoint_count + bindparam("b_added", type_=Integer()),
+    )
+    .returning(S.checkpoint_count, S.created_at)
+)
+
+
+@functools.cache
+def list_page(by_agent: bool, by_user: bool, by_state: bool, after: bool) -> Select[Any]:
+    """A page of sessions, newest first; ``b_limit`` rows after (``b_after_at``, ``b_after_id``).
+
+    Without ``by_state``, deleted sessions are left out.
+    """
+    stmt = select(*SESSION_COLUMNS)
+    if by_agent:
+        stmt = stmt.where(S.agent_type == bindparam("b_agent", type_=String()))
+    if by_user:
+        stmt = stmt.where(S.user_id == _USER)
+    if by_state:
+        stmt = stmt.where(S.state == bindparam("b_state", type_=String()))
+    else:
+        stmt = stmt.where(S.state != DELETED)
+    if after:
+        position = tuple_(
+            bindparam("b_after_at", type_=UtcDateTime()), bindparam("b_after_id", type_=Uuid())
+        )
+        stmt = stmt.where(tuple_(S.created_at, S.id) < position)
+    return stmt.order_by(S.created_at.desc(), S.id.desc()).limit(
+        bindparam("b_limit", type_=Integer())
+    )
