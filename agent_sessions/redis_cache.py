@@ -214,7 +214,7 @@ class RedisCache:
         *,
         namespace: str = "agent_sessions",
         ttl: timedelta = timedelta(hours=24),
-        timeout: timedelta = timedelta(milliseconds=100),
+        timeout: timedelta = timedelta(milliseconds=250),
         failure_threshold: int = 3,
         cooldown: timedelta = timedelta(seconds=5),
         monotonic: Callable[[], float] = time.monotonic,

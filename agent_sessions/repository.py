@@ -7,13 +7,15 @@ back from our own database are not validated a second time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 from sqlalchemy import and_, delete, func, select, update
@@ -64,6 +66,7 @@ __all__ = ["SessionRepository"]
 
 logger = logging.getLogger(__name__)
 
+_Mode = Literal["read", "statement", "write"]
 _DELETED = SessionState.DELETED.value
 _LIVE_STATES = (SessionState.ACTIVE.value, SessionState.PAUSED.value)
 
@@ -107,6 +110,7 @@ class SessionRepository:
         self._max_payload = max_payload_bytes
         self._clock = clock
         self._gate = SchemaGate()
+        self._write_lock = asyncio.Lock()
         self._bound: AsyncSession | None = None
 
     @property
@@ -139,13 +143,14 @@ class SessionRepository:
 
     @asynccontextmanager
     async def _transaction(
-        self, operation: str, session_id: uuid.UUID | None = None, *, atomic: bool = True
+        self, operation: str, session_id: uuid.UUID | None = None, *, mode: _Mode = "write"
     ) -> AsyncIterator[tuple[AsyncSession, str]]:
         """A session to run ``operation`` in, and the dialect's name.
 
-        Bound: the caller's session. Otherwise a new one, in a transaction committed at the end;
-        with ``atomic=False`` (a single statement, or reads that need no common snapshot) in
-        autocommit mode instead, which saves the BEGIN and COMMIT round trips.
+        Bound: the caller's session. Otherwise a new one: for ``"write"`` in a transaction
+        committed at the end; for ``"read"`` (reads needing no common snapshot) and
+        ``"statement"`` (one writing statement) in autocommit mode, which saves the BEGIN and
+        COMMIT round trips.
         """
         # The span wraps storage_errors, so it records the library's error, not the driver's.
         sid = None if session_id is None else str(session_id)
@@ -155,14 +160,23 @@ class SessionRepository:
         ):
             if self._bound is not None:
                 yield self._bound, await self._gate.pass_through(self._bound)
-            elif atomic:
-                async with self._factory() as session, session.begin():
-                    yield session, await self._gate.pass_through(session)
-            else:
-                async with self._factory() as session:
+                return
+            async with self._sqlite_writer(mode), self._factory() as session:
+                if mode == "write":
+                    async with session.begin():
+                        yield session, await self._gate.pass_through(session)
+                else:
                     await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
                     yield session, await self._gate.pass_through(session)
                     await _invalidation.run_pending(session)
+
+    def _sqlite_writer(self, mode: _Mode) -> contextlib.AbstractAsyncContextManager[Any]:
+        # SQLite has one writer at a time; writers that wait on its lock sleep in the busy
+        # handler and a crowd of them collapses to a few dozen writes a second. Queueing this
+        # process's writers on an asyncio lock instead keeps them at full speed.
+        if mode == "read" or self._gate.dialect != "sqlite":
+            return contextlib.nullcontext()
+        return self._write_lock
 
     def _invalidate_on_commit(self, session: AsyncSession, ids: Sequence[uuid.UUID]) -> None:
         if self._cache is not None and ids:
@@ -262,7 +276,7 @@ class SessionRepository:
     @read_through(AgentSession, id_field="session_id", cache_attr="_read_cache")
     async def _load(self, session_id: str) -> AgentSession | None:
         sid = uuid.UUID(session_id)
-        async with self._transaction("get_session", sid, atomic=False) as (db, _):
+        async with self._transaction("get_session", sid, mode="read") as (db, _):
             rows = (await db.execute(sql.LOAD, {"b_sid": sid, "b_recent": self._recent})).all()
         if not rows:
             return None
@@ -317,7 +331,7 @@ class SessionRepository:
         stmt = sql.list_page(
             agent_type is not None, user_id is not None, wanted is not None, cursor is not None
         )
-        async with self._transaction("list_sessions", atomic=False) as (db, _):
+        async with self._transaction("list_sessions", mode="read") as (db, _):
             rows = (await db.execute(stmt, params)).all()
         items = [session_from_row(r, []) for r in rows[:limit]]
         next_cursor = None
@@ -356,7 +370,7 @@ class SessionRepository:
             .order_by(C.seq)
             .limit(limit)
         )
-        async with self._transaction("list_checkpoints", sid, atomic=False) as (db, _):
+        async with self._transaction("list_checkpoints", sid, mode="read") as (db, _):
             rows = (await db.execute(stmt)).all()
             if not rows and (await db.execute(owner)).first() is None:
                 raise SessionNotFoundError(str(session_id))
@@ -405,7 +419,8 @@ class SessionRepository:
             "b_added": len(pending),
         }
         # Without new checkpoints the update is one statement: no transaction needed.
-        async with self._transaction("update_session", sid, atomic=bool(pending)) as (db, _):
+        mode: _Mode = "write" if pending else "statement"
+        async with self._transaction("update_session", sid, mode=mode) as (db, _):
             row = (await db.execute(sql.UPDATE, params)).first()
             if row is None:
                 await self._explain_failed_update(db, sid, session, target)
@@ -489,7 +504,7 @@ class SessionRepository:
         if sid is None:
             return False
         params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id}
-        async with self._transaction("delete_session", sid, atomic=False) as (db, _):
+        async with self._transaction("delete_session", sid, mode="statement") as (db, _):
             stmt = sql.DELETE[user_id is not None]
             deleted = (await db.execute(stmt, params)).first() is not None
             if deleted:
@@ -511,7 +526,7 @@ class SessionRepository:
         if sid is None:
             return False
         params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id}
-        async with self._transaction("heartbeat", sid, atomic=False) as (db, _):
+        async with self._transaction("heartbeat", sid, mode="statement") as (db, _):
             alive = (await db.execute(sql.HEARTBEAT[user_id is not None], params)).first()
             alive = alive is not None
             if alive:
@@ -639,7 +654,7 @@ class SessionRepository:
 
     async def stats(self) -> SessionStats:
         """Counts by state and agent type, the oldest ACTIVE heartbeat, the checkpoint total."""
-        async with self._transaction("stats") as (db, _):
+        async with self._transaction("stats", mode="read") as (db, _):
             by_state = (await db.execute(select(S.state, func.count()).group_by(S.state))).all()
             by_type = (
                 await db.execute(

@@ -35,7 +35,7 @@ from tests.servers import RedisServer, ServerUnavailable
 
 GENEROUS = timedelta(seconds=2)  # for tests that count hits: a busy machine is not a failure
 # For fault tests: small enough to pay several times, large enough that a busy machine never
-# turns a healthy call into a failure (the default is 100 ms).
+# turns a healthy call into a failure (the default is 250 ms).
 FAULT_LIMIT = timedelta(milliseconds=200)
 
 
