@@ -18,6 +18,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     insert,
+    literal,
     select,
     tuple_,
     update,
@@ -125,3 +126,50 @@ def list_page(by_agent: bool, by_user: bool, by_state: bool, after: bool) -> Sel
     return stmt.order_by(S.created_at.desc(), S.id.desc()).limit(
         bindparam("b_limit", type_=Integer())
     )
+
+
+# PostgreSQL only (SQLite has no writing CTEs): the two writes of an append, or of a create,
+# as one statement, so a call is one round trip with no BEGIN/COMMIT around it.
+_CHECKPOINT_COLUMN_NAMES = ["session_id", "seq", "name", "data", "created_at"]
+_CP_NAME = bindparam("b_name", type_=String())
+_CP_DATA = bindparam("b_data", type_=JsonType)
+
+
+def _append_in_one(scoped: bool) -> Any:
+    bump = (
+        update(sessions_table)
+        .where(S.id == _SID, S.state != DELETED)
+        .values(checkpoint_count=S.checkpoint_count + 1, version=S.version + 1, updated_at=_NOW)
+        .returning(S.id, S.checkpoint_count)
+    )
+    if scoped:
+        bump = bump.where(S.user_id == _USER)
+    bumped = bump.cte("bumped")
+    rows = select(bumped.c.id, bumped.c.checkpoint_count, _CP_NAME, _CP_DATA, _NOW)
+    return insert(checkpoints_table).from_select(_CHECKPOINT_COLUMN_NAMES, rows).returning(C.seq)
+
+
+APPEND_IN_ONE = {False: _append_in_one(False), True: _append_in_one(True)}
+
+_created = (
+    insert(sessions_table)
+    .values(
+        id=_SID,
+        agent_type=bindparam("b_agent", type_=String()),
+        user_id=_USER,
+        state="active",
+        context=bindparam("b_context", type_=JsonType),
+        metadata=bindparam("b_metadata", type_=JsonType),
+        checkpoint_count=1,
+        version=1,
+        created_at=_NOW,
+        updated_at=_NOW,
+        last_heartbeat=_NOW,
+    )
+    .returning(S.id)
+    .cte("created")
+)
+CREATE_IN_ONE = insert(checkpoints_table).from_select(
+    _CHECKPOINT_COLUMN_NAMES,
+    select(_created.c.id, literal(1, Integer()), _CP_NAME, _CP_DATA, _NOW),
+)

@@ -229,6 +229,14 @@ class SessionRepository:
             raise validation_error(exc, "session") from exc
         self._check_sizes(context=session.context, metadata=session.metadata)
         sid = uuid.UUID(session.session_id)
+        first = session.checkpoints[0]
+        if self._gate.dialect == "postgresql":
+            params = {"b_sid": sid, "b_agent": session.agent_type, "b_user": session.user_id,
+                      "b_context": session.context, "b_metadata": session.metadata,
+                      "b_now": now, "b_name": first.name, "b_data": first.data}  # fmt: skip
+            async with self._transaction("create_session", sid, mode="statement") as (db, _):
+                await db.execute(sql.CREATE_IN_ONE, params)
+            return session
         async with self._transaction("create_session", sid) as (db, _):
             await db.execute(
                 sql.INSERT_SESSION,
@@ -246,7 +254,7 @@ class SessionRepository:
                     "last_heartbeat": now,
                 },
             )
-            await db.execute(sql.INSERT_CHECKPOINT, checkpoint_values(sid, session.checkpoints[0]))
+            await db.execute(sql.INSERT_CHECKPOINT, checkpoint_values(sid, first))
         logger.debug("created session %s (%s)", session.session_id, session.agent_type)
         return session
 
@@ -561,7 +569,17 @@ class SessionRepository:
         sid = parse_id(session_id)
         if sid is None:
             raise SessionNotFoundError(str(session_id))
-        params = {"b_sid": sid, "b_now": cp.timestamp, "b_user": user_id}
+        params = {"b_sid": sid, "b_now": cp.timestamp, "b_user": user_id,
+                  "b_name": cp.name, "b_data": cp.data}  # fmt: skip
+        if self._gate.dialect == "postgresql":
+            async with self._transaction("add_checkpoint", sid, mode="statement") as (db, _):
+                stmt = sql.APPEND_IN_ONE[user_id is not None]
+                seq = (await db.execute(stmt, params)).scalar()
+                if seq is None:
+                    raise SessionNotFoundError(str(session_id))
+                self._invalidate_on_commit(db, [sid])
+            cp.seq = seq
+            return cp
         async with self._transaction("add_checkpoint", sid) as (db, _):
             seq = (await db.execute(sql.APPEND[user_id is not None], params)).scalar()
             if seq is None:
