@@ -113,6 +113,9 @@ class Report:
             t.append(Target(f"{b}: get_session cache miss / raw SELECT", ratio(miss), 0.4))
             deep = rel(b, "none", "get_session_deep", "get_session_0")
             t.append(Target(f"{b}: get_session at 10,000 checkpoints / at 0", deep, 0.9))
+            # Both return 20 checkpoints: history length alone, without the payload's size.
+            same = rel(b, "none", "get_session_deep", "get_session_20")
+            t.append(Target(f"{b}: get_session at 10,000 checkpoints / at 20", same, 0.9))
             for c in ("none", "redis"):
                 deep = rel(b, c, "add_checkpoint_deep", "add_checkpoint_0")
                 t.append(Target(f"{b}/{c}: add_checkpoint at 10,000 checkpoints / at 0", deep, 0.9))
