@@ -23,6 +23,11 @@ def storage_errors(operation: str) -> Iterator[None]:
     except (sa_exc.DBAPIError, OSError, TimeoutError) as exc:
         detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
         first_line = str(detail).splitlines()[0] if str(detail) else ""
+        if isinstance(detail, OSError):  # refused, unresolvable, timed out: never connected
+            raise StorageError(
+                f"{operation} failed: could not reach the database ({type(detail).__name__}: "
+                f"{first_line}); nothing was done: check the URL and that the server is up"
+            ) from exc
         raise StorageError(
             f"{operation} failed in the database ({type(detail).__name__}: {first_line}). "
             "Its transaction was rolled back, unless the connection was lost while committing: "

@@ -247,7 +247,7 @@ def test_unsupported_driver_exits_2(
 def test_unreachable_server_during_migration_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     result = in_process(capsys, "db", "upgrade", "--url", "postgresql+asyncpg://u@127.0.0.1:1/x")
     assert result.code == 1
-    assert "failed in the database (ConnectionRefusedError" in result.err
+    assert "could not reach the database (ConnectionRefusedError" in result.err
     assert "(database: postgresql+asyncpg://u@127.0.0.1:1/x)" in result.err
 
 
