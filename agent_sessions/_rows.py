@@ -7,6 +7,7 @@ Rows come from our own database, already checked on the way in, so models are bu
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func
@@ -21,6 +22,22 @@ SESSION_COLUMNS = (
     S.version, S.created_at, S.updated_at, S.last_heartbeat,
 )  # fmt: skip
 CHECKPOINT_COLUMNS = (C.seq, C.name, C.data, C.created_at.label("cp_created_at"))
+
+
+def checkpoints_from_json(items: list[dict[str, Any]] | None) -> list[SessionCheckpoint]:
+    """Checkpoints from the JSON array the load statement aggregates, oldest first."""
+    return [
+        SessionCheckpoint.model_construct(
+            name=item["name"], data=item["data"], timestamp=_utc(item["ts"]), seq=item["seq"]
+        )
+        for item in sorted(items or (), key=lambda item: item["seq"])  # SQLite: no ORDER BY
+    ]
+
+
+def _utc(text: str) -> datetime:
+    # PostgreSQL writes ISO 8601 with the session's offset; SQLite holds naive UTC.
+    when = datetime.fromisoformat(text)
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def checkpoint_from_row(row: Any) -> SessionCheckpoint:

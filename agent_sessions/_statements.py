@@ -11,12 +11,14 @@ import functools
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Integer,
     Select,
     String,
     Uuid,
     and_,
     bindparam,
+    func,
     insert,
     literal,
     select,
@@ -25,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from agent_sessions._rows import CHECKPOINT_COLUMNS, SESSION_COLUMNS, C, S
+from agent_sessions._rows import SESSION_COLUMNS, C, S
 from agent_sessions.tables import JsonType, UtcDateTime, checkpoints_table, sessions_table
 
 DELETED = "deleted"
@@ -41,20 +43,32 @@ def _scoped(stmt: ReturningUpdate[Any]) -> dict[bool, ReturningUpdate[Any]]:
     return {False: stmt, True: stmt.where(S.user_id == _USER)}
 
 
-# The session and its newest ``b_recent`` checkpoints in one round trip: seqs are dense
-# (1..checkpoint_count), so the newest N are a range scan of the checkpoints' primary key.
-LOAD = (
-    select(*SESSION_COLUMNS, *CHECKPOINT_COLUMNS)
-    .outerjoin(
-        checkpoints_table,
-        and_(
-            C.session_id == S.id,
-            C.seq > S.checkpoint_count - bindparam("b_recent", type_=Integer()),
-        ),
+def _load(dialect: str) -> Select[Any]:
+    """The session and its newest ``b_recent`` checkpoints, in one row and one round trip.
+
+    The checkpoints come as one JSON array (not as joined rows, which would repeat the
+    session's columns for each). Seqs are dense (1..checkpoint_count), so the newest N are a
+    range scan of the checkpoints' primary key, whatever the history's length.
+    """
+    window = and_(
+        C.session_id == S.id,
+        C.seq > S.checkpoint_count - bindparam("b_recent", type_=Integer()),
     )
-    .where(S.id == _SID, S.state != DELETED)
-    .order_by(C.seq)
-)
+    if dialect == "postgresql":
+        item = func.json_build_object(
+            "seq", C.seq, "name", C.name, "data", C.data, "ts", C.created_at
+        )
+        recent = func.json_agg(item, type_=JSON())
+    else:
+        item = func.json_object(
+            "seq", C.seq, "name", C.name, "data", func.json(C.data), "ts", C.created_at
+        )
+        recent = func.json_group_array(item, type_=JSON())
+    checkpoints = select(recent).where(window).scalar_subquery().label("recent")
+    return select(*SESSION_COLUMNS, checkpoints).where(S.id == _SID, S.state != DELETED)
+
+
+LOAD = {"postgresql": _load("postgresql"), "sqlite": _load("sqlite")}
 
 INSERT_SESSION = insert(sessions_table)
 INSERT_CHECKPOINT = insert(checkpoints_table)

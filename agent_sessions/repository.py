@@ -38,6 +38,7 @@ from agent_sessions._rows import (
     S,
     checkpoint_from_row,
     checkpoint_values,
+    checkpoints_from_json,
     context_with_failure_reason,
     session_from_row,
 )
@@ -284,12 +285,13 @@ class SessionRepository:
     @read_through(AgentSession, id_field="session_id", cache_attr="_read_cache")
     async def _load(self, session_id: str) -> AgentSession | None:
         sid = uuid.UUID(session_id)
-        async with self._transaction("get_session", sid, mode="read") as (db, _):
-            rows = (await db.execute(sql.LOAD, {"b_sid": sid, "b_recent": self._recent})).all()
-        if not rows:
+        params = {"b_sid": sid, "b_recent": self._recent}
+        async with self._transaction("get_session", sid, mode="read") as (db, dialect):
+            load = sql.LOAD["postgresql" if dialect == "postgresql" else "sqlite"]
+            row = (await db.execute(load, params)).first()
+        if row is None:
             return None
-        checkpoints = [checkpoint_from_row(r) for r in rows if r.seq is not None]
-        return session_from_row(rows[0], checkpoints)
+        return session_from_row(row, checkpoints_from_json(row.recent))
 
     async def get_active_sessions(
         self, agent_type: str | None = None, user_id: str | None = None, *, limit: int = 100
