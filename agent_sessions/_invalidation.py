@@ -44,12 +44,7 @@ def on_commit(
 
 
 def _after_commit(sync_session: Session) -> None:
-    pending: _Pending | None = sync_session.info.pop(_PENDING, None)
-    for cache, model, keys in (pending or {}).values():
-        try:
-            await_only(cache.invalidate(model, keys))
-        except Exception:  # the commit happened; a cache fault must not look like a failed write
-            logger.exception("invalidating %d cached %s failed", len(keys), model.__name__)
+    await_only(_invalidate_pending(sync_session))
 
 
 def _after_rollback(sync_session: Session, *_: Any) -> None:
@@ -58,7 +53,11 @@ def _after_rollback(sync_session: Session, *_: Any) -> None:
 
 async def run_pending(session: AsyncSession) -> None:
     """Invalidate what ``on_commit`` registered, now: for statements run without a transaction."""
-    pending: _Pending | None = session.sync_session.info.pop(_PENDING, None)
+    await _invalidate_pending(session.sync_session)
+
+
+async def _invalidate_pending(sync_session: Session) -> None:
+    pending: _Pending | None = sync_session.info.pop(_PENDING, None)
     for cache, model, keys in (pending or {}).values():
         try:
             await cache.invalidate(model, keys)

@@ -68,8 +68,6 @@ __all__ = ["SessionRepository"]
 logger = logging.getLogger(__name__)
 
 _Mode = Literal["read", "statement", "write"]
-_DELETED = SessionState.DELETED.value
-_LIVE_STATES = (SessionState.ACTIVE.value, SessionState.PAUSED.value)
 
 
 class SessionRepository:
@@ -371,7 +369,7 @@ class SessionRepository:
         sid = parse_id(session_id)
         if sid is None:
             raise SessionNotFoundError(str(session_id))
-        owner = select(S.id).where(S.id == sid, S.state != _DELETED)
+        owner = select(S.id).where(S.id == sid, S.state != sql.DELETED)
         if user_id is not None:
             owner = owner.where(S.user_id == user_id)
         stmt = (
@@ -493,7 +491,7 @@ class SessionRepository:
         stored = (
             await db.execute(select(S.version, S.state, S.user_id).where(S.id == sid))
         ).first()
-        if stored is None or stored.state == _DELETED or stored.user_id != session.user_id:
+        if stored is None or stored.state == sql.DELETED or stored.user_id != session.user_id:
             raise SessionNotFoundError(session.session_id)
         if stored.version != session.version:
             raise ConcurrentUpdateError(session.session_id, session.version, stored.version)
@@ -652,7 +650,7 @@ class SessionRepository:
         cutoff = self._clock() - older_than
         doomed = (
             select(S.id)
-            .where(S.state == _DELETED, S.updated_at < cutoff)
+            .where(S.state == sql.DELETED, S.updated_at < cutoff)
             .order_by(S.updated_at)
             .limit(batch_size)
         )
@@ -679,7 +677,7 @@ class SessionRepository:
             by_type = (
                 await db.execute(
                     select(S.agent_type, func.count())
-                    .where(S.state != _DELETED)
+                    .where(S.state != sql.DELETED)
                     .group_by(S.agent_type)
                 )
             ).all()

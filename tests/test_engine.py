@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -32,35 +33,38 @@ def own_postgres(tmp_path: Path) -> PostgresServer:
         raise
 
 
-async def test_idle_connections_are_pinged_and_replaced_after_a_restart(
-    own_postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+async def pg_repo(own_postgres: PostgresServer) -> AsyncIterator[tuple[SessionRepository, str]]:
+    """A repository on a private server, with one session stored (its id)."""
     with own_postgres:
         pg = create_engine(own_postgres.url)
         try:
             await migrations.upgrade(pg)
             repo = SessionRepository(async_sessionmaker(pg))
-            created = await repo.create_session("planner")
-            own_postgres.restart()  # every pooled connection is now dead
-            monkeypatch.setattr(engine, "IDLE_PING_AFTER", 0.0)  # they all count as idle
-            assert await repo.get_session(created.session_id) is not None
+            yield repo, (await repo.create_session("planner")).session_id
         finally:
             await pg.dispose()
+
+
+async def test_idle_connections_are_pinged_and_replaced_after_a_restart(
+    own_postgres: PostgresServer,
+    pg_repo: tuple[SessionRepository, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    repo, sid = pg_repo
+    own_postgres.restart()  # every pooled connection is now dead
+    monkeypatch.setattr(engine, "IDLE_PING_AFTER", 0.0)  # they all count as idle
+    assert await repo.get_session(sid) is not None
 
 
 async def test_without_the_ping_a_dead_connection_fails_once_then_the_pool_recovers(
-    own_postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+    own_postgres: PostgresServer,
+    pg_repo: tuple[SessionRepository, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with own_postgres:
-        pg = create_engine(own_postgres.url)
-        try:
-            await migrations.upgrade(pg)
-            repo = SessionRepository(async_sessionmaker(pg))
-            created = await repo.create_session("planner")
-            own_postgres.restart()
-            monkeypatch.setattr(engine, "IDLE_PING_AFTER", 3600.0)  # used "just now"
-            with pytest.raises(StorageError):
-                await repo.get_session(created.session_id)
-            assert await repo.get_session(created.session_id) is not None
-        finally:
-            await pg.dispose()
+    repo, sid = pg_repo
+    own_postgres.restart()
+    monkeypatch.setattr(engine, "IDLE_PING_AFTER", 3600.0)  # used "just now"
+    with pytest.raises(StorageError):
+        await repo.get_session(sid)
+    assert await repo.get_session(sid) is not None
