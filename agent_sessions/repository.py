@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import Executable, Result, and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agent_sessions import _cursor, _invalidation, telemetry
@@ -42,6 +42,7 @@ from agent_sessions._rows import (
     context_with_failure_reason,
     session_from_row,
 )
+from agent_sessions._settle import run_to_end
 from agent_sessions._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size
 from agent_sessions.errors import (
     ConcurrentUpdateError,
@@ -68,6 +69,46 @@ __all__ = ["SessionRepository"]
 logger = logging.getLogger(__name__)
 
 _Mode = Literal["read", "statement", "write"]
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
+
+class _Db:
+    """The session a call runs its statements in; each statement runs to its end.
+
+    A statement cancelled in flight is worse than one that finishes: on SQLite its unfinished
+    cursor keeps the database's write lock for as long as anything references it, and on
+    PostgreSQL the driver must cancel it on the server through a second connection, leaving
+    its outcome unknown. A statement is one round trip, so finishing it delays a
+    cancellation by at most that.
+    """
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def execute(self, statement: Executable, params: Any = None) -> Result[Any]:
+        return await run_to_end(self.session.execute(statement, params))
+
+    async def scalar(self, statement: Executable, params: Any = None) -> Any:
+        return await run_to_end(self.session.scalar(statement, params))
+
+
+def _outcome_unknown(exc: BaseException) -> bool:
+    """Whether a call that raised ``exc`` may have changed the database.
+
+    Our own verdicts are raised after a statement that changed nothing; anything else
+    (cancellation, a driver or connection error, a bug) may come after the server applied it.
+    """
+    return not isinstance(exc, _VERDICTS)
+
+
+_VERDICTS = (
+    ConcurrentUpdateError,
+    InvalidStateTransitionError,
+    SessionNotFoundError,
+    SessionValidationError,
+)
 
 
 class SessionRepository:
@@ -143,13 +184,23 @@ class SessionRepository:
     @asynccontextmanager
     async def _transaction(
         self, operation: str, session_id: uuid.UUID | None = None, *, mode: _Mode = "write"
-    ) -> AsyncIterator[tuple[AsyncSession, str]]:
-        """A session to run ``operation`` in, and the dialect's name.
+    ) -> AsyncIterator[tuple[_Db, str]]:
+        """Where ``operation`` runs its statements, and the dialect's name.
 
         Bound: the caller's session. Otherwise a new one: for ``"write"`` in a transaction
         committed at the end; for ``"read"`` (reads needing no common snapshot) and
         ``"statement"`` (one writing statement) in autocommit mode, which saves the BEGIN and
         COMMIT round trips.
+
+        Cancellation: each statement, the commit and the release of the connection run to
+        their end (``run_to_end``), so a cancellation takes effect between statements, where
+        a rollback undoes what the call did so far, or after the last one, when the call
+        has happened. Then the caller gets its ``CancelledError``. A call that ends with
+        anything but a result or one of our own verdicts (not found, conflict, bad
+        transition) may have been applied or not (a connection lost while committing), so
+        after the rollback and release the keys it may have changed are invalidated:
+        ``session_id``'s and those registered so far. Forgetting a key that did not change
+        costs one cache miss; keeping a stale one would serve it until the ttl.
         """
         # The span wraps storage_errors, so it records the library's error, not the driver's.
         sid = None if session_id is None else str(session_id)
@@ -158,16 +209,49 @@ class SessionRepository:
             storage_errors(operation),
         ):
             if self._bound is not None:
-                yield self._bound, await self._gate.pass_through(self._bound)
+                db = _Db(self._bound)
+                try:
+                    yield db, await self._dialect(db)
+                except BaseException as exc:
+                    if mode != "read" and session_id is not None and _outcome_unknown(exc):
+                        self._invalidate_on_commit(db, [session_id])  # in case it commits
+                    raise
                 return
-            async with self._sqlite_writer(mode), self._factory() as session:
-                if mode == "write":
-                    async with session.begin():
-                        yield session, await self._gate.pass_through(session)
-                else:
-                    await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-                    yield session, await self._gate.pass_through(session)
-                    await _invalidation.run_pending(session)
+            async with self._sqlite_writer(mode):
+                db = _Db(self._factory())
+                try:
+                    if mode == "write":
+                        await db.session.begin()
+                    else:
+                        await run_to_end(db.session.connection(execution_options=_AUTOCOMMIT))
+                    yield db, await self._dialect(db)
+                    if mode == "write":
+                        await run_to_end(db.session.commit())  # invalidates after the COMMIT
+                    else:
+                        await _invalidation.run_pending(db.session)
+                except BaseException as exc:
+                    unknown = mode != "read" and _outcome_unknown(exc)
+                    await run_to_end(self._abandon(db.session, session_id if unknown else None))
+                    raise
+                await run_to_end(db.session.close())
+
+    async def _dialect(self, db: _Db) -> str:
+        if self._gate.dialect is not None:
+            return self._gate.dialect
+        return await run_to_end(self._gate.pass_through(db.session))
+
+    async def _abandon(self, session: AsyncSession, maybe_changed: uuid.UUID | None) -> None:
+        """Roll back and release ``session``; then forget what its write may have changed."""
+        pending = _invalidation.take(session) if maybe_changed is not None else {}
+        if maybe_changed is not None and self._cache is not None:
+            _invalidation.add(pending, self._cache, AgentSession, [str(maybe_changed)])
+        try:
+            await session.rollback()
+        except Exception:  # the connection is broken: closing it below discards it
+            logger.debug("rollback after a failed call failed", exc_info=True)
+        finally:
+            await session.close()
+        await _invalidation.invalidate(pending)
 
     def _sqlite_writer(self, mode: _Mode) -> contextlib.AbstractAsyncContextManager[Any]:
         # SQLite has one writer at a time; writers that wait on its lock sleep in the busy
@@ -177,9 +261,9 @@ class SessionRepository:
             return contextlib.nullcontext()
         return self._write_lock
 
-    def _invalidate_on_commit(self, session: AsyncSession, ids: Sequence[uuid.UUID]) -> None:
+    def _invalidate_on_commit(self, db: _Db, ids: Sequence[uuid.UUID]) -> None:
         if self._cache is not None and ids:
-            _invalidation.on_commit(session, self._cache, AgentSession, [str(i) for i in ids])
+            _invalidation.on_commit(db.session, self._cache, AgentSession, [str(i) for i in ids])
 
     def _check_sizes(self, **payloads: dict[str, Any]) -> None:
         try:
@@ -486,7 +570,7 @@ class SessionRepository:
         return target, pending
 
     async def _explain_failed_update(
-        self, db: AsyncSession, sid: uuid.UUID, session: AgentSession, target: SessionState
+        self, db: _Db, sid: uuid.UUID, session: AgentSession, target: SessionState
     ) -> None:
         stored = (
             await db.execute(select(S.version, S.state, S.user_id).where(S.id == sid))
@@ -535,8 +619,8 @@ class SessionRepository:
             return False
         params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id}
         async with self._transaction("heartbeat", sid, mode="statement") as (db, _):
-            alive = (await db.execute(sql.HEARTBEAT[user_id is not None], params)).first()
-            alive = alive is not None
+            row = (await db.execute(sql.HEARTBEAT[user_id is not None], params)).first()
+            alive = row is not None
             if alive:
                 self._invalidate_on_commit(db, [sid])
         return alive
@@ -673,10 +757,12 @@ class SessionRepository:
     async def stats(self) -> SessionStats:
         """Counts by state and agent type, the oldest ACTIVE heartbeat, the checkpoint total."""
         async with self._transaction("stats", mode="read") as (db, _):
-            by_state = (await db.execute(select(S.state, func.count()).group_by(S.state))).all()
+            by_state = (
+                await db.execute(select(S.state, func.count().label("n")).group_by(S.state))
+            ).all()
             by_type = (
                 await db.execute(
-                    select(S.agent_type, func.count())
+                    select(S.agent_type, func.count().label("n"))
                     .where(S.state != sql.DELETED)
                     .group_by(S.agent_type)
                 )
@@ -686,8 +772,8 @@ class SessionRepository:
             )
             checkpoints = await db.scalar(select(func.coalesce(func.sum(S.checkpoint_count), 0)))
         return SessionStats(
-            by_state={state: count for state, count in by_state},
-            by_agent_type={agent_type: count for agent_type, count in by_type},
+            by_state={row.state: row.n for row in by_state},
+            by_agent_type={row.agent_type: row.n for row in by_type},
             oldest_active_heartbeat=oldest,
             checkpoints=int(checkpoints or 0),
         )

@@ -1,0 +1,42 @@
+"""Finishing what a cancellation must not cut in half.
+
+A cancelled ``await`` stops the awaiting coroutine at that point. For most of a call that is
+right: nothing has happened yet, or what happened is rolled back. A few steps must not stop
+halfway once started, because stopping leaves something broken behind the caller: the
+rollback and release of a connection whose statement was cancelled (on SQLite it would keep
+the database's write lock), or the cache invalidation after a commit (the cache would serve
+the older copy until its TTL). :func:`run_to_end` runs such a step in a task of its own and
+waits for it even while cancellations arrive, then re-raises the cancellation: the caller is
+cancelled as asked, but only after the step has finished. Each such step is bounded in time
+(a database round trip, or the cache's own time limit), so a cancellation is delayed, never
+lost or ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def run_to_end(step: Coroutine[Any, Any, T]) -> T:
+    """Await ``step`` to its end, even if the caller is cancelled meanwhile; then re-raise that.
+
+    Without a cancellation this is ``await step``. With one, the step still finishes, and the
+    caller then gets the ``CancelledError`` (the step's own error, if any, as its cause).
+    """
+    task = asyncio.ensure_future(step)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            await asyncio.wait({task})  # cancelling this wait leaves the task running
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+            continue
+        break
+    if cancelled is not None:
+        failure = None if task.cancelled() else task.exception()
+        raise cancelled from failure
+    return task.result()
