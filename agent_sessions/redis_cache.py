@@ -26,6 +26,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from agent_sessions import telemetry
 from agent_sessions._circuit import CircuitBreaker, Permit, State
+from agent_sessions._settle import run_to_end
 
 __all__ = ["CacheStats", "RedisCache"]
 
@@ -44,6 +45,9 @@ _RAW: dict[str, list[object]] = {NEVER_DECODE: []}
 # What a broken, slow or unreachable Redis raises; anything else is a bug and propagates.
 _REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 _PER_KEY = 0.0001  # seconds added to an invalidation's time limit for each key
+# After a lost invalidation, a new epoch is tried this often: first, then at most (seconds).
+_REPAIR_FIRST = 0.01
+_REPAIR_MAX = 0.1
 
 # KEYS: generation, value. ARGV: the generation read before loading ("" for none), the value,
 # the ttl in ms. Stores only if no invalidation happened since the generation was read.
@@ -136,15 +140,22 @@ class _Unavailable(Exception):
     """Redis failed or the circuit is open: the caller goes to the database."""
 
 
+class _Found(NamedTuple):
+    value: BaseModel | None
+    hit: bool  # from Redis, not loaded
+    confirmed: bool  # stored, with no invalidation between the read before the load and the store
+
+
 class _Flight:
     """One load in progress for a key, shared by every caller that misses meanwhile."""
 
-    __slots__ = ("callers", "task", "waiting")
+    __slots__ = ("callers", "sent", "task", "waiting")
 
-    def __init__(self, task: asyncio.Task[tuple[BaseModel | None, bool]]) -> None:
+    def __init__(self, task: asyncio.Task[_Found]) -> None:
         self.task = task
         self.callers = 0  # ever joined: more than one means the result must be copied
         self.waiting = 0  # still awaiting it: at zero the load is cancelled
+        self.sent = False  # its first read (Redis, or the database) has gone out
 
 
 class RedisCache:
@@ -164,7 +175,11 @@ class RedisCache:
       writes only if the generation is unchanged; ``invalidate`` sets a new random generation,
       then deletes the value. A reader that loaded before a write cannot store after it.
     - **Single flight.** Concurrent misses on one key share one load in this process.
-      ``invalidate`` detaches that load, so a caller arriving after a write never joins it.
+      ``invalidate`` detaches that load, so a caller arriving after a write made here never
+      joins it. A write made in another process is seen here only through Redis, so a caller
+      that arrives after the load's first read went out keeps its result only if the load
+      then stored it with the generation unchanged (no invalidation in between, so none
+      before this caller began either); otherwise it reads again on its own.
     - **Unusable values are misses.** A stored value carries a format tag, the model's schema
       fingerprint and the namespace epoch; a corrupt one, one of another format or schema, one
       whose id field is not its key, or one of another epoch is dropped and loaded again.
@@ -172,7 +187,14 @@ class RedisCache:
       value records; the epoch is read in the same pipeline as the value. When an invalidation
       fails (or is skipped because the circuit is open), the cache marks itself dirty and sets
       a new epoch before it serves or stores anything again, which makes every older value a
-      miss, in every process.
+      miss, in every process. A dirty cache also keeps trying to set that epoch in the
+      background (every 10 ms at first, then every 100 ms at most, each try bounded by
+      ``timeout``), so other processes stop serving older values within about
+      ``timeout`` + 100 ms of Redis answering again, without waiting for this process's next
+      call. ``repair()`` does the same at once.
+    - **Cancellation.** An invalidation runs to its end even if its caller is cancelled
+      meanwhile (then the cancellation goes on); a cancelled fetch leaves the shared load to
+      the callers still waiting for it, and the last one to leave cancels it.
     - **Circuit breaker.** ``failure_threshold`` consecutive failures open the circuit: calls go
       straight to the database for ``cooldown``, then one call probes Redis; success closes it.
       While Redis is down one warning is logged per ``cooldown``.
@@ -180,10 +202,10 @@ class RedisCache:
     What it does not cover (the residual window):
 
     - While this process cannot reach Redis but others can, they may serve a copy older than a
-      write made here, until this process next reaches Redis (its next cache call after the
-      cooldown sets the new epoch) or the ``ttl`` runs out. A process that exits in that state
-      leaves only the ``ttl`` as the bound. The dirty mark is per ``RedisCache`` object: share
-      one per namespace in a process.
+      write made here, until this process reaches Redis again (the background repair above)
+      or the ``ttl`` runs out. A process that exits in that state leaves only the ``ttl`` as
+      the bound. The dirty mark is per ``RedisCache`` object: share one per namespace in a
+      process.
     - Invalidations Redis acknowledged and then lost, such as a failover to a replica that had
       not received them yet, are not detected; the ``ttl`` bounds them.
     - Redis evicting a generation key (``maxmemory`` with an eviction policy) while a load for
@@ -242,7 +264,9 @@ class RedisCache:
         self._flights: dict[tuple[type[BaseModel], str], _Flight] = {}
         self._fingerprints: dict[type[BaseModel], bytes] = {}
         self._counts: Counter[str] = Counter()
-        self._dirty = 0  # invalidations that did not reach Redis since the last new epoch
+        self._lost = 0  # invalidations that did not reach Redis, ever
+        self._covered = 0  # of those, how many a new epoch has covered since
+        self._repairing: asyncio.Task[None] | None = None
         self._quiet_until = float("-inf")  # no failure warning before this (monotonic) time
 
     @property
@@ -291,16 +315,23 @@ class RedisCache:
         if flight is None:
             task = asyncio.create_task(self._fill(model, key, load, id_field))
             flight = self._flights[flight_key] = _Flight(task)
+        late = flight.sent  # its read went out before this call began
         flight.callers += 1
         flight.waiting += 1
         try:
-            value, hit = await asyncio.shield(flight.task)
+            value, hit, confirmed = await asyncio.shield(flight.task)
         except asyncio.CancelledError:
             flight.waiting -= 1
             if flight.waiting == 0 and not flight.task.done():  # nobody wants it any more
                 self._detach(flight_key, flight)
                 flight.task.cancel()
             raise
+        if late and not confirmed:
+            # A write acknowledged (in another process) after that read went out and before
+            # this call began may be missing from it: read again, without joining anyone.
+            value, hit, _ = await self._read_or_load(model, key, load, id_field)
+            self._count("hits" if hit else "misses")
+            return cast("M | None", value)
         self._count("hits" if hit else "misses")
         if value is not None and flight.callers > 1:
             # Models are mutable: callers sharing one load must not share one object.
@@ -320,12 +351,47 @@ class RedisCache:
             self._flights.pop((model, key), None)
         # Big invalidations (a sweep) get more time: redis-py spends ~20 us on each command.
         limit = self._timeout + len(unique) * _PER_KEY
+        # To its end even if the caller is cancelled: a write that happened must be forgotten.
+        if await run_to_end(self._forget_within(model, unique, limit)):
+            self._count("invalidations", len(unique))
+
+    async def repair(self) -> bool:
+        """Set a new namespace epoch now if invalidations were lost; ``True`` when none are.
+
+        The cache does this by itself, before serving anything and in the background; call it
+        to be sure before a process exits (a lost invalidation is otherwise bounded only by the
+        ``ttl`` once this process is gone). Never raises; ``False`` while Redis is unreachable.
+        """
+        lost = self._lost
+        if lost <= self._covered:
+            return True
         try:
-            await self._call("invalidate", lambda: self._forget(model, unique), limit)
+            async with asyncio.timeout(self._timeout):
+                await self._client.set(self._epoch_key, secrets.token_hex(8))
+        except _REDIS_ERRORS as exc:
+            logger.debug("cache %r: new epoch not set yet (%s)", self._namespace, _describe(exc))
+            return False
+        self._epoch_set(lost)
+        return self._lost <= self._covered
+
+    async def _forget_within(self, model: type[BaseModel], keys: list[str], limit: float) -> bool:
+        try:
+            await self._call("invalidate", lambda: self._forget(model, keys), limit)
         except _Unavailable:
-            self._dirty += 1  # the next cache call sets a new epoch before anything else
-            return
-        self._count("invalidations", len(unique))
+            self._lost += 1  # a new epoch must come before anything else is served or stored
+            self._start_repair()
+            return False
+        return True
+
+    def _start_repair(self) -> None:
+        if self._repairing is None or self._repairing.done():
+            self._repairing = asyncio.get_running_loop().create_task(self._repair_until_done())
+
+    async def _repair_until_done(self) -> None:
+        delay = _REPAIR_FIRST
+        while not await self.repair():
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, _REPAIR_MAX)
 
     # -- one load, shared ----------------------------------------------------------------------
 
@@ -336,9 +402,12 @@ class RedisCache:
     async def _fill(
         self, model: type[BaseModel], key: str, load: Callable[[], Awaitable[BaseModel | None]],
         id_field: str,
-    ) -> tuple[BaseModel | None, bool]:  # fmt: skip
-        """The flight's body: read Redis, else load and store. Returns (value, from Redis)."""
+    ) -> _Found:  # fmt: skip
+        """The flight's body: read Redis, else load and store."""
         flight_key = (model, key)
+        flight = self._flights.get(flight_key)
+        if flight is not None and flight.task is asyncio.current_task():
+            flight.sent = True  # callers from now on may arrive after a write it cannot see
         try:
             return await self._read_or_load(model, key, load, id_field)
         finally:
@@ -350,26 +419,27 @@ class RedisCache:
     async def _read_or_load(
         self, model: type[BaseModel], key: str, load: Callable[[], Awaitable[BaseModel | None]],
         id_field: str,
-    ) -> tuple[BaseModel | None, bool]:  # fmt: skip
+    ) -> _Found:  # fmt: skip
         keys = _keys(self._namespace, model, key)
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
             epoch, gen, raw = await self._call("read", lambda: self._read(keys), self._timeout)
         except _Unavailable:
-            return await self._load(load), False
+            return _Found(await self._load(load), hit=False, confirmed=False)
         spent = loop.time() - began
         if raw is not None:
             found, problem = self._decode(raw, model, key, id_field, epoch)
             if found is not None:
-                return found, True
+                return _Found(found, hit=True, confirmed=False)
             self._count("discarded")
             logger.debug("cache %r: dropping %s %s: %s", self._namespace, model.__name__, key,
                          problem)  # fmt: skip
         value = await self._load(load)
         budget = self._timeout - spent  # one time limit for all of this fetch's Redis calls
-        if self._dirty or budget <= 0:
-            return value, False  # a new epoch must come first; the next fetch sets it
+        if self._lost > self._covered or budget <= 0:
+            return _Found(value, hit=False, confirmed=False)  # a new epoch must come first
+        stored = False
         try:
             if value is None or getattr(value, id_field) != key:
                 if raw is not None:  # the dropped value must not stay
@@ -383,7 +453,7 @@ class RedisCache:
                                  self._namespace, model.__name__, key)  # fmt: skip
         except _Unavailable:
             pass
-        return value, False
+        return _Found(value, hit=False, confirmed=stored)
 
     async def _load(self, load: Callable[[], Awaitable[BaseModel | None]]) -> BaseModel | None:
         self._count("loads")
@@ -401,9 +471,15 @@ class RedisCache:
         if permit is None:
             self._count("circuit_open")
             raise _Unavailable
+        task = asyncio.current_task()
+        cancelling = 0 if task is None else task.cancelling()
         try:
             async with asyncio.timeout(budget):  # wraps redis-py's retries and reconnects too
                 result = await operation()
+            if task is not None and task.cancelling() > cancelling:
+                # Python 3.11's asyncio.wait_for (inside redis-py) returns the result when
+                # a cancellation and the reply arrive together: deliver the cancellation.
+                raise asyncio.CancelledError
         except _REDIS_ERRORS as exc:
             self._failed(permit, what, exc)
             raise _Unavailable from exc
@@ -430,7 +506,7 @@ class RedisCache:
 
     async def _read(self, keys: _Keys) -> tuple[bytes, bytes, bytes | None]:
         """Epoch, generation and value in one round trip (the epoch may live on another node)."""
-        covered = self._dirty
+        covered = self._lost if self._lost > self._covered else 0
         pipe = self._client.pipeline(transaction=False)
         if covered:  # invalidations were lost: a new epoch before anything is served
             pipe.set(self._epoch_key, secrets.token_hex(8))
@@ -449,7 +525,7 @@ class RedisCache:
         return epoch, gen or b"", raw
 
     async def _forget(self, model: type[BaseModel], keys: list[str]) -> None:
-        covered = self._dirty
+        covered = self._lost if self._lost > self._covered else 0
         if self._forget_script is not None:
             names = [self._epoch_key]
             for key in keys:
@@ -479,14 +555,17 @@ class RedisCache:
                                           args=[gen, payload, self._ttl_ms])  # fmt: skip
         return bool(stored)
 
-    def _epoch_set(self, covered: int) -> None:
-        self._dirty -= covered  # invalidations lost meanwhile stay counted
+    def _epoch_set(self, lost: int) -> None:
+        """A new epoch is set that covers the first ``lost`` lost invalidations."""
+        if lost <= self._covered:
+            return  # another call's new epoch covered them already
+        newly, self._covered = lost - self._covered, lost
         self._count("epoch_bumps")
         logger.info(
             "cache %r: new epoch after %d invalidation(s) that did not reach Redis; "
             "every value cached before is now a miss",
             self._namespace,
-            covered,
+            newly,
         )
 
     # -- values --------------------------------------------------------------------------------

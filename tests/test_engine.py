@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,9 +26,10 @@ async def test_sqlite_engine_uses_wal_and_foreign_keys(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> PostgresServer:
+def own_postgres(servers_dir: Path) -> PostgresServer:
+    # Not under pytest's tmp_path: another pytest process resets that tree to mode 0700.
     try:
-        return PostgresServer.start(tmp_path / "pg")
+        return PostgresServer.start(servers_dir / f"engine-pg-{uuid.uuid4().hex[:8]}")
     except ServerUnavailable as exc:
         unavailable(f"PostgreSQL: {exc}")
         raise

@@ -64,9 +64,10 @@ async def poll(condition: Callable[[], Awaitable[bool]], what: str, within: floa
 
 
 @pytest.fixture(scope="module")
-def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def own_postgres(servers_dir: Path) -> Iterator[PostgresServer]:
+    # Not under pytest's tmp_path: another pytest process resets that tree to mode 0700.
     try:
-        server = PostgresServer.start(tmp_path_factory.mktemp("faults") / "pg")
+        server = PostgresServer.start(servers_dir / "faults-pg")
     except ServerUnavailable as exc:
         unavailable(f"PostgreSQL: {exc}")
     with server:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -37,9 +38,10 @@ async def _fetchval(url: str, query: str) -> object:
 
 
 @pytest.fixture
-def fresh_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
+def fresh_postgres(servers_dir: Path) -> Iterator[PostgresServer]:
+    # Not under pytest's tmp_path: another pytest process resets that tree to mode 0700.
     try:
-        server = PostgresServer.start(tmp_path)
+        server = PostgresServer.start(servers_dir / f"fresh-pg-{uuid.uuid4().hex[:8]}")
     except ServerUnavailable as exc:
         _unavailable(exc)
     with server:
