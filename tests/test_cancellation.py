@@ -345,4 +345,5 @@ async def test_a_write_cancelled_at_any_await_happened_or_not_and_leaves_nothing
     checks = Checks(db, observer)
     points = await exercise(name, SCENARIOS[name], repo, db, clock, checks, bound)
     SUSPENSIONS[request.node.callspec.id] = points
+    print(f"\n{request.node.callspec.id}: cancelled at each of {points} suspension points")
     assert points >= 1  # the call does suspend, and was cancelled at each of its points

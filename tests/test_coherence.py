@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -142,10 +143,12 @@ async def test_an_invalidation_lost_while_redis_was_frozen_is_repaired_when_it_a
         assert updated.seq == 2  # acknowledged; its invalidation never reached Redis
     finally:
         frozen_redis.resume()
+        resumed = time.monotonic()
     # The writer makes no further call; its background repair sets a new epoch on its own.
     repairing = writer.cache._repairing
     assert repairing is not None
     await repairing
+    print(f"\nnew epoch set {1000 * (time.monotonic() - resumed):.0f} ms after Redis resumed")
     assert writer.cache.stats.epoch_bumps >= 1
     found = await reader.get_session(created.session_id)
     assert found is not None and found.checkpoint_count == 2
