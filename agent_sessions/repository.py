@@ -43,6 +43,7 @@ from agent_sessions._rows import (
     session_from_row,
 )
 from agent_sessions._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size
+from agent_sessions.engine import behind_transaction_pooler
 from agent_sessions.errors import (
     ConcurrentUpdateError,
     InvalidStateTransitionError,
@@ -149,7 +150,7 @@ class SessionRepository:
         Bound: the caller's session. Otherwise a new one: for ``"write"`` in a transaction
         committed at the end; for ``"read"`` (reads needing no common snapshot) and
         ``"statement"`` (one writing statement) in autocommit mode, which saves the BEGIN and
-        COMMIT round trips.
+        COMMIT round trips, except behind a transaction pooler (see ``_needs_transaction``).
         """
         # The span wraps storage_errors, so it records the library's error, not the driver's.
         sid = None if session_id is None else str(session_id)
@@ -161,7 +162,7 @@ class SessionRepository:
                 yield self._bound, await self._gate.pass_through(self._bound)
                 return
             async with self._sqlite_writer(mode), self._factory() as session:
-                if mode == "write":
+                if _needs_transaction(session, mode):
                     async with session.begin():
                         yield session, await self._gate.pass_through(session)
                 else:
@@ -691,3 +692,14 @@ class SessionRepository:
             oldest_active_heartbeat=oldest,
             checkpoints=int(checkpoints or 0),
         )
+
+
+def _needs_transaction(session: AsyncSession, mode: _Mode) -> bool:
+    """Whether ``mode`` must run in a real transaction on this session's engine.
+
+    Always for ``"write"``. Behind a transaction pooler (an engine marked with
+    ``engine.TRANSACTION_POOLING``) for every mode: there a server connection is ours only
+    from BEGIN to COMMIT, and an autocommit statement's prepare and execute may reach two
+    different server connections ("prepared statement ... does not exist").
+    """
+    return mode == "write" or behind_transaction_pooler(session.get_bind())
