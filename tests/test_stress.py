@@ -45,6 +45,7 @@ from agent_sessions import (
     SessionRepository,
     create_engine,
 )
+from agent_sessions.engine import behind_transaction_pooler
 from agent_sessions.tables import sessions_table
 from tests.conftest import Backend, FakeClock
 
@@ -249,6 +250,10 @@ async def test_worker_processes_lose_nothing_and_read_nothing_stale(
     hot, many = await make_sessions(db.factory)
     redis_url = request.getfixturevalue("redis_url") if cache == "redis" else None
     url = db.engine.url.render_as_string(hide_password=False)
+    if behind_transaction_pooler(db.engine.sync_engine):
+        url = db.engine.url.update_query_dict({"transaction_pooling": "true"}).render_as_string(
+            hide_password=False
+        )
     common = {"url": url, "redis_url": redis_url, "namespace": namespace, "hot": hot,
               "many": many, "tasks": tasks, "ops": ops}  # fmt: skip
     children = [
