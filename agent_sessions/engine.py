@@ -144,7 +144,7 @@ def create_engine(
     Example::
 
         engine = create_engine("sqlite+aiosqlite:///sessions.db")
-        pooled = create_engine("postgresql+asyncpg://app@pgbouncer:6432/app", transaction_pooling=True)
+        pooled = create_engine("postgresql+asyncpg://app@bouncer/app", transaction_pooling=True)
     """
     url, flagged = _split_url_flag(url)
     if transaction_pooling or flagged:

@@ -15,6 +15,7 @@ from typing import Any
 
 from alembic import context
 from sqlalchemy import Connection, func, select
+
 from agent_sessions.engine import create_engine
 from agent_sessions.tables import TABLE_PREFIX, VERSION_TABLE, metadata
 

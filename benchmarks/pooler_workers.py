@@ -108,10 +108,11 @@ async def run_workers(
         names = {cp.seq: cp.name for cp in history}
         outcome.acknowledged += len(ledger.checkpoints) + 1  # + the last version
         outcome.lost += sum(names.get(seq) != name for seq, name in ledger.checkpoints.items())
-        if stored is None or stored.version < ledger.version:
-            outcome.lost += 1
-        elif ledger.step is not None and stored.context.get("step") != ledger.step:
-            outcome.lost += 1
+        stale = stored is None or stored.version < ledger.version
+        lost_step = ledger.step is not None and (
+            stored is None or stored.context.get("step") != ledger.step
+        )
+        outcome.lost += stale or lost_step
     return outcome
 
 
@@ -150,25 +151,28 @@ async def compare(direct_url: str, pooled_url: str, workers: int, rounds: int) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pooler_workers", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.pooler_workers", description=__doc__
+    )
     parser.add_argument("--workers", type=int, default=WORKERS)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--pool-size", type=int, default=10, help="PgBouncer's server connections")
     args = parser.parse_args(argv)
     from tests.servers import PgBouncerServer, PostgresServer
 
-    with tempfile.TemporaryDirectory(prefix="agent-sessions-pooler-") as tmp:
-        with PostgresServer.start(Path(tmp) / "pg") as postgres:
-            direct = postgres.create_database("pooler_workers")
-            with PgBouncerServer.start(
-                Path(tmp) / "pgbouncer", postgres.port, pool_size=args.pool_size
-            ) as bouncer:
-                print(
-                    f"{args.workers} workers x {args.rounds} rounds through PgBouncer "
-                    f"(pool_mode = transaction, {args.pool_size} server connections)"
-                )
-                pooled = bouncer.url("pooler_workers")
-                asyncio.run(compare(direct, pooled, args.workers, args.rounds))
+    with (
+        tempfile.TemporaryDirectory(prefix="agent-sessions-pooler-") as tmp,
+        PostgresServer.start(Path(tmp) / "pg") as postgres,
+        PgBouncerServer.start(
+            Path(tmp) / "pgbouncer", postgres.port, pool_size=args.pool_size
+        ) as bouncer,
+    ):
+        direct = postgres.create_database("pooler_workers")
+        print(
+            f"{args.workers} workers x {args.rounds} rounds through PgBouncer "
+            f"(pool_mode = transaction, {args.pool_size} server connections)"
+        )
+        asyncio.run(compare(direct, bouncer.url("pooler_workers"), args.workers, args.rounds))
     return 0
 
 

@@ -449,8 +449,8 @@ class PgBouncerServer(_Supervised):
             **self._settings,
         }
         config = self._base_dir / "pgbouncer.ini"
-        lines = ["[databases]", f"* = host={_LOOPBACK} port={self._upstream_port}", "", "[pgbouncer]"]
-        lines += [f"{key} = {value}" for key, value in settings.items()]
+        lines = ["[databases]", f"* = host={_LOOPBACK} port={self._upstream_port}", ""]
+        lines += ["[pgbouncer]", *(f"{key} = {value}" for key, value in settings.items())]
         config.write_text("\n".join(lines) + "\n")
         if self._owner is not None:
             _allow_traverse(self._base_dir)
@@ -460,9 +460,7 @@ class PgBouncerServer(_Supervised):
 
     def _launch(self) -> None:
         config = self._write_config()
-        self._spawn(
-            [self._binary, str(config)], ready=self._ready, timeout=15, owner=self._owner
-        )
+        self._spawn([self._binary, str(config)], ready=self._ready, timeout=15, owner=self._owner)
 
     def _ready(self) -> bool:
         try:
