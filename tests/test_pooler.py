@@ -253,13 +253,14 @@ OWN_POOL = 2
 
 @pytest.fixture(scope="module")
 def own_bouncer(
-    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer | None
+    servers_dir: Path, postgres_server: PostgresServer | None
 ) -> Iterator[PgBouncerServer]:
     if postgres_server is None:
         pytest.skip("needs the test tooling's own PostgreSQL to put a PgBouncer in front of")
     try:
         bouncer = PgBouncerServer.start(
-            tmp_path_factory.mktemp("pooler") / "pgbouncer",
+            # Not under pytest's tmp_path: see the servers_dir fixture.
+            servers_dir / f"pgbouncer-{uuid.uuid4().hex[:8]}",
             postgres_server.port,
             pool_size=OWN_POOL,
             query_wait_timeout=1,
