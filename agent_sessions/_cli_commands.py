@@ -119,8 +119,11 @@ class Context:
         kwargs: dict[str, Any] = {}
         if url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg":
             kwargs["connect_args"] = {"timeout": CONNECT_TIMEOUT}
+        pooling = bool(getattr(self.args, "transaction_pooling", False))
         try:
-            return create_engine(self.raw_url, **kwargs)
+            return create_engine(self.raw_url, transaction_pooling=pooling, **kwargs)
+        except ValueError as exc:  # transaction pooling on SQLite, a bad URL flag
+            raise CliError(f"{exc} (database: {self.shown_url})", EXIT_USAGE) from None
         except (sa_exc.ArgumentError, sa_exc.InvalidRequestError, ImportError) as exc:
             raise CliError(
                 f"cannot use the driver of {self.shown_url} ({exc}); use an async driver: "

@@ -9,6 +9,10 @@ from sqlalchemy import exc as sa_exc
 
 from agent_sessions.errors import StorageError, StorageTimeoutError
 
+# What PgBouncer says, closing the connection, to a client that waited longer than its
+# query_wait_timeout for a server connection.
+_POOLER_WAIT_TIMEOUT = "query_wait_timeout"
+
 
 @contextmanager
 def storage_errors(operation: str) -> Iterator[None]:
@@ -23,6 +27,15 @@ def storage_errors(operation: str) -> Iterator[None]:
     except (sa_exc.DBAPIError, OSError, TimeoutError) as exc:
         detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
         first_line = str(detail).splitlines()[0] if str(detail) else ""
+        if _POOLER_WAIT_TIMEOUT in first_line:
+            # A transaction pooler hands out a server connection at BEGIN: the transaction
+            # that waited for one never started.
+            raise StorageTimeoutError(
+                f"{operation}: no server connection became free in time at the connection "
+                f"pooler ({first_line}); nothing was done: lower the number of concurrent "
+                "callers, or raise the pooler's pool size (PgBouncer: default_pool_size) or "
+                "its wait limit (query_wait_timeout)"
+            ) from exc
         if isinstance(detail, OSError):  # refused, unresolvable, timed out: never connected
             raise StorageError(
                 f"{operation} failed: could not reach the database ({type(detail).__name__}: "

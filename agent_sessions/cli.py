@@ -92,6 +92,13 @@ def _common() -> argparse.ArgumentParser:
         help=f"database URL (default: ${URL_ENV}, else {DEFAULT_URL})",
     )
     common.add_argument(
+        "--transaction-pooling",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="the URL reaches PostgreSQL through a transaction pooler such as PgBouncer "
+        "(the same as ?transaction_pooling=true in the URL)",
+    )
+    common.add_argument(
         "--redis-url",
         default=argparse.SUPPRESS,
         help=f"Redis URL of the cache (default: ${REDIS_URL_ENV}; none: no cache)",

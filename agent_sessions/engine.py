@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, event, make_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -15,6 +15,63 @@ DEFAULT_URL = "sqlite+aiosqlite:///agent_sessions.db"
 # A PostgreSQL connection idle for longer than this is pinged before it is handed out.
 IDLE_PING_AFTER = 5.0
 _IDLE_SINCE = "agent_sessions.idle_since"
+
+# The engine execution option that tells the repository its engine reaches PostgreSQL through
+# a transaction-pooling proxy (PgBouncer ``pool_mode = transaction`` and the like). Set by
+# ``create_engine(..., transaction_pooling=True)``; a host's own engine sets it with
+# ``execution_options={TRANSACTION_POOLING: True}`` (see docs/embedding.md).
+TRANSACTION_POOLING = "agent_sessions_transaction_pooling"
+# The URL query parameter that turns it on, for URLs handed over in configuration (the CLI,
+# ``migrations.upgrade(url)``); it is removed before the URL reaches the driver.
+_URL_FLAG = "transaction_pooling"
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def behind_transaction_pooler(bind: Engine | Connection) -> bool:
+    """Whether ``bind`` is marked as reaching PostgreSQL through a transaction pooler."""
+    return bool(bind.get_execution_options().get(TRANSACTION_POOLING, False))
+
+
+def _unnamed_statement() -> str:
+    # An unnamed prepared statement lives until the next one on its server connection: used
+    # within one transaction it can neither collide with another client's statement (the
+    # server connection is ours until COMMIT) nor pile up on the server, as unique names would
+    # until the server connection closes.
+    return ""
+
+
+def _pooled_kwargs(url: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    parsed = make_url(url)
+    if (parsed.get_backend_name(), parsed.get_driver_name()) != ("postgresql", "asyncpg"):
+        raise ValueError(
+            "transaction_pooling applies to PostgreSQL through asyncpg "
+            "(postgresql+asyncpg://...) only"
+        )
+    connect_args = {
+        **kwargs.get("connect_args", {}),
+        "statement_cache_size": 0,  # asyncpg's own cache of named statements
+        "prepared_statement_cache_size": 0,  # SQLAlchemy's, across transactions
+        "prepared_statement_name_func": _unnamed_statement,
+    }
+    options = {**kwargs.get("execution_options", {}), TRANSACTION_POOLING: True}
+    return {**kwargs, "connect_args": connect_args, "execution_options": options}
+
+
+def _split_url_flag(url: str) -> tuple[str, bool]:
+    """The URL without ``?transaction_pooling=...``, and whether that flag was true."""
+    parsed = make_url(url)
+    value = parsed.query.get(_URL_FLAG)
+    if value is None:
+        return url, False
+    text = value if isinstance(value, str) else value[-1]
+    if text.lower() not in _TRUE + _FALSE:
+        raise ValueError(
+            f"the URL's {_URL_FLAG}={text!r} is neither true nor false; "
+            f"use ?{_URL_FLAG}=true behind a transaction pooler such as PgBouncer"
+        )
+    bare = parsed.difference_update_query([_URL_FLAG])
+    return bare.render_as_string(hide_password=False), text.lower() in _TRUE
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -61,7 +118,9 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
     event.listen(pool, "checkout", ping_if_idle)
 
 
-def create_engine(url: str = DEFAULT_URL, **kwargs: Any) -> AsyncEngine:
+def create_engine(
+    url: str = DEFAULT_URL, *, transaction_pooling: bool = False, **kwargs: Any
+) -> AsyncEngine:
     """Create an ``AsyncEngine`` with settings suited to agent_sessions.
 
     PostgreSQL (``postgresql+asyncpg://``): connections idle for more than a few seconds are
@@ -70,10 +129,26 @@ def create_engine(url: str = DEFAULT_URL, **kwargs: Any) -> AsyncEngine:
     WAL mode, foreign keys on, a 30 s busy timeout. Extra keyword arguments go to
     ``sqlalchemy.ext.asyncio.create_async_engine``.
 
+    Args:
+        url: the database URL. ``?transaction_pooling=true`` in it is the same as the argument.
+        transaction_pooling: the URL reaches PostgreSQL through a transaction-pooling proxy
+            (PgBouncer's ``pool_mode = transaction``): every statement runs inside a
+            transaction, prepared statements are unnamed and never cached across transactions,
+            and the engine is marked so that repositories on it work this way (see
+            docs/embedding.md, "Behind PgBouncer and other poolers").
+
+    Raises:
+        ValueError: ``transaction_pooling`` with a database other than PostgreSQL through
+            asyncpg, or a URL flag that is neither true nor false.
+
     Example::
 
         engine = create_engine("sqlite+aiosqlite:///sessions.db")
+        pooled = create_engine("postgresql+asyncpg://app@bouncer/app", transaction_pooling=True)
     """
+    url, flagged = _split_url_flag(url)
+    if transaction_pooling or flagged:
+        kwargs = _pooled_kwargs(url, kwargs)
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -9,7 +9,7 @@ Every exception the library raises on purpose derives from one root::
     ├── SessionValidationError        bad input; also a ValueError; nothing was written
     ├── SchemaOutOfDateError          the database schema is behind this library's migrations
     └── StorageError                  the database failed (connection lost, server error)
-        └── StorageTimeoutError       no connection could be had in time (pool exhausted)
+        └── StorageTimeoutError       no connection could be had in time (pool or pooler exhausted)
 
 Programming errors (``TypeError``, ``AttributeError``, ...) are never wrapped.
 """
@@ -78,4 +78,8 @@ class StorageError(AgentSessionsError):
 
 
 class StorageTimeoutError(StorageError):
-    """No database connection became free in time (the pool is exhausted)."""
+    """No database connection became free in time; nothing was done.
+
+    Either the engine's own pool was exhausted, or a connection pooler such as PgBouncer had
+    no server connection free within its wait limit (``query_wait_timeout``).
+    """

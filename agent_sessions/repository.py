@@ -44,6 +44,7 @@ from agent_sessions._rows import (
 )
 from agent_sessions._settle import run_to_end
 from agent_sessions._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size
+from agent_sessions.engine import behind_transaction_pooler
 from agent_sessions.errors import (
     ConcurrentUpdateError,
     InvalidStateTransitionError,
@@ -190,7 +191,7 @@ class SessionRepository:
         Bound: the caller's session. Otherwise a new one: for ``"write"`` in a transaction
         committed at the end; for ``"read"`` (reads needing no common snapshot) and
         ``"statement"`` (one writing statement) in autocommit mode, which saves the BEGIN and
-        COMMIT round trips.
+        COMMIT round trips, except behind a transaction pooler (see ``_needs_transaction``).
 
         Cancellation: each statement, the commit and the release of the connection run to
         their end (``run_to_end``), so a cancellation takes effect between statements, where
@@ -220,12 +221,13 @@ class SessionRepository:
             async with self._sqlite_writer(mode):
                 db = _Db(self._factory())
                 try:
-                    if mode == "write":
+                    in_transaction = _needs_transaction(db.session, mode)
+                    if in_transaction:
                         await db.session.begin()
                     else:
                         await run_to_end(db.session.connection(execution_options=_AUTOCOMMIT))
                     yield db, await self._dialect(db)
-                    if mode == "write":
+                    if in_transaction:
                         await run_to_end(db.session.commit())  # invalidates after the COMMIT
                     else:
                         await _invalidation.run_pending(db.session)
@@ -777,3 +779,14 @@ class SessionRepository:
             oldest_active_heartbeat=oldest,
             checkpoints=int(checkpoints or 0),
         )
+
+
+def _needs_transaction(session: AsyncSession, mode: _Mode) -> bool:
+    """Whether ``mode`` must run in a real transaction on this session's engine.
+
+    Always for ``"write"``. Behind a transaction pooler (an engine marked with
+    ``engine.TRANSACTION_POOLING``) for every mode: there a server connection is ours only
+    from BEGIN to COMMIT, and an autocommit statement's prepare and execute may reach two
+    different server connections ("prepared statement ... does not exist").
+    """
+    return mode == "write" or behind_transaction_pooler(session.get_bind())

@@ -15,8 +15,8 @@ from typing import Any
 
 from alembic import context
 from sqlalchemy import Connection, func, select
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from agent_sessions.engine import create_engine
 from agent_sessions.tables import TABLE_PREFIX, VERSION_TABLE, metadata
 
 # Two processes migrating one PostgreSQL database at once: the second waits for this lock,
@@ -69,7 +69,8 @@ def do_run_migrations(connection: Connection) -> None:
 
 
 async def run_async_migrations() -> None:
-    engine = create_async_engine(_url())
+    # agent_sessions' create_engine understands ?transaction_pooling=true in the URL.
+    engine = create_engine(_url())
     try:
         async with engine.connect() as connection:
             await connection.run_sync(do_run_migrations)

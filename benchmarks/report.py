@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks import pooler
 from benchmarks.timing import median, paired_ratio
 
 WRITES = frozenset(
@@ -73,6 +74,8 @@ class Report:
     cache_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweeps: dict[str, dict[str, Any]] = field(default_factory=dict)
     storms: dict[str, dict[str, int]] = field(default_factory=dict)
+    # mode -> benchmarks.pooler figures: direct vs through PgBouncer, measured together
+    pooler: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def ops(self, name: str) -> float | None:
@@ -154,6 +157,7 @@ class Report:
             "sweeps": self.sweeps,
             "storms": self.storms,
             "cache_stats": self.cache_stats,
+            "pooler": self.pooler,
             "targets": [t.as_dict() for t in self.targets()],
             "notes": self.notes,
         }
@@ -208,6 +212,9 @@ def render(report: Report) -> str:
     for backend, storm in report.storms.items():
         counts = ", ".join(f"{cache}: {n} DB reads" for cache, n in storm.items())
         lines.append(f"miss storm {backend} ({report.meta.get('storm_readers')} readers): {counts}")
+    if report.pooler:
+        lines.append("")
+        lines.extend(pooler.render(report.pooler))
     lines.append("")
     lines.append(f"{'target':<62} {'value':>9} {'need':>8}  verdict")
     for t in report.targets():

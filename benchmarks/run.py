@@ -29,10 +29,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from agent_sessions import ModelCache, SessionRepository, create_engine
-from benchmarks import baselines, seed
+from benchmarks import baselines, pooler, seed
 from benchmarks.baselines import Raw
 from benchmarks.databases import Databases
 from benchmarks.operations import Record, Setup, run_operations
@@ -94,9 +95,15 @@ class Runner:
     """One run over the chosen backends; fills a :class:`Report`."""
 
     def __init__(
-        self, sizes: Sizes, dbs: Databases, redis: Redis | None, backends: Sequence[str]
+        self,
+        sizes: Sizes,
+        dbs: Databases,
+        redis: Redis | None,
+        backends: Sequence[str],
+        pgbouncer_url: str | None = None,
     ) -> None:
         self.sizes = sizes
+        self.pgbouncer_url = pgbouncer_url
         self.dbs = dbs
         self.redis = redis
         self.backends = list(backends)
@@ -126,6 +133,8 @@ class Runner:
             await self._sweep(backend)
         for backend in self.backends:
             await self._backend(backend)
+        if "postgres" in self.backends:
+            await self._pooler()
         self.report.meta["duration_s"] = round(time.perf_counter() - started, 1)
         return self.report
 
@@ -146,6 +155,20 @@ class Runner:
             await self.dbs.drop(backend, "sweep")
         self.report.sweeps[backend] = {"cache": cache, **result.as_dict()}
         logger.info("%s: swept in %.1f s", backend, result.wall_s)
+
+    async def _pooler(self) -> None:
+        if self.pgbouncer_url is None:
+            self.report.notes.append("no PgBouncer (--pgbouncer-url): pooler figures skipped")
+            return
+        direct = await self.dbs.create("postgres", "pooler")
+        database = make_url(direct).database
+        pooled = make_url(self.pgbouncer_url).set(database=database).render_as_string(False)
+        try:
+            for plan in self.plans("postgres"):
+                logger.info("postgres: direct vs through PgBouncer (%s)", plan.mode)
+                self.report.pooler[plan.mode] = await pooler.pooled_vs_direct(direct, pooled, plan)
+        finally:
+            await self.dbs.drop("postgres", "pooler")
 
     async def _backend(self, backend: str) -> None:
         s = self.sizes
@@ -249,6 +272,7 @@ async def run_benchmark(
     redis_url: str | None,
     workdir: Path,
     backends: Sequence[str] = BACKENDS,
+    pgbouncer_url: str | None = None,
 ) -> Report:
     """Run every benchmark on ``backends`` and return the report.
 
@@ -257,10 +281,12 @@ async def run_benchmark(
             its own databases beside it.
         redis_url: the Redis server for the cache and the Redis baseline (``None``: no cache).
         workdir: where the SQLite database files go.
+        pgbouncer_url: a PgBouncer in transaction pooling mode in front of ``postgres_url``'s
+            server, passing any database name through (``None``: no pooler figures).
     """
     dbs = Databases(postgres_url, workdir)
     redis = Redis.from_url(redis_url) if redis_url else None
-    runner = Runner(sizes, dbs, redis, backends)
+    runner = Runner(sizes, dbs, redis, backends, pgbouncer_url)
     try:
         return await runner.run()
     finally:
@@ -279,6 +305,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=BACKENDS, action="append", help="default: both")
     parser.add_argument("--postgres-url", help="use this running PostgreSQL server")
     parser.add_argument("--redis-url", help="use this running Redis server")
+    parser.add_argument(
+        "--pgbouncer-url",
+        help="use this running PgBouncer (transaction mode, in front of --postgres-url's server)",
+    )
     return parser.parse_args(argv)
 
 
@@ -291,16 +321,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     backends = args.backend or list(BACKENDS)
     with tempfile.TemporaryDirectory(prefix="agent-sessions-bench-") as tmp, ExitStack() as stack:
-        from tests.servers import PostgresServer, RedisServer
+        from tests.servers import PgBouncerServer, PostgresServer, RedisServer
 
         postgres_url, redis_url = args.postgres_url, args.redis_url
+        pgbouncer_url = args.pgbouncer_url
         if postgres_url is None and "postgres" in backends:
-            postgres_url = stack.enter_context(PostgresServer.start(Path(tmp) / "pg")).url
+            postgres = stack.enter_context(PostgresServer.start(Path(tmp) / "pg"))
+            postgres_url = postgres.url
+            if pgbouncer_url is None:
+                # As many server connections as concurrent tasks: the figures are the proxy hop.
+                bouncer = PgBouncerServer.start(
+                    Path(tmp) / "pgbouncer", postgres.port, pool_size=sizes.tasks
+                )
+                pgbouncer_url = stack.enter_context(bouncer).url("postgres")
         if redis_url is None:
             redis_url = stack.enter_context(RedisServer.start(Path(tmp) / "redis")).url
         report = asyncio.run(
             run_benchmark(sizes, postgres_url=postgres_url, redis_url=redis_url,
-                          workdir=Path(tmp), backends=backends)
+                          workdir=Path(tmp), backends=backends, pgbouncer_url=pgbouncer_url)
         )  # fmt: skip
     publish(report, args.json)
     return 0

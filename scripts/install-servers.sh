@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure the binaries tests/servers.py needs are installed: redis-server and
-# redis-cli, PostgreSQL server binaries (initdb, postgres, pg_ctl) and, when
+# redis-cli, PostgreSQL server binaries (initdb, postgres, pg_ctl), pgbouncer and, when
 # running as root, the `postgres` OS user (PostgreSQL refuses to run as root).
 # Idempotent. The tests start their own servers, so package-started system
 # services are stopped again.
@@ -70,6 +70,14 @@ if [[ -z "$initdb_path" ]]; then
     initdb_path="$(printf '%s\n' /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)"
 fi
 echo "ok: $initdb_path"
+
+# PgBouncer, the transaction pooler the pooled test backend runs through
+if ! command -v pgbouncer >/dev/null 2>&1; then
+    is_root || need "pgbouncer" pgbouncer
+    apt_install pgbouncer
+    stop_service pgbouncer
+fi
+echo "ok: $(command -v pgbouncer)"
 
 # The `postgres` OS user, needed to run PostgreSQL when the tests run as root
 if is_root; then

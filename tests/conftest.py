@@ -1,8 +1,10 @@
 """Shared fixtures: real SQLite and PostgreSQL databases built by the migrations, real Redis.
 
-Every repository test runs once per backend: ``sqlite`` and ``postgres``, each without and with
-the Redis cache (``+redis``). Servers are started here on 127.0.0.1 (see tests/servers.py); set
-``AGENT_SESSIONS_TEST_POSTGRES_URL`` / ``AGENT_SESSIONS_TEST_REDIS_URL`` to use running ones.
+Every repository test runs once per backend: ``sqlite``, ``postgres`` and ``pgbouncer`` (the same
+PostgreSQL through a PgBouncer in transaction pooling mode, on an engine made with
+``transaction_pooling=True``), each without and with the Redis cache (``+redis``). Servers are
+started here on 127.0.0.1 (see tests/servers.py); set ``AGENT_SESSIONS_TEST_POSTGRES_URL`` /
+``AGENT_SESSIONS_TEST_PGBOUNCER_URL`` / ``AGENT_SESSIONS_TEST_REDIS_URL`` to use running ones.
 Without the binaries the backend's tests skip locally; with ``CI=true`` they fail instead.
 """
 
@@ -25,9 +27,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agent_sessions import RedisCache, SessionRepository, create_engine, migrations
 from agent_sessions.tables import checkpoints_table, sessions_table
-from tests.servers import PostgresServer, RedisCluster, RedisServer, ServerUnavailable
+from tests.servers import (
+    PgBouncerServer,
+    PostgresServer,
+    RedisCluster,
+    RedisServer,
+    ServerUnavailable,
+)
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# Server connections the shared PgBouncer may open: fewer than the engine's pool, so callers
+# queue in PgBouncer as they would in production.
+POOLED_SERVER_CONNECTIONS = 4
 
 
 def unavailable(reason: str) -> None:
@@ -81,6 +92,40 @@ def postgres_url(postgres_server: PostgresServer | None) -> str:
 
 
 @pytest.fixture(scope="session")
+def pgbouncer_server(
+    servers_dir: Path, postgres_server: PostgresServer | None
+) -> Iterator[PgBouncerServer | None]:
+    """A PgBouncer in transaction pooling mode in front of the test PostgreSQL."""
+    if os.environ.get("AGENT_SESSIONS_TEST_PGBOUNCER_URL"):
+        yield None
+        return
+    if postgres_server is None:
+        unavailable(
+            "PgBouncer: with AGENT_SESSIONS_TEST_POSTGRES_URL set, also set "
+            "AGENT_SESSIONS_TEST_PGBOUNCER_URL (a transaction-pooling PgBouncer in front of it)"
+        )
+    try:
+        server = PgBouncerServer.start(
+            servers_dir / "pgbouncer", postgres_server.port, pool_size=POOLED_SERVER_CONNECTIONS
+        )
+    except ServerUnavailable as exc:
+        unavailable(f"PgBouncer: {exc}")
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_url(
+    pgbouncer_server: PgBouncerServer | None, postgres_server: PostgresServer | None
+) -> str:
+    """An empty database of the test PostgreSQL, reached through PgBouncer."""
+    if pgbouncer_server is None or postgres_server is None:
+        return os.environ["AGENT_SESSIONS_TEST_PGBOUNCER_URL"]
+    postgres_server.create_database("agent_sessions_pooled")
+    return pgbouncer_server.url("agent_sessions_pooled")
+
+
+@pytest.fixture(scope="session")
 def redis_server(servers_dir: Path) -> Iterator[RedisServer | None]:
     if os.environ.get("AGENT_SESSIONS_TEST_REDIS_URL"):
         yield None
@@ -119,7 +164,7 @@ _engines: dict[str, Backend] = {}
 
 async def _backend(name: str, url: str) -> Backend:
     if name not in _engines:
-        engine = create_engine(url)
+        engine = create_engine(url, transaction_pooling=name == "pgbouncer")
         await migrations.upgrade(engine)
         _engines[name] = Backend(name, engine, async_sessionmaker(engine, expire_on_commit=False))
     return _engines[name]
@@ -132,13 +177,10 @@ async def _dispose_engines() -> AsyncIterator[None]:
         await backend.engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "pgbouncer"])
 async def db(request: pytest.FixtureRequest, _dispose_engines: None) -> Backend:
     """An empty, migrated database on each backend."""
-    if request.param == "sqlite":
-        url = request.getfixturevalue("sqlite_url")
-    else:
-        url = request.getfixturevalue("postgres_url")
+    url = request.getfixturevalue(f"{request.param}_url")
     backend = await _backend(request.param, url)
     async with backend.engine.begin() as conn:
         await conn.execute(delete(checkpoints_table))

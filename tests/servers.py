@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL and Redis servers for tests.
+"""Throwaway PostgreSQL, PgBouncer and Redis servers for tests.
 
 Every server runs as a child process of the test run, listens on 127.0.0.1
 only, logs to a file in its ``base_dir`` and is stopped at interpreter exit at
@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple, Self
 
-__all__ = ["PostgresServer", "RedisCluster", "RedisServer", "ServerUnavailable"]
+__all__ = ["PgBouncerServer", "PostgresServer", "RedisCluster", "RedisServer", "ServerUnavailable"]
 
 _LOOPBACK = "127.0.0.1"
 _START_ATTEMPTS = 3
@@ -363,6 +363,111 @@ class PostgresServer(_Supervised):
         except OSError:
             return False
         return len(lines) > 7 and lines[0] == str(self.pid) and lines[7].strip() == "ready"
+
+
+# --- PgBouncer ---------------------------------------------------------------
+
+
+class PgBouncerServer(_Supervised):
+    """PgBouncer in ``pool_mode = transaction`` in front of a test PostgreSQL.
+
+    Any database name is passed through to the PostgreSQL at ``upstream_port``; clients log in
+    as any user in the auth file (``postgres``) without a password, as the trust-auth
+    PostgreSQL lets PgBouncer do. At most ``pool_size`` server connections per database and
+    user; a client that finds them all busy waits up to ``query_wait_timeout`` seconds, then
+    PgBouncer fails its query and closes its connection.
+    """
+
+    def __init__(
+        self, base_dir: Path, upstream_port: int, settings: dict[str, str], owner: _Owner | None
+    ) -> None:
+        super().__init__(base_dir / "pgbouncer.log")
+        self._binary = _require("pgbouncer", "apt-get install pgbouncer")
+        self._base_dir = base_dir
+        self._upstream_port = upstream_port
+        self._settings = settings
+        self._owner = owner
+        self._port = 0
+
+    @classmethod
+    def start(
+        cls,
+        base_dir: Path,
+        upstream_port: int,
+        *,
+        pool_size: int = 10,
+        query_wait_timeout: int = 30,
+    ) -> PgBouncerServer:
+        settings = {
+            "pool_mode": "transaction",
+            "default_pool_size": str(pool_size),
+            "min_pool_size": "0",
+            "reserve_pool_size": "0",
+            "max_db_connections": str(pool_size),
+            "max_client_conn": "500",
+            "query_wait_timeout": str(query_wait_timeout),
+        }
+        base_dir.mkdir(parents=True, exist_ok=True)
+        owner = _postgres_owner()  # PgBouncer refuses to run as root, like PostgreSQL
+        server = cls(base_dir.resolve(), upstream_port, settings, owner)
+        for _ in range(_START_ATTEMPTS):
+            server._port = _free_port()
+            try:
+                server._launch()
+            except _PortInUse:
+                continue
+            return server
+        raise ServerUnavailable(f"pgbouncer found no free port after {_START_ATTEMPTS} attempts")
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def url(self, database: str) -> str:
+        """The asyncpg URL of ``database`` through this PgBouncer."""
+        return f"postgresql+asyncpg://postgres@{_LOOPBACK}:{self._port}/{database}"
+
+    def restart(self) -> None:
+        """Stop (or clean up after kill) and start again on the same port."""
+        self.stop()
+        self._launch()
+
+    def _write_config(self) -> Path:
+        auth_file = self._base_dir / "userlist.txt"
+        auth_file.write_text('"postgres" ""\n')
+        settings = {
+            "listen_addr": _LOOPBACK,
+            "listen_port": str(self._port),
+            "unix_socket_dir": "",
+            "auth_type": "trust",
+            "auth_file": str(auth_file),
+            "pidfile": "",
+            "logfile": "",
+            # asyncpg does not send it, but other clients (psql, psycopg) do.
+            "ignore_startup_parameters": "extra_float_digits",
+            "server_lifetime": "3600",
+            **self._settings,
+        }
+        config = self._base_dir / "pgbouncer.ini"
+        lines = ["[databases]", f"* = host={_LOOPBACK} port={self._upstream_port}", ""]
+        lines += ["[pgbouncer]", *(f"{key} = {value}" for key, value in settings.items())]
+        config.write_text("\n".join(lines) + "\n")
+        if self._owner is not None:
+            _allow_traverse(self._base_dir)
+            for path in (self._base_dir, auth_file, config):
+                os.chown(path, *self._owner)
+        return config
+
+    def _launch(self) -> None:
+        config = self._write_config()
+        self._spawn([self._binary, str(config)], ready=self._ready, timeout=15, owner=self._owner)
+
+    def _ready(self) -> bool:
+        try:
+            with socket.create_connection((_LOOPBACK, self._port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
 
 # --- Redis -------------------------------------------------------------------

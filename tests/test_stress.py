@@ -45,6 +45,7 @@ from agent_sessions import (
     SessionRepository,
     create_engine,
 )
+from agent_sessions.engine import behind_transaction_pooler
 from agent_sessions.tables import sessions_table
 from tests.conftest import Backend, FakeClock, unavailable
 from tests.servers import RedisServer, ServerUnavailable
@@ -351,6 +352,10 @@ async def run_processes(
     processes, tasks, ops = 3, 4, 25
     hot, many = await make_sessions(db.factory)
     url = db.engine.url.render_as_string(hide_password=False)
+    if behind_transaction_pooler(db.engine.sync_engine):
+        url = db.engine.url.update_query_dict({"transaction_pooling": "true"}).render_as_string(
+            hide_password=False
+        )
     common = {"url": url, "redis_url": redis_url, "namespace": namespace, "hot": hot,
               "many": many, "tasks": tasks, "ops": ops, "cancel_rate": cancel_rate}  # fmt: skip
     children = [
