@@ -23,6 +23,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    true,
     tuple_,
     update,
 )
@@ -264,16 +265,15 @@ def _append_many_in_one(scoped: bool) -> Any:
     """
     bump = APPEND_MANY[scoped].returning(S.id)
     bumped = bump.cte("bumped")
-    items = func.jsonb_array_elements(bindparam("b_items", type_=postgresql.JSONB())).table_valued(
-        "value", with_ordinality="ord"
-    )
+    elements = func.jsonb_array_elements(bindparam("b_items", type_=postgresql.JSONB()))
+    items = elements.table_valued("value", with_ordinality="ord").render_derived(name="items")
     rows = select(
         bumped.c.id,
         bumped.c.checkpoint_count - _ADDED + items.c.ord,
         items.c.value.op("->>")(literal("name")),
         items.c.value.op("->", return_type=postgresql.JSONB())(literal("data")),
         _AT,
-    ).select_from(bumped, items)
+    ).select_from(bumped.join(items, true()))  # one bumped row: every item goes with it
     return insert(checkpoints_table).from_select(_CHECKPOINT_COLUMN_NAMES, rows).returning(C.seq)
 
 

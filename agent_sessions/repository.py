@@ -1057,19 +1057,22 @@ class SessionRepository:
 
 def _scope(agent_type: object, user_id: object) -> dict[str, Any]:
     """The shared-state document's key: app-wide for ``user_id=None``, else that user's."""
-    for value, what, longest in ((agent_type, "agent_type", 128), (user_id, "user_id", 256)):
-        if value is None and what == "user_id":
-            continue
-        check_filter(value, what)
-        assert isinstance(value, str)
-        if len(value) > longest or (what == "agent_type" and not value):
-            raise SessionValidationError(
-                f"{what} must be {'1' if what == 'agent_type' else '0'} to {longest} "
-                f"characters, got {len(value)}"
-            )
+    _check_name(agent_type, "agent_type", 1, 128)
     if user_id is None:
         return {"b_agent": agent_type, "b_scope": "app", "b_user": ""}
+    _check_name(user_id, "user_id", 0, 256)
     return {"b_agent": agent_type, "b_scope": "user", "b_user": user_id}
+
+
+def _check_name(value: object, what: str, shortest: int, longest: int) -> None:
+    if value is None:
+        raise SessionValidationError(f"{what} must be a string, got None")
+    check_filter(value, what)
+    assert isinstance(value, str)  # check_filter refused anything else
+    if not shortest <= len(value) <= longest:
+        raise SessionValidationError(
+            f"{what} must be {shortest} to {longest} characters long, got {len(value)}"
+        )
 
 
 def _removed_keys(remove: object, changes: dict[str, Any]) -> list[str]:
