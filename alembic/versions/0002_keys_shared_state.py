@@ -26,7 +26,7 @@ LIVE_KEYED = sa.text("key IS NOT NULL AND state <> 'deleted'")
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("agent_sessions_sessions") as batch:
+    with op.batch_alter_table("agent_sessions_sessions", recreate="never") as batch:
         batch.add_column(sa.Column("key", sa.String(128), nullable=True))
     op.create_index(
         "uq_agent_sessions_sessions_agent_type_user_id_key",
@@ -67,5 +67,7 @@ def downgrade() -> None:
         "ix_agent_sessions_checkpoints_session_id_created_at", "agent_sessions_checkpoints"
     )
     op.drop_index("uq_agent_sessions_sessions_agent_type_user_id_key", "agent_sessions_sessions")
-    with op.batch_alter_table("agent_sessions_sessions") as batch:
+    # Never by copying the table on SQLite: with foreign keys on, dropping the old copy would
+    # cascade to every checkpoint. SQLite 3.35+ drops an unindexed column in place.
+    with op.batch_alter_table("agent_sessions_sessions", recreate="never") as batch:
         batch.drop_column("key")
