@@ -258,13 +258,13 @@ class SessionRepository:
                       "b_key": session.key}  # fmt: skip
             async with (
                 self._transaction("create_session", sid, mode="statement") as (db, _),
-                self._key_is_free(db, session),
+                self._key_is_free(session),
             ):
                 await db.execute(sql.CREATE_IN_ONE, params)
             return session
         async with (
             self._transaction("create_session", sid) as (db, _),
-            self._key_is_free(db, session),
+            self._key_is_free(session),
         ):
             await db.execute(
                 sql.INSERT_SESSION,
@@ -288,15 +288,16 @@ class SessionRepository:
         return session
 
     @asynccontextmanager
-    async def _key_is_free(self, db: AsyncSession, session: AgentSession) -> AsyncIterator[None]:
+    async def _key_is_free(self, session: AgentSession) -> AsyncIterator[None]:
         """Turn the unique index's refusal of a taken key into ``SessionExistsError``."""
         if session.key is None:
             yield
             return
         # On PostgreSQL a failed statement aborts the whole transaction: inside a caller's
         # transaction, a savepoint keeps the refusal from taking the caller's work with it.
-        nested = self._bound is not None and self._gate.dialect == "postgresql"
-        savepoint = await db.begin_nested() if nested else None
+        savepoint = None
+        if self._bound is not None and self._gate.dialect == "postgresql":
+            savepoint = await self._bound.begin_nested()
         try:
             yield
         except sa_exc.IntegrityError as exc:
