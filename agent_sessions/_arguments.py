@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 from agent_sessions._validation import check_text
 from agent_sessions.errors import SessionValidationError
@@ -52,3 +53,33 @@ def check_filter(value: object, what: str) -> None:
         check_text(value, what)
     except ValueError as exc:
         raise SessionValidationError(str(exc)) from None
+
+
+def check_aware(value: object, what: str) -> datetime:
+    """``value`` in UTC, if it is a timezone-aware datetime."""
+    if not isinstance(value, datetime):
+        raise SessionValidationError(f"{what} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise SessionValidationError(
+            f"{what} {value.isoformat()} has no time zone; pass a UTC-aware datetime "
+            "(e.g. datetime.now(UTC))"
+        )
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise SessionValidationError(f"{what} {value.isoformat()} is out of range") from None
+
+
+def check_key(key: object) -> str:
+    """A session key: printable text of 1 to 128 characters."""
+    if not isinstance(key, str):
+        raise SessionValidationError(f"key must be a string, got {type(key).__name__}")
+    try:
+        check_text(key, "key")
+    except ValueError as exc:
+        raise SessionValidationError(str(exc)) from None
+    if not 1 <= len(key) <= 128 or not key.isprintable():
+        raise SessionValidationError(
+            f"key must be printable text of 1 to 128 characters, got {key[:140]!r}"
+        )
+    return key

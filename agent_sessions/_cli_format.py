@@ -99,10 +99,11 @@ def to_json(value: Any) -> str:
 def sessions_table(sessions: Sequence[AgentSession]) -> str:
     """The ``sessions list`` table."""
     return table(
-        ("SESSION_ID", "AGENT_TYPE", "USER_ID", "STATE", "CHECKPOINTS", "VERSION", "UPDATED_AT"),
+        ("SESSION_ID", "AGENT_TYPE", "USER_ID", "KEY", "STATE", "CHECKPOINTS", "VERSION",
+         "UPDATED_AT"),
         (
-            (s.session_id, s.agent_type, s.user_id or "-", s.state.value, s.checkpoint_count,
-             s.version, timestamp(s.updated_at))
+            (s.session_id, s.agent_type, s.user_id or "-", s.key or "-", s.state.value,
+             s.checkpoint_count, s.version, timestamp(s.updated_at))
             for s in sessions
         ),
     )  # fmt: skip
@@ -122,6 +123,7 @@ def session_details(session: AgentSession, now: datetime) -> str:
         ("session_id", session.session_id),
         ("agent_type", session.agent_type),
         ("user_id", session.user_id or "-"),
+        ("key", session.key or "-"),
         ("state", session.state.value),
         ("version", session.version),
         ("created_at", timestamp(session.created_at)),

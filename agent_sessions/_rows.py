@@ -19,7 +19,7 @@ S = sessions_table.c
 C = checkpoints_table.c
 SESSION_COLUMNS = (
     S.id, S.agent_type, S.user_id, S.state, S.context, S.metadata, S.checkpoint_count,
-    S.version, S.created_at, S.updated_at, S.last_heartbeat,
+    S.version, S.created_at, S.updated_at, S.last_heartbeat, S.key,
 )  # fmt: skip
 CHECKPOINT_COLUMNS = (C.seq, C.name, C.data, C.created_at.label("cp_created_at"))
 
@@ -62,6 +62,7 @@ def session_from_row(row: Any, checkpoints: list[SessionCheckpoint]) -> AgentSes
         updated_at=row.updated_at,
         last_heartbeat=row.last_heartbeat,
         version=row.version,
+        key=row.key,
     )
 
 

@@ -8,7 +8,7 @@ Parameter names start with ``b_`` (names equal to a column's are reserved in UPD
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -18,17 +18,25 @@ from sqlalchemy import (
     Uuid,
     and_,
     bindparam,
+    delete,
     func,
     insert,
     literal,
     select,
+    true,
     tuple_,
     update,
 )
-from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.dialects import postgresql, sqlite
 
-from agent_sessions._rows import SESSION_COLUMNS, C, S
-from agent_sessions.tables import JsonType, UtcDateTime, checkpoints_table, sessions_table
+from agent_sessions._rows import CHECKPOINT_COLUMNS, SESSION_COLUMNS, C, S
+from agent_sessions.tables import (
+    JsonType,
+    UtcDateTime,
+    checkpoints_table,
+    sessions_table,
+    shared_state_table,
+)
 
 DELETED = "deleted"
 LIVE_STATES = ("active", "paused")
@@ -38,17 +46,25 @@ _NOW = bindparam("b_now", type_=UtcDateTime())
 _USER = bindparam("b_user", type_=String())
 
 
-def _scoped(stmt: ReturningUpdate[Any]) -> dict[bool, ReturningUpdate[Any]]:
+class _Filterable(Protocol):
+    def where(self, *clauses: Any) -> Self: ...
+
+
+F = TypeVar("F", bound=_Filterable)
+
+
+def _scoped(stmt: F) -> dict[bool, F]:
     """The statement unscoped (``False``) and limited to the user ``b_user`` (``True``)."""
     return {False: stmt, True: stmt.where(S.user_id == _USER)}
 
 
-def _load(dialect: str) -> Select[Any]:
+def _load(dialect: str, by_key: bool = False) -> Select[Any]:
     """The session and its newest ``b_recent`` checkpoints, in one row and one round trip.
 
     The checkpoints come as one JSON array (not as joined rows, which would repeat the
     session's columns for each). Seqs are dense (1..checkpoint_count), so the newest N are a
-    range scan of the checkpoints' primary key, whatever the history's length.
+    range scan of the checkpoints' primary key, whatever the history's length. ``by_key``: the
+    live session with key ``b_key`` of agent type ``b_agent`` and user ``b_user``.
     """
     window = and_(
         C.session_id == S.id,
@@ -65,10 +81,20 @@ def _load(dialect: str) -> Select[Any]:
         )
         recent = func.json_group_array(item, type_=JSON())
     checkpoints = select(recent).where(window).scalar_subquery().label("recent")
-    return select(*SESSION_COLUMNS, checkpoints).where(S.id == _SID, S.state != DELETED)
+    stmt = select(*SESSION_COLUMNS, checkpoints).where(S.state != DELETED)
+    if by_key:
+        return stmt.where(S.agent_type == _AGENT, S.user_id == _USER, S.key == _KEY)
+    return stmt.where(S.id == _SID)
 
 
+_AGENT = bindparam("b_agent", type_=String())
+_KEY = bindparam("b_key", type_=String())
 LOAD = {"postgresql": _load("postgresql"), "sqlite": _load("sqlite")}
+LOAD_BY_KEY = {"postgresql": _load("postgresql", True), "sqlite": _load("sqlite", True)}
+# The id of the live session with a key: one probe of the partial unique index.
+ID_BY_KEY = select(S.id).where(
+    S.agent_type == _AGENT, S.user_id == _USER, S.key == _KEY, S.state != DELETED
+)
 
 INSERT_SESSION = insert(sessions_table)
 INSERT_CHECKPOINT = insert(checkpoints_table)
@@ -147,6 +173,7 @@ def list_page(by_agent: bool, by_user: bool, by_state: bool, after: bool) -> Sel
 _CHECKPOINT_COLUMN_NAMES = ["session_id", "seq", "name", "data", "created_at"]
 _CP_NAME = bindparam("b_name", type_=String())
 _CP_DATA = bindparam("b_data", type_=JsonType)
+_AT = bindparam("b_at", type_=UtcDateTime())  # the checkpoint's time (the caller's, or now)
 
 
 def _append_in_one(scoped: bool) -> Any:
@@ -159,7 +186,7 @@ def _append_in_one(scoped: bool) -> Any:
     if scoped:
         bump = bump.where(S.user_id == _USER)
     bumped = bump.cte("bumped")
-    rows = select(bumped.c.id, bumped.c.checkpoint_count, _CP_NAME, _CP_DATA, _NOW)
+    rows = select(bumped.c.id, bumped.c.checkpoint_count, _CP_NAME, _CP_DATA, _AT)
     return insert(checkpoints_table).from_select(_CHECKPOINT_COLUMN_NAMES, rows).returning(C.seq)
 
 
@@ -169,8 +196,9 @@ _created = (
     insert(sessions_table)
     .values(
         id=_SID,
-        agent_type=bindparam("b_agent", type_=String()),
+        agent_type=_AGENT,
         user_id=_USER,
+        key=_KEY,
         state="active",
         context=bindparam("b_context", type_=JsonType),
         metadata=bindparam("b_metadata", type_=JsonType),
@@ -186,4 +214,110 @@ _created = (
 CREATE_IN_ONE = insert(checkpoints_table).from_select(
     _CHECKPOINT_COLUMN_NAMES,
     select(_created.c.id, literal(1, Integer()), _CP_NAME, _CP_DATA, _NOW),
+)
+
+
+# -- rewind, batch append, hard delete ----------------------------------------------------------
+
+_AFTER = bindparam("b_after", type_=Integer())
+_ADDED = bindparam("b_added", type_=Integer())
+_SEQ = bindparam("b_seq", type_=Integer())
+
+LIVE = _scoped(select(S.id).where(S.id == _SID, S.state != DELETED))
+
+# Takes the session's row lock like APPEND, so an append or another pop waits for this one to
+# commit: concurrent pops get distinct checkpoints. The first checkpoint is never popped.
+POP = _scoped(
+    update(sessions_table)
+    .where(S.id == _SID, S.state != DELETED, S.checkpoint_count > 1)
+    .values(checkpoint_count=S.checkpoint_count - 1, version=S.version + 1, updated_at=_NOW)
+    .returning(S.checkpoint_count)
+)
+POPPED = (
+    delete(checkpoints_table)
+    .where(C.session_id == _SID, C.seq == _SEQ)
+    .returning(*CHECKPOINT_COLUMNS)
+)
+TRUNCATE = _scoped(
+    update(sessions_table)
+    .where(S.id == _SID, S.state != DELETED, S.checkpoint_count > _AFTER)
+    .values(checkpoint_count=_AFTER, version=S.version + 1, updated_at=_NOW)
+    .returning(S.id)
+)
+TRUNCATED = delete(checkpoints_table).where(C.session_id == _SID, C.seq > _AFTER)
+
+APPEND_MANY = _scoped(
+    update(sessions_table)
+    .where(S.id == _SID, S.state != DELETED)
+    .values(checkpoint_count=S.checkpoint_count + _ADDED, version=S.version + 1, updated_at=_NOW)
+    .returning(S.checkpoint_count)
+)
+
+HARD_DELETE = _scoped(delete(sessions_table).where(S.id == _SID).returning(S.id))
+HARD_DELETE_CHECKPOINTS = delete(checkpoints_table).where(C.session_id == _SID)
+
+
+def _append_many_in_one(scoped: bool) -> Any:
+    """PostgreSQL: a batch append as one statement; the items come as one JSON array ``b_items``.
+
+    ``WITH ORDINALITY`` numbers the items 1..n in the array's order, so item i gets seq
+    ``count_before + i`` where ``count_before`` is the bumped count minus n.
+    """
+    bump = APPEND_MANY[scoped].returning(S.id)
+    bumped = bump.cte("bumped")
+    elements = func.jsonb_array_elements(bindparam("b_items", type_=postgresql.JSONB()))
+    items = elements.table_valued("value", with_ordinality="ord").render_derived(name="items")
+    rows = select(
+        bumped.c.id,
+        bumped.c.checkpoint_count - _ADDED + items.c.ord,
+        items.c.value.op("->>")(literal("name")),
+        items.c.value.op("->", return_type=postgresql.JSONB())(literal("data")),
+        _AT,
+    ).select_from(bumped.join(items, true()))  # one bumped row: every item goes with it
+    return insert(checkpoints_table).from_select(_CHECKPOINT_COLUMN_NAMES, rows).returning(C.seq)
+
+
+APPEND_MANY_IN_ONE = {False: _append_many_in_one(False), True: _append_many_in_one(True)}
+
+# -- shared state --------------------------------------------------------------------------------
+
+X = shared_state_table.c
+SHARED_STATE = select(X.state).where(
+    X.agent_type == _AGENT, X.scope == bindparam("b_scope", type_=String()), X.user_id == _USER
+)
+_SCOPE_VALUES = {
+    "agent_type": _AGENT,
+    "scope": bindparam("b_scope", type_=String()),
+    "user_id": _USER,
+    "updated_at": _NOW,
+}
+_SCOPE_KEY = ["agent_type", "scope", "user_id"]
+_CHANGES = bindparam("b_changes", type_=JsonType)
+
+# PostgreSQL: the merge in one statement, under the row's lock: (state - removed) || changes.
+_pg_insert = postgresql.insert(shared_state_table).values(state=_CHANGES, **_SCOPE_VALUES)
+SHARED_UPSERT_PG = _pg_insert.on_conflict_do_update(
+    index_elements=_SCOPE_KEY,
+    set_={
+        "state": X.state.op("-", return_type=postgresql.JSONB())(
+            bindparam("b_remove", type_=postgresql.ARRAY(String()))
+        ).op("||", return_type=postgresql.JSONB())(_pg_insert.excluded.state),
+        "updated_at": _pg_insert.excluded.updated_at,
+    },
+).returning(X.state)
+
+# SQLite: the upsert takes the database's write lock and returns the stored document; the
+# repository merges it and writes it back with SHARED_SET in the same transaction.
+_sqlite_insert = sqlite.insert(shared_state_table).values(state=_CHANGES, **_SCOPE_VALUES)
+SHARED_UPSERT_SQLITE = _sqlite_insert.on_conflict_do_update(
+    index_elements=_SCOPE_KEY, set_={"updated_at": _sqlite_insert.excluded.updated_at}
+).returning(X.state)
+SHARED_SET = (
+    update(shared_state_table)
+    .where(
+        X.agent_type == _AGENT,
+        X.scope == bindparam("b_scope", type_=String()),
+        X.user_id == _USER,
+    )
+    .values(state=_CHANGES)
 )

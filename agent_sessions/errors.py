@@ -4,6 +4,7 @@ Every exception the library raises on purpose derives from one root::
 
     AgentSessionsError
     ├── SessionNotFoundError          the session does not exist (or is not yours, or is deleted)
+    ├── SessionExistsError            a live session already has this key
     ├── ConcurrentUpdateError         someone else changed the session since you read it
     ├── InvalidStateTransitionError   e.g. resuming a completed session
     ├── SessionValidationError        bad input; also a ValueError; nothing was written
@@ -29,6 +30,20 @@ class SessionNotFoundError(AgentSessionsError, LookupError):
         super().__init__(
             f"session {session_id!r} not found (unknown, deleted or not yours); "
             "check the id, or create a new session with create_session()"
+        )
+
+
+class SessionExistsError(AgentSessionsError):
+    """A live session of this agent type and user already has the key; nothing was written."""
+
+    def __init__(self, agent_type: str, user_id: str, key: str) -> None:
+        self.agent_type = agent_type
+        self.user_id = user_id
+        self.key = key
+        super().__init__(
+            f"a session with key {key!r} already exists for agent type {agent_type!r} and user "
+            f"{user_id!r}; nothing was written: read it with get_session_by_key(), or delete it "
+            "first to reuse the key"
         )
 
 

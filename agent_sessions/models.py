@@ -78,6 +78,16 @@ UserId = Annotated[str, Field(max_length=256), AfterValidator(lambda v: check_te
 CheckpointName = Annotated[
     str, Field(min_length=1, max_length=128), AfterValidator(lambda v: check_text(v, "name"))
 ]
+
+
+def _session_key(value: str) -> str:
+    check_text(value, "key")
+    if not value.isprintable():
+        raise ValueError(f"key {value!r} holds a non-printable character; use printable text")
+    return value
+
+
+SessionKey = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_session_key)]
 Context = Annotated[dict[str, Any], _json_object("context")]
 Metadata = Annotated[dict[str, Any], _json_object("metadata")]
 CheckpointData = Annotated[dict[str, Any], _json_object("data")]
@@ -131,7 +141,8 @@ class AgentSession(BaseModel):
     ``checkpoints`` holds the most recent stored checkpoints (oldest first) plus any added
     with :meth:`checkpoint` since the session was read (those have ``seq=None`` until
     ``SessionRepository.update_session`` stores them). ``checkpoint_count`` counts the
-    stored ones. ``version`` increases with every stored change except heartbeats.
+    stored ones. ``version`` increases with every stored change except heartbeats. ``key`` is
+    the caller's own name for the session, fixed at creation (``None`` when none was given).
 
     Example::
 
@@ -155,6 +166,7 @@ class AgentSession(BaseModel):
     updated_at: UtcDateTime = Field(default_factory=utcnow)
     last_heartbeat: UtcDateTime = Field(default_factory=utcnow)
     version: int = Field(default=1, ge=1)
+    key: SessionKey | None = None
 
     @property
     def pending_checkpoints(self) -> list[SessionCheckpoint]:

@@ -12,13 +12,14 @@ import contextlib
 import copy
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Executable, Result, and_, delete, func, select, update
+from sqlalchemy import CursorResult, Executable, Result, and_, delete, func, select, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agent_sessions import _cursor, _invalidation, telemetry
@@ -26,8 +27,11 @@ from agent_sessions import _statements as sql
 from agent_sessions._arguments import (
     MAX_BATCH_SIZE,
     MAX_INT,
+    MAX_PAGE_SIZE,
+    check_aware,
     check_filter,
     check_int,
+    check_key,
     check_limit,
     parse_id,
 )
@@ -43,11 +47,17 @@ from agent_sessions._rows import (
     session_from_row,
 )
 from agent_sessions._settle import run_to_end
-from agent_sessions._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size
+from agent_sessions._validation import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    check_json_object,
+    check_payload_size,
+    check_text,
+)
 from agent_sessions.engine import behind_transaction_pooler
 from agent_sessions.errors import (
     ConcurrentUpdateError,
     InvalidStateTransitionError,
+    SessionExistsError,
     SessionNotFoundError,
     SessionValidationError,
 )
@@ -107,6 +117,7 @@ def _outcome_unknown(exc: BaseException) -> bool:
 _VERDICTS = (
     ConcurrentUpdateError,
     InvalidStateTransitionError,
+    SessionExistsError,
     SessionNotFoundError,
     SessionValidationError,
 )
@@ -282,11 +293,22 @@ class SessionRepository:
         user_id: str = "",
         context: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
     ) -> AgentSession:
         """Create an ACTIVE session, recording a ``session_created`` checkpoint.
 
+        Args:
+            key: the caller's own name for the session (printable text, 1 to 128 characters),
+                unique among the live sessions of this ``agent_type`` and ``user_id``; read
+                the session back with :meth:`get_session_by_key`. A deleted session's key is
+                free again.
+
         Raises:
-            SessionValidationError: bad agent_type, user_id, context or metadata; nothing written.
+            SessionExistsError: a live session of this agent type and user has ``key``
+                (also when two creates race: exactly one wins); nothing written.
+            SessionValidationError: bad agent_type, user_id, key, context or metadata; nothing
+                written.
         """
         now = self._clock()
         try:
@@ -309,6 +331,7 @@ class SessionRepository:
                 ],
                 checkpoint_count=1,
                 version=1,
+                key=None if key is None else check_key(key),
             )
         except ValidationError as exc:
             raise validation_error(exc, "session") from exc
@@ -318,11 +341,18 @@ class SessionRepository:
         if self._gate.dialect == "postgresql":
             params = {"b_sid": sid, "b_agent": session.agent_type, "b_user": session.user_id,
                       "b_context": session.context, "b_metadata": session.metadata,
-                      "b_now": now, "b_name": first.name, "b_data": first.data}  # fmt: skip
-            async with self._transaction("create_session", sid, mode="statement") as (db, _):
+                      "b_now": now, "b_name": first.name, "b_data": first.data,
+                      "b_key": session.key}  # fmt: skip
+            async with (
+                self._transaction("create_session", sid, mode="statement") as (db, _),
+                self._key_is_free(session),
+            ):
                 await db.execute(sql.CREATE_IN_ONE, params)
             return session
-        async with self._transaction("create_session", sid) as (db, _):
+        async with (
+            self._transaction("create_session", sid) as (db, _),
+            self._key_is_free(session),
+        ):
             await db.execute(
                 sql.INSERT_SESSION,
                 {
@@ -337,39 +367,130 @@ class SessionRepository:
                     "created_at": now,
                     "updated_at": now,
                     "last_heartbeat": now,
+                    "key": session.key,
                 },
             )
             await db.execute(sql.INSERT_CHECKPOINT, checkpoint_values(sid, first))
         logger.debug("created session %s (%s)", session.session_id, session.agent_type)
         return session
 
+    @asynccontextmanager
+    async def _key_is_free(self, session: AgentSession) -> AsyncIterator[None]:
+        """Turn the unique index's refusal of a taken key into ``SessionExistsError``."""
+        if session.key is None:
+            yield
+            return
+        # On PostgreSQL a failed statement aborts the whole transaction: inside a caller's
+        # transaction, a savepoint keeps the refusal from taking the caller's work with it.
+        savepoint = None
+        if self._bound is not None and self._gate.dialect == "postgresql":
+            savepoint = await self._bound.begin_nested()
+        try:
+            yield
+        except sa_exc.IntegrityError as exc:
+            if savepoint is not None:
+                await savepoint.rollback()
+            raise SessionExistsError(session.agent_type, session.user_id, session.key) from exc
+        if savepoint is not None:
+            await savepoint.commit()
+
     # -- read -----------------------------------------------------------------------------
 
     async def get_session(
-        self, session_id: str, *, user_id: str | None = None
+        self,
+        session_id: str,
+        *,
+        user_id: str | None = None,
+        recent_checkpoints: int | None = None,
     ) -> AgentSession | None:
         """The session with its newest ``recent_checkpoints`` checkpoints, or ``None``.
 
         ``None`` for an unknown, malformed or deleted id, and, with ``user_id``, for a session
         of another user. The cost does not grow with the length of the history.
 
+        Args:
+            recent_checkpoints: how many of the newest checkpoints to return (``0``: none);
+                ``None`` for the repository's default.
+
         Raises:
             SessionValidationError: a ``user_id`` that is not a string, or holds NUL or a lone
-                surrogate.
+                surrogate; a ``recent_checkpoints`` that is not an integer of 0 or more.
         """
         check_filter(user_id, "user_id")
+        recent = self._window(recent_checkpoints)
         sid = parse_id(session_id)
         if sid is None:
             return None
-        session = await self._load(str(sid))
+        session = await self._load_window(str(sid), recent)
         if session is None or (user_id is not None and session.user_id != user_id):
             return None
         return session
 
+    async def get_session_by_key(
+        self,
+        agent_type: str,
+        key: str,
+        *,
+        user_id: str = "",
+        recent_checkpoints: int | None = None,
+    ) -> AgentSession | None:
+        """The live session of ``agent_type`` and ``user_id`` created with ``key``, or ``None``.
+
+        Like :meth:`get_session` otherwise (same window, same cache). Keys are per user:
+        another user's session with the same key is never returned.
+
+        Example::
+
+            session = await repo.get_session_by_key("planner", "chat-42", user_id="u1")
+            if session is None:
+                session = await repo.create_session("planner", "u1", key="chat-42")
+
+        Raises:
+            SessionValidationError: an ``agent_type``, ``user_id`` or ``key`` no session can
+                have, or a bad ``recent_checkpoints``.
+        """
+        check_filter(agent_type, "agent_type")
+        if not isinstance(user_id, str):
+            raise SessionValidationError(f"user_id must be a string, got {type(user_id).__name__}")
+        check_filter(user_id, "user_id")
+        check_key(key)
+        recent = self._window(recent_checkpoints)
+        params: dict[str, Any] = {"b_agent": agent_type, "b_user": user_id, "b_key": key}
+        if self._read_cache is None:  # one statement: the session, found through its key
+            params["b_recent"] = recent
+            async with self._transaction("get_session_by_key", mode="read") as (db, dialect):
+                load = sql.LOAD_BY_KEY["postgresql" if dialect == "postgresql" else "sqlite"]
+                row = (await db.execute(load, params)).first()
+            return None if row is None else session_from_row(row, checkpoints_from_json(row.recent))
+        # The key is resolved by the database on every call, never cached: a key is reused
+        # after a delete, by a session with another id, and the cache is keyed by id. A
+        # session's key is fixed at creation, so whatever is cached for this id has this key.
+        async with self._transaction("get_session_by_key", mode="read") as (db, _):
+            sid = (await db.execute(sql.ID_BY_KEY, params)).scalar()
+        if sid is None:
+            return None
+        return await self._load_window(str(sid), recent)
+
+    def _window(self, recent_checkpoints: int | None) -> int:
+        if recent_checkpoints is None:
+            return self._recent
+        return check_int(recent_checkpoints, "recent_checkpoints", 0, MAX_INT)
+
+    async def _load_window(self, session_id: str, recent: int) -> AgentSession | None:
+        # The cache holds sessions with the default window. A smaller window is cut from the
+        # cached copy; a larger one bypasses the cache (read and not stored), so the cached
+        # entry is never one with another window.
+        if recent > self._recent:
+            return await self._load(session_id, recent=recent)
+        session = await self._load(session_id)
+        if session is not None and recent < self._recent:
+            session.checkpoints = session.checkpoints[-recent:] if recent else []
+        return session
+
     @read_through(AgentSession, id_field="session_id", cache_attr="_read_cache")
-    async def _load(self, session_id: str) -> AgentSession | None:
+    async def _load(self, session_id: str, recent: int | None = None) -> AgentSession | None:
         sid = uuid.UUID(session_id)
-        params = {"b_sid": sid, "b_recent": self._recent}
+        params = {"b_sid": sid, "b_recent": self._recent if recent is None else recent}
         async with self._transaction("get_session", sid, mode="read") as (db, dialect):
             load = sql.LOAD["postgresql" if dialect == "postgresql" else "sqlite"]
             row = (await db.execute(load, params)).first()
@@ -441,29 +562,42 @@ class SessionRepository:
         after_seq: int | None = None,
         limit: int = 100,
         user_id: str | None = None,
+        newest_first: bool = False,
+        since: datetime | None = None,
     ) -> list[SessionCheckpoint]:
         """The session's full history in pages, oldest first: seqs above ``after_seq``.
 
+        With ``newest_first``, the newest first: ``after_seq`` then continues such a listing,
+        with the seqs below it. ``since`` keeps the checkpoints whose timestamp is at or after
+        it. Each page costs the same whatever the history's length.
+
         Raises:
             SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
-            SessionValidationError: a bad ``limit``, ``after_seq`` or ``user_id``.
+            SessionValidationError: a bad ``limit``, ``after_seq``, ``user_id`` or ``since``
+                (a naive datetime).
         """
         check_limit(limit)
         check_filter(user_id, "user_id")
         if after_seq is not None:
             check_int(after_seq, "after_seq", 0, MAX_INT)
+        if since is not None:
+            since = check_aware(since, "since")
         sid = parse_id(session_id)
         if sid is None:
             raise SessionNotFoundError(str(session_id))
         owner = select(S.id).where(S.id == sid, S.state != sql.DELETED)
         if user_id is not None:
             owner = owner.where(S.user_id == user_id)
-        stmt = (
-            select(*CHECKPOINT_COLUMNS)
-            .where(C.session_id == owner.scalar_subquery(), C.seq > (after_seq or 0))
-            .order_by(C.seq)
-            .limit(limit)
-        )
+        stmt = select(*CHECKPOINT_COLUMNS).where(C.session_id == owner.scalar_subquery())
+        if newest_first:
+            if after_seq is not None:
+                stmt = stmt.where(C.seq < after_seq)
+            stmt = stmt.order_by(C.seq.desc())
+        else:
+            stmt = stmt.where(C.seq > (after_seq or 0)).order_by(C.seq)
+        if since is not None:
+            stmt = stmt.where(C.created_at >= since)
+        stmt = stmt.limit(limit)
         async with self._transaction("list_checkpoints", sid, mode="read") as (db, _):
             rows = (await db.execute(stmt)).all()
             if not rows and (await db.execute(owner)).first() is None:
@@ -583,11 +717,16 @@ class SessionRepository:
             raise ConcurrentUpdateError(session.session_id, session.version, stored.version)
         raise InvalidStateTransitionError(session.session_id, stored.state, target.value)
 
-    async def delete_session(self, session_id: str, *, user_id: str | None = None) -> bool:
+    async def delete_session(
+        self, session_id: str, *, user_id: str | None = None, hard: bool = False
+    ) -> bool:
         """Soft-delete: the session becomes DELETED and invisible to reads.
 
+        With ``hard=True`` the session and all its checkpoints are removed from the database
+        now (an erasure), a soft-deleted one included.
+
         Returns:
-            ``False`` when the id is unknown, malformed, foreign or already deleted.
+            ``False`` when the id is unknown, malformed or foreign, or (soft) already deleted.
 
         Raises:
             SessionValidationError: a ``user_id`` that is not a string, or holds NUL or a lone
@@ -598,6 +737,8 @@ class SessionRepository:
         if sid is None:
             return False
         params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id}
+        if hard:
+            return await self._hard_delete(sid, params)
         async with self._transaction("delete_session", sid, mode="statement") as (db, _):
             stmt = sql.DELETE[user_id is not None]
             deleted = (await db.execute(stmt, params)).first() is not None
@@ -634,28 +775,34 @@ class SessionRepository:
         data: dict[str, Any] | None = None,
         *,
         user_id: str | None = None,
+        timestamp: datetime | None = None,
     ) -> SessionCheckpoint:
         """Append one checkpoint; its cost does not depend on the history's length.
 
         Concurrent appends to one session all succeed with consecutive ``seq`` values. Bumps the
         session's ``version`` (copies read before it are stale).
 
+        Args:
+            timestamp: the checkpoint's time (UTC-aware), e.g. a framework's event time;
+                ``None`` for now. The session's ``updated_at`` is now either way.
+
         Raises:
             SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
-            SessionValidationError: bad name, data or ``user_id``; nothing written.
+            SessionValidationError: bad name, data, ``user_id`` or ``timestamp`` (naive);
+                nothing written.
         """
         check_filter(user_id, "user_id")
+        now = self._clock()
+        at = now if timestamp is None else check_aware(timestamp, "timestamp")
         try:
-            cp = SessionCheckpoint(
-                name=name, data={} if data is None else data, timestamp=self._clock()
-            )
+            cp = SessionCheckpoint(name=name, data={} if data is None else data, timestamp=at)
         except ValidationError as exc:
             raise validation_error(exc, "checkpoint") from exc
         self._check_sizes(data=cp.data)
         sid = parse_id(session_id)
         if sid is None:
             raise SessionNotFoundError(str(session_id))
-        params = {"b_sid": sid, "b_now": cp.timestamp, "b_user": user_id,
+        params = {"b_sid": sid, "b_now": now, "b_at": cp.timestamp, "b_user": user_id,
                   "b_name": cp.name, "b_data": cp.data}  # fmt: skip
         if self._gate.dialect == "postgresql":
             async with self._transaction("add_checkpoint", sid, mode="statement") as (db, _):
@@ -674,6 +821,223 @@ class SessionRepository:
             await db.execute(sql.INSERT_CHECKPOINT, checkpoint_values(sid, cp))
             self._invalidate_on_commit(db, [sid])
         return cp
+
+    async def add_checkpoints(
+        self,
+        session_id: str,
+        items: Sequence[tuple[str, dict[str, Any]]],
+        *,
+        user_id: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> list[SessionCheckpoint]:
+        """Append ``(name, data)`` items as consecutive checkpoints, all or none.
+
+        One atomic append with no read before it: concurrent batches each get a run of
+        consecutive seqs (they interleave whole) and none is lost. Bumps ``version`` once. An
+        empty batch is a no-op that does not look at the session.
+
+        Args:
+            timestamp: every item's time (UTC-aware); ``None`` for now.
+
+        Returns:
+            The stored checkpoints, in the order of ``items``.
+
+        Raises:
+            SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
+            SessionValidationError: a bad item, ``user_id`` or ``timestamp``, or more than
+                1,000 items; nothing written.
+        """
+        check_filter(user_id, "user_id")
+        now = self._clock()
+        at = now if timestamp is None else check_aware(timestamp, "timestamp")
+        batch = self._checkpoint_batch(items, at)
+        if not batch:
+            return []
+        sid = parse_id(session_id)
+        if sid is None:
+            raise SessionNotFoundError(str(session_id))
+        params: dict[str, Any] = {"b_sid": sid, "b_now": now, "b_at": at, "b_user": user_id,
+                                  "b_added": len(batch)}  # fmt: skip
+        if self._gate.dialect == "postgresql":
+            params["b_items"] = [{"name": cp.name, "data": cp.data} for cp in batch]
+            async with self._transaction("add_checkpoints", sid, mode="statement") as (db, _):
+                stmt = sql.APPEND_MANY_IN_ONE[user_id is not None]
+                seqs = (await db.execute(stmt, params)).scalars().all()
+                if not seqs:
+                    raise SessionNotFoundError(str(session_id))
+                self._invalidate_on_commit(db, [sid])
+            first = min(seqs)
+        else:
+            async with self._transaction("add_checkpoints", sid) as (db, _):
+                count = (await db.execute(sql.APPEND_MANY[user_id is not None], params)).scalar()
+                if count is None:
+                    raise SessionNotFoundError(str(session_id))
+                first = count - len(batch) + 1
+                for i, cp in enumerate(batch):
+                    cp.seq = first + i
+                await db.execute(
+                    sql.INSERT_CHECKPOINT, [checkpoint_values(sid, cp) for cp in batch]
+                )
+                self._invalidate_on_commit(db, [sid])
+        for i, cp in enumerate(batch):
+            cp.seq = first + i
+        return batch
+
+    def _checkpoint_batch(self, items: object, at: datetime) -> list[SessionCheckpoint]:
+        if isinstance(items, str | bytes | dict) or not isinstance(items, Sequence):
+            raise SessionValidationError(
+                f"items must be a sequence of (name, data) pairs, got {type(items).__name__}"
+            )
+        if len(items) > MAX_PAGE_SIZE:
+            raise SessionValidationError(
+                f"at most {MAX_PAGE_SIZE} items per add_checkpoints call, got {len(items)}"
+            )
+        batch = []
+        for i, item in enumerate(items):
+            if not isinstance(item, tuple | list) or len(item) != 2:
+                raise SessionValidationError(f"items[{i}] must be a (name, data) pair")
+            name, data = item
+            try:
+                cp = SessionCheckpoint(name=name, data={} if data is None else data, timestamp=at)
+            except ValidationError as exc:
+                raise validation_error(exc, f"checkpoint items[{i}]") from exc
+            self._check_sizes(**{f"items[{i}] data": cp.data})
+            batch.append(cp)
+        return batch
+
+    async def pop_checkpoint(
+        self, session_id: str, *, user_id: str | None = None
+    ) -> SessionCheckpoint | None:
+        """Remove and return the newest checkpoint; ``None`` when only ``session_created`` is left.
+
+        The first checkpoint is never removed. Concurrent pops return distinct checkpoints. Bumps
+        ``version``; the next append gets the popped seq again.
+
+        Raises:
+            SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
+        """
+        check_filter(user_id, "user_id")
+        sid = parse_id(session_id)
+        if sid is None:
+            raise SessionNotFoundError(str(session_id))
+        params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id}
+        async with self._transaction("pop_checkpoint", sid) as (db, _):
+            # The session's row lock, taken first, orders pops and appends on this session.
+            count = (await db.execute(sql.POP[user_id is not None], params)).scalar()
+            if count is None:
+                await self._check_live(db, session_id, params)
+                return None
+            row = (await db.execute(sql.POPPED, {"b_sid": sid, "b_seq": count + 1})).one()
+            self._invalidate_on_commit(db, [sid])
+        return checkpoint_from_row(row)
+
+    async def truncate_checkpoints(
+        self, session_id: str, after_seq: int, *, user_id: str | None = None
+    ) -> int:
+        """Rewind: remove every checkpoint with ``seq > after_seq``; return how many.
+
+        ``after_seq`` is at least 1 (``session_created`` stays). Bumps ``version`` when anything
+        was removed; the next append gets ``after_seq + 1``.
+
+        Raises:
+            SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
+            SessionValidationError: an ``after_seq`` below 1, or a bad ``user_id``.
+        """
+        check_filter(user_id, "user_id")
+        check_int(after_seq, "after_seq", 1, MAX_INT)
+        sid = parse_id(session_id)
+        if sid is None:
+            raise SessionNotFoundError(str(session_id))
+        params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id, "b_after": after_seq}
+        async with self._transaction("truncate_checkpoints", sid) as (db, _):
+            if (await db.execute(sql.TRUNCATE[user_id is not None], params)).first() is None:
+                await self._check_live(db, session_id, params)
+                return 0
+            result = cast("CursorResult[Any]", await db.execute(sql.TRUNCATED, params))
+            self._invalidate_on_commit(db, [sid])
+        return result.rowcount
+
+    async def _check_live(self, db: _Db, session_id: str, params: dict[str, Any]) -> None:
+        if (await db.execute(sql.LIVE[params["b_user"] is not None], params)).first() is None:
+            raise SessionNotFoundError(str(session_id))
+
+    async def _hard_delete(self, sid: uuid.UUID, params: dict[str, Any]) -> bool:
+        async with self._transaction("delete_session", sid) as (db, _):
+            stmt = sql.HARD_DELETE[params["b_user"] is not None]
+            deleted = (await db.execute(stmt, params)).first() is not None
+            if deleted:
+                # Explicitly, not only by ON DELETE CASCADE: SQLite enforces foreign keys only
+                # when the host's engine turned them on.
+                await db.execute(sql.HARD_DELETE_CHECKPOINTS, params)
+                self._invalidate_on_commit(db, [sid])
+        return deleted
+
+    # -- shared state ---------------------------------------------------------------------
+
+    async def get_shared_state(
+        self, agent_type: str, *, user_id: str | None = None
+    ) -> dict[str, Any]:
+        """The state shared by ``agent_type``'s sessions: app-wide, or ``user_id``'s.
+
+        ``user_id=None`` is the app-wide document; any string (``""`` included) is that user's.
+        Read from the database (never cached); ``{}`` when nothing was stored.
+
+        Raises:
+            SessionValidationError: an ``agent_type`` or ``user_id`` no state can have.
+        """
+        params = _scope(agent_type, user_id)
+        async with self._transaction("get_shared_state", mode="read") as (db, _):
+            state = (await db.execute(sql.SHARED_STATE, params)).scalar()
+        return {} if state is None else dict(state)
+
+    async def update_shared_state(
+        self,
+        agent_type: str,
+        changes: dict[str, Any],
+        *,
+        user_id: str | None = None,
+        remove: Collection[str] = (),
+    ) -> dict[str, Any]:
+        """Set the top-level keys in ``changes`` and delete those in ``remove``, atomically.
+
+        Concurrent updates of different keys all survive; of the same key, the last wins. Inside
+        :meth:`bind` it joins the caller's transaction, with a checkpoint or session update.
+
+        Example::
+
+            await repo.update_shared_state("planner", {"theme": "dark"}, user_id="u1")
+            await repo.update_shared_state("planner", {}, remove=["banner"])  # app-wide
+
+        Returns:
+            The whole document after the update.
+
+        Raises:
+            SessionValidationError: bad ``agent_type``, ``user_id``, ``changes`` (not a JSON
+                object) or ``remove`` (not a collection of strings, or naming a key that
+                ``changes`` sets), or a document that would outgrow ``max_payload_bytes``;
+                nothing written.
+        """
+        params = _scope(agent_type, user_id)
+        try:
+            check_json_object(changes, "changes")
+        except ValueError as exc:
+            raise SessionValidationError(str(exc)) from None
+        gone = _removed_keys(remove, changes)
+        self._check_sizes(changes=changes)
+        params |= {"b_changes": changes, "b_remove": gone, "b_now": self._clock()}
+        async with self._transaction("update_shared_state") as (db, dialect):
+            if dialect == "postgresql":
+                state = (await db.execute(sql.SHARED_UPSERT_PG, params)).scalar_one()
+            else:
+                # The upsert takes SQLite's write lock before the read: no writer can come
+                # in between the read and the write below, in this process or another.
+                stored = (await db.execute(sql.SHARED_UPSERT_SQLITE, params)).scalar_one()
+                state = {k: v for k, v in stored.items() if k not in gone} | changes
+                params["b_changes"] = state
+                await db.execute(sql.SHARED_SET, params)
+            # Checked after the merge, inside the transaction: a refused update is rolled back.
+            self._check_sizes(**{"shared state": state})
+        return dict(state)
 
     async def cleanup_stale_sessions(
         self, max_age: timedelta = timedelta(hours=48), *, batch_size: int = 2000
@@ -790,3 +1154,41 @@ def _needs_transaction(session: AsyncSession, mode: _Mode) -> bool:
     different server connections ("prepared statement ... does not exist").
     """
     return mode == "write" or behind_transaction_pooler(session.get_bind())
+
+
+def _scope(agent_type: object, user_id: object) -> dict[str, Any]:
+    """The shared-state document's key: app-wide for ``user_id=None``, else that user's."""
+    _check_name(agent_type, "agent_type", 1, 128)
+    if user_id is None:
+        return {"b_agent": agent_type, "b_scope": "app", "b_user": ""}
+    _check_name(user_id, "user_id", 0, 256)
+    return {"b_agent": agent_type, "b_scope": "user", "b_user": user_id}
+
+
+def _check_name(value: object, what: str, shortest: int, longest: int) -> None:
+    if value is None:
+        raise SessionValidationError(f"{what} must be a string, got None")
+    check_filter(value, what)
+    assert isinstance(value, str)  # check_filter refused anything else
+    if not shortest <= len(value) <= longest:
+        raise SessionValidationError(
+            f"{what} must be {shortest} to {longest} characters long, got {len(value)}"
+        )
+
+
+def _removed_keys(remove: object, changes: dict[str, Any]) -> list[str]:
+    if isinstance(remove, str | bytes) or not isinstance(remove, Collection):
+        raise SessionValidationError(
+            f"remove must be a collection of key names, got {type(remove).__name__}"
+        )
+    keys = list(remove)
+    for name in keys:
+        if not isinstance(name, str):
+            raise SessionValidationError(f"remove holds a {type(name).__name__}, not a key name")
+        try:
+            check_text(name, "a key in remove")
+        except ValueError as exc:
+            raise SessionValidationError(str(exc)) from None
+        if name in changes:
+            raise SessionValidationError(f"key {name!r} is both set (changes) and removed")
+    return keys

@@ -23,6 +23,8 @@ from sqlalchemy import (
     Table,
     TypeDecorator,
     Uuid,
+    and_,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -88,6 +90,8 @@ class SessionRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_heartbeat: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The caller's own name for the session (``None`` when it chose none).
+    key: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     __table_args__ = (
         CheckConstraint(
@@ -100,6 +104,20 @@ class SessionRow(Base):
         # The stale sweep: state = 'active' AND last_heartbeat < cutoff.
         Index(None, "state", "last_heartbeat"),
     )
+
+
+# A key names one live session per (agent_type, user_id); a deleted session frees its key.
+# Partial, so that deleted sessions and the (many) sessions without a key are not in it.
+_LIVE_KEYED = and_(text("key IS NOT NULL"), text("state <> 'deleted'"))
+Index(
+    "uq_agent_sessions_sessions_agent_type_user_id_key",
+    SessionRow.agent_type,
+    SessionRow.user_id,
+    SessionRow.key,
+    unique=True,
+    postgresql_where=_LIVE_KEYED,
+    sqlite_where=_LIVE_KEYED,
+)
 
 
 class CheckpointRow(Base):
@@ -115,6 +133,34 @@ class CheckpointRow(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JsonType)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
+    # list_checkpoints(since=...): the checkpoints from a time on, without reading older ones.
+    __table_args__ = (Index(None, "session_id", "created_at"),)
+
+
+SCOPES = ("app", "user")
+
+
+class SharedStateRow(Base):
+    """State shared by the sessions of one agent type: app-wide, or per user of it.
+
+    ``scope`` keeps the app-wide document (``"app"``, ``user_id`` empty) apart from the
+    document of the user whose id is ``""`` (``"user"``).
+    """
+
+    __tablename__ = "agent_sessions_shared_state"
+
+    agent_type: Mapped[str] = mapped_column(String(128), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (
+        CheckConstraint("scope IN ('app', 'user')", name="scope"),
+        CheckConstraint("scope = 'user' OR user_id = ''", name="app_scope_has_no_user"),
+    )
+
 
 sessions_table: Table = SessionRow.__table__  # type: ignore[assignment]
 checkpoints_table: Table = CheckpointRow.__table__  # type: ignore[assignment]
+shared_state_table: Table = SharedStateRow.__table__  # type: ignore[assignment]

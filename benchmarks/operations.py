@@ -4,6 +4,9 @@ Sessions created by the ``create_session`` figure feed the figures after it, eac
 the first ``get_session`` of each is a cache miss, the second a hit, then each is updated, beaten
 and finally deleted. Sessions holding 0, 20 and ``deep_checkpoints`` (10,000) checkpoints are
 seeded in bulk; ``get_session`` rereads one of them, ``add_checkpoint`` appends to one (per task).
+``get_session_by_key`` rereads one session created with a key and holding 20 checkpoints (in
+``get_session_20``'s group without the cache); ``add_checkpoints_10`` appends batches of 10 in
+``add_checkpoint_0``'s group.
 
 Each group of operations is measured interleaved with its raw baseline (see ``timing``), and the
 figures that are compared with each other (history 0 vs 10,000, a page vs one read) share a group.
@@ -11,6 +14,7 @@ figures that are compared with each other (history 0 vs 10,000, a page vs one re
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -104,10 +108,17 @@ async def run_operations(setup: Setup, record: Record) -> None:
         for label, count in (("0", 0), ("20", 20), ("deep", setup.deep_checkpoints)):
             [sid] = await seed.sessions_with_checkpoints(setup.engine, 1, count)
             reads[f"get_session_{label}"] = _getter(repo, sid)
+        reads["get_session_by_key"] = await _keyed_getter(repo)
         await timed(reads, setup.raw, read=True)
+    else:
+        # With the cache: the key resolved by an index probe, then a cache hit.
+        await timed({"get_session_by_key": await _keyed_getter(repo)}, setup.raw, read=True)
 
     # Appending to sessions that start empty: one per task (the row lock serializes appends).
-    appends = {"add_checkpoint_0": _appender(repo, await _sessions(setup, plan.tasks, 0))}
+    appends = {
+        "add_checkpoint_0": _appender(repo, await _sessions(setup, plan.tasks, 0)),
+        "add_checkpoints_10": _batch_appender(repo, await _sessions(setup, plan.tasks, 0)),
+    }
     if plan.tasks == 1:
         deep = await _sessions(setup, 1, setup.deep_checkpoints)
         appends["add_checkpoint_deep"] = _appender(repo, deep)
@@ -128,6 +139,28 @@ def _getter(repo: SessionRepository, sid: str) -> Op:
         _expect(await repo.get_session(sid))
 
     return get
+
+
+async def _keyed_getter(repo: SessionRepository) -> Op:
+    key = f"bench-{uuid.uuid4().hex}"
+    created = await repo.create_session("bench", "bench-user", seed.CONTEXT, key=key)
+    await repo.add_checkpoints(
+        created.session_id, [("step", seed.CHECKPOINT_DATA) for _ in range(19)]
+    )
+
+    async def get(item: int, worker: int) -> None:
+        _expect(await repo.get_session_by_key("bench", key, user_id="bench-user"))
+
+    return get
+
+
+def _batch_appender(repo: SessionRepository, sids: list[str]) -> Op:
+    batch = [("step", seed.CHECKPOINT_DATA) for _ in range(10)]
+
+    async def append(item: int, worker: int) -> None:
+        await repo.add_checkpoints(sids[worker], batch)
+
+    return append
 
 
 def _appender(repo: SessionRepository, sids: list[str]) -> Op:

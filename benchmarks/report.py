@@ -12,7 +12,7 @@ from benchmarks.timing import median, paired_ratio
 
 WRITES = frozenset(
     {"create_session", "update_session", "heartbeat", "add_checkpoint_0", "add_checkpoint_deep",
-     "delete_session"}
+     "add_checkpoints_10", "delete_session"}
 )  # fmt: skip
 BASELINE_NAMES = {
     "postgres/raw/insert": "asyncpg INSERT",
@@ -226,8 +226,9 @@ def render(report: Report) -> str:
 
 _OP_ORDER = [
     "insert", "select", "set", "get_validate", "create_session", "get_session_miss",
-    "get_session_hit", "get_session_0", "get_session_20", "get_session_deep", "update_session",
-    "add_checkpoint_0", "add_checkpoint_deep", "heartbeat", "list_sessions", "delete_session",
+    "get_session_hit", "get_session_0", "get_session_20", "get_session_deep",
+    "get_session_by_key", "update_session", "add_checkpoint_0", "add_checkpoint_deep",
+    "add_checkpoints_10", "heartbeat", "list_sessions", "delete_session",
 ]  # fmt: skip
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agent_sessions import RedisCache, SessionRepository, create_engine, migrations
-from agent_sessions.tables import checkpoints_table, sessions_table
+from agent_sessions.tables import checkpoints_table, sessions_table, shared_state_table
 from tests.servers import (
     PgBouncerServer,
     PostgresServer,
@@ -185,6 +185,7 @@ async def db(request: pytest.FixtureRequest, _dispose_engines: None) -> Backend:
     async with backend.engine.begin() as conn:
         await conn.execute(delete(checkpoints_table))
         await conn.execute(delete(sessions_table))
+        await conn.execute(delete(shared_state_table))
     return backend
 
 

@@ -13,8 +13,9 @@ import pytest
 
 from benchmarks import run
 
-WRITES = ["create_session", "update_session", "heartbeat", "add_checkpoint_0", "delete_session"]
-READS = ["get_session_miss", "list_sessions"]
+WRITES = ["create_session", "update_session", "heartbeat", "add_checkpoint_0", "add_checkpoints_10",
+          "delete_session"]  # fmt: skip
+READS = ["get_session_miss", "list_sessions", "get_session_by_key"]
 SEQ_ONLY = ["add_checkpoint_deep"]
 SEQ_NO_CACHE_ONLY = ["get_session_0", "get_session_20", "get_session_deep"]
 

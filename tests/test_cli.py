@@ -285,7 +285,7 @@ async def test_sessions_list_pages_with_the_printed_cursor(
 ) -> None:
     created = []
     for i in range(3):
-        created.append(await repo.create_session("planner", f"user-{i}"))
+        created.append(await repo.create_session("planner", f"user-{i}", key=f"chat-{i}"))
         clock.advance(seconds=1)
     await repo.create_session("coder")
     newest_first = [s.session_id for s in reversed(created)]
@@ -296,9 +296,11 @@ async def test_sessions_list_pages_with_the_printed_cursor(
     assert first.code == 0, first.err
     lines = first.out.splitlines()
     assert lines[0].split() == [
-        "SESSION_ID", "AGENT_TYPE", "USER_ID", "STATE", "CHECKPOINTS", "VERSION", "UPDATED_AT",
+        "SESSION_ID", "AGENT_TYPE", "USER_ID", "KEY", "STATE", "CHECKPOINTS", "VERSION",
+        "UPDATED_AT",
     ]  # fmt: skip
     assert [line.split()[0] for line in lines[1:3]] == newest_first[:2]
+    assert [line.split()[3] for line in lines[1:3]] == ["chat-2", "chat-1"]
     assert lines[3].startswith("next cursor: ")
     cursor = lines[3].removeprefix("next cursor: ")
 
@@ -310,17 +312,19 @@ async def test_sessions_list_pages_with_the_printed_cursor(
     page = json.loads(second.out)
     assert [item["session_id"] for item in page["items"]] == newest_first[2:]
     assert page["items"][0]["user_id"] == "user-0"
+    assert page["items"][0]["key"] == "chat-0"
     assert page["next_cursor"] is None
 
 
 async def test_sessions_show_prints_the_session_and_recent_checkpoints(
     tmp_path: Path, url: str, repo: SessionRepository
 ) -> None:
-    session = await repo.create_session("planner", "u1", context={"goal": "ship"})
+    session = await repo.create_session("planner", "u1", context={"goal": "ship"}, key="chat-7")
     await repo.add_checkpoint(session.session_id, "tool_called", {"tool": "search"})
     result = await cli("sessions", "show", session.session_id, "--url", url, cwd=tmp_path)
     assert result.code == 0, result.err
     assert f"session_id:     {session.session_id}" in result.out
+    assert "key:            chat-7" in result.out
     assert "state:          active" in result.out
     assert 'context:        {"goal":"ship"}' in result.out
     assert "recent checkpoints (1-2 of 2):" in result.out

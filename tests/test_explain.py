@@ -118,6 +118,17 @@ async def _write_then_read(repo: SessionRepository, s: Seeded) -> object:
     return await repo.list_checkpoints(s.long_session, after_seq=LONG_HISTORY - 50)
 
 
+async def _by_key(repo: SessionRepository, s: Seeded) -> object:
+    await repo.create_session("agent-5", "user-5", key="chat-1")
+    s.statements.clear()  # only the read's statement
+    return await repo.get_session_by_key("agent-5", "chat-1", user_id="user-5")
+
+
+async def _rewind(repo: SessionRepository, s: Seeded) -> object:
+    await repo.pop_checkpoint(s.long_session)
+    return await repo.truncate_checkpoints(s.long_session, LONG_HISTORY - 20)
+
+
 Call = Callable[[SessionRepository, Seeded], Awaitable[object]]
 OPERATIONS: dict[str, Call] = {
     "list_sessions by user": lambda repo, s: repo.list_sessions(user_id="user-7"),
@@ -128,6 +139,21 @@ OPERATIONS: dict[str, Call] = {
     "get_session": lambda repo, s: repo.get_session(s.long_session),
     "cleanup_stale_sessions": lambda repo, s: repo.cleanup_stale_sessions(timedelta(hours=48)),
     "add_checkpoint, heartbeat, list_checkpoints": _write_then_read,
+    "get_session_by_key": _by_key,
+    "get_session with a wider window": lambda repo, s: repo.get_session(
+        s.long_session, recent_checkpoints=100
+    ),
+    "list_checkpoints, newest first": lambda repo, s: repo.list_checkpoints(
+        s.long_session, newest_first=True, limit=20
+    ),
+    "list_checkpoints since a time": lambda repo, s: repo.list_checkpoints(
+        s.long_session, since=datetime.now(UTC) - timedelta(days=1), limit=20
+    ),
+    "add_checkpoints": lambda repo, s: repo.add_checkpoints(
+        s.long_session, [("step", {"n": i}) for i in range(10)]
+    ),
+    "pop_checkpoint, truncate_checkpoints": _rewind,
+    "delete_session hard": lambda repo, s: repo.delete_session(s.long_session, hard=True),
 }
 
 

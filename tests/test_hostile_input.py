@@ -16,7 +16,7 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -27,13 +27,14 @@ from agent_sessions import (
     AgentSession,
     ConcurrentUpdateError,
     RedisCache,
+    SessionExistsError,
     SessionNotFoundError,
     SessionPage,
     SessionRepository,
     SessionValidationError,
     _cursor,
 )
-from agent_sessions.tables import checkpoints_table, sessions_table
+from agent_sessions.tables import checkpoints_table, sessions_table, shared_state_table
 from tests.conftest import Backend, FakeClock
 
 MiB = 1024 * 1024
@@ -81,6 +82,7 @@ class Row:
     raises: type[Exception] | None = SessionValidationError
     check: Check | None = None  # for calls that return: the answer is the expected one
     writes: tuple[int, int] = (0, 0)  # (sessions, checkpoints) rows added
+    shared_writes: int = 0  # shared-state documents added
 
 
 def nested(depth: int) -> dict[str, Any]:
@@ -228,6 +230,174 @@ NOT_JSON: list[tuple[str, Any]] = [
     ("a list, not an object", [1, 2]),
 ]
 BAD_LIMITS: list[Any] = [-1, 0, 1001, 2**64, True, "10", 1.5, None]
+VICTIM_KEY = "victim-chat"
+
+# -- the framework primitives (issue 11): keys, windows, rewind, batches, shared state --------
+BAD_KEYS: list[tuple[str, Any]] = [
+    ("empty", ""),
+    ("129 chars", "k" * 129),
+    ("newline", "a\nb"),
+    ("NUL", "k\x00"),
+    ("lone surrogate", "\ud800"),
+    ("an int", 5),
+    ("1 MiB", "k" * MiB),
+]
+BAD_TIMES: list[tuple[str, Any]] = [
+    ("naive", datetime(2026, 1, 1)),
+    ("a string", "2026-01-01T00:00:00+00:00"),
+    ("an int", 0),
+    ("year 1 at +14:00 (overflows UTC)", datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))),
+]
+BAD_WINDOWS: list[Any] = [-1, 2**31, "1", True, 1.5]
+
+
+def on_mine(method: str, *args: Any, **kwargs: Any) -> Call:
+    return lambda c: getattr(c.repo, method)(c.mine.session_id, *args, **kwargs)
+
+
+def victim_as_attacker(method: str, *args: Any, **kwargs: Any) -> Call:
+    return lambda c: getattr(c.repo, method)(c.victim.session_id, *args, user_id=ATTACKER, **kwargs)
+
+
+def shared(changes: Any, **kwargs: Any) -> Call:
+    return lambda c: c.repo.update_shared_state("planner", changes, **kwargs)
+
+
+NEW_PRIMITIVE_ROWS: list[Row] = [
+    *(Row(f"create: key {label}", create(key=key)) for label, key in BAD_KEYS),
+    *(
+        Row(
+            f"get_session_by_key: key {label}",
+            lambda c, k=key: c.repo.get_session_by_key("planner", k),
+        )
+        for label, key in BAD_KEYS
+    ),
+    Row(
+        "create: a key the attacker already holds",
+        lambda c: c.repo.create_session("planner", ATTACKER, key=VICTIM_KEY),
+        SessionExistsError,
+    ),
+    Row(
+        "create: the victim's key under the attacker's user is another session",
+        create(user_id=ATTACKER, key=VICTIM_KEY + "-2"),
+        raises=None,
+        check=lambda s, _: s.key == VICTIM_KEY + "-2",
+        writes=(1, 1),
+    ),
+    Row(
+        "get_session_by_key: the victim's key, scoped to the attacker",
+        lambda c: c.repo.get_session_by_key("planner", VICTIM_KEY, user_id=ATTACKER + "-x"),
+        None,
+        is_none,
+    ),
+    Row(
+        "get_session_by_key: SQL text as key",
+        lambda c: c.repo.get_session_by_key("planner", SQL[1], user_id=VICTIM),
+        None,
+        is_none,
+    ),
+    Row(
+        "get_session_by_key: user_id None",
+        lambda c: c.repo.get_session_by_key("planner", VICTIM_KEY, user_id=None),  # type: ignore[arg-type]
+    ),
+    Row(
+        "get_session_by_key: NUL in agent_type",
+        lambda c: c.repo.get_session_by_key("plan\x00ner", VICTIM_KEY),
+    ),
+    *(
+        Row(f"get_session: recent_checkpoints={w!r}", on_mine("get_session", recent_checkpoints=w))
+        for w in BAD_WINDOWS
+    ),
+    *(
+        Row(f"list_checkpoints: since {label}", on_mine("list_checkpoints", since=t))
+        for label, t in BAD_TIMES
+    ),
+    *(
+        Row(f"add_checkpoint: timestamp {label}", add_checkpoint(timestamp=t))
+        for label, t in BAD_TIMES
+    ),
+    *(
+        Row(
+            f"add_checkpoints: timestamp {label}",
+            on_mine("add_checkpoints", [("a", {})], timestamp=t),
+        )
+        for label, t in BAD_TIMES
+    ),
+    *(
+        Row(f"add_checkpoints: items {label}", on_mine("add_checkpoints", items))
+        for label, items in [
+            ("None", None),
+            ("a str", "ab"),
+            ("a dict", {"a": {}}),
+            ("1001 of them", [("a", {})] * 1001),
+            ("one with a NUL name", [("ok", {}), ("a\x00", {})]),
+            ("one holding NaN", [("ok", {}), ("b", {"n": math.nan})]),
+            ("one of 1 MiB", [("ok", {}), ("b", {"x": "y" * MiB})]),
+            ("one nested 100000 deep", [("ok", {}), ("b", nested(100_000))]),
+            ("one a bare name", [("ok", {}), "name"]),
+        ]
+    ),
+    *(
+        Row(f"{method}: another user's id", victim_as_attacker(method, *args), SessionNotFoundError)
+        for method, args in [
+            ("pop_checkpoint", ()),
+            ("truncate_checkpoints", (1,)),
+            ("add_checkpoints", ([("stolen", {})],)),
+        ]
+    ),
+    Row(
+        "delete_session hard: another user's id",
+        victim_as_attacker("delete_session", hard=True),
+        None,
+        is_false,
+    ),
+    *(
+        Row(
+            f"pop_checkpoint: id {label}",
+            lambda c, b=bad: c.repo.pop_checkpoint(b),
+            SessionNotFoundError,
+        )
+        for label, bad in BAD_IDS
+    ),
+    *(
+        Row(
+            f"delete_session hard: id {label}",
+            lambda c, b=bad: c.repo.delete_session(b, hard=True),
+            None,
+            is_false,
+        )
+        for label, bad in BAD_IDS
+    ),
+    *(
+        Row(f"truncate_checkpoints: after_seq={a!r}", on_mine("truncate_checkpoints", a))
+        for a in [0, -1, 2**31, "1", True, None]
+    ),
+    Row("pop_checkpoint: NUL in user_id scope", on_victim("pop_checkpoint", user_id="\x00")),
+    *(Row(f"update_shared_state: changes holding {label}", shared(v)) for label, v in NOT_JSON),
+    Row("update_shared_state: changes of 1 MiB + 1 byte", shared({"x": "y" * MiB})),
+    Row("update_shared_state: changes nested 100000 deep", shared(nested(100_000))),
+    Row("update_shared_state: remove is a str", shared({}, remove="abc")),
+    Row("update_shared_state: remove holds NUL", shared({}, remove=["\x00"])),
+    Row("update_shared_state: remove holds an int", shared({}, remove=[1])),
+    Row("update_shared_state: a key both set and removed", shared({"a": 1}, remove=["a"])),
+    Row("update_shared_state: user_id of 257 chars", shared({"a": 1}, user_id="u" * 257)),
+    Row("update_shared_state: lone surrogate in user_id", shared({"a": 1}, user_id="\ud800")),
+    Row(
+        "update_shared_state: agent_type of 129 chars",
+        lambda c: c.repo.update_shared_state("a" * 129, {"a": 1}),
+    ),
+    Row(
+        "get_shared_state: an int as user_id",
+        lambda c: c.repo.get_shared_state("planner", user_id=5),
+    ),
+    Row(
+        "update_shared_state: SQL text as keys and values is stored verbatim",
+        shared({SQL[0]: SQL[1]}, user_id=SQL[2], remove=[SQL[3]]),
+        raises=None,
+        check=lambda state, _: state == {SQL[0]: SQL[1]},
+        shared_writes=1,
+    ),
+]
 
 ROWS: list[Row] = [
     # -- size and shape --------------------------------------------------------------------
@@ -447,7 +617,13 @@ ROWS: list[Row] = [
         raises=None,
         check=only_attackers,
     ),
+    *NEW_PRIMITIVE_ROWS,
 ]
+
+
+async def count_shared(db: Backend) -> int:
+    async with db.engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(shared_state_table)) or 0)
 
 
 async def count_rows(db: Backend) -> tuple[int, int]:
@@ -472,8 +648,8 @@ def _print_table() -> Iterator[None]:
 
 
 async def setup_ctx(repo: SessionRepository) -> Ctx:
-    victim = await repo.create_session("planner", VICTIM, {"secret": "victim's"})
-    mine = await repo.create_session("planner", ATTACKER, {"mine": True})
+    victim = await repo.create_session("planner", VICTIM, {"secret": "victim's"}, key=VICTIM_KEY)
+    mine = await repo.create_session("planner", ATTACKER, {"mine": True}, key=VICTIM_KEY)
     await repo.create_session("coder", ATTACKER)
     await repo.create_session("coder", ATTACKER)
     return Ctx(repo, victim, mine)
@@ -482,7 +658,7 @@ async def setup_ctx(repo: SessionRepository) -> Ctx:
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 async def test_hostile_input(repo: SessionRepository, db: Backend, row: Row) -> None:
     ctx = await setup_ctx(repo)
-    before = await count_rows(db)
+    before, shared_before = await count_rows(db), await count_shared(db)
     try:
         result = await row.call(ctx)
     except Exception as exc:
@@ -496,6 +672,7 @@ async def test_hostile_input(repo: SessionRepository, db: Backend, row: Row) -> 
         answer = f"returns {result!r}" if plain else f"a {type(result).__name__}"
     written = tuple(a - b for a, b in zip(await count_rows(db), before, strict=True))
     assert written == row.writes
+    assert await count_shared(db) - shared_before == row.shared_writes
     victim = await repo.get_session(ctx.victim.session_id)
     assert victim is not None and victim == ctx.victim, "the victim's session changed"
     TABLE.setdefault(row.name, set()).add((answer, (written[0], written[1])))
@@ -573,8 +750,8 @@ async def test_attacker_written_cache_entry_is_a_miss(
     make: Callable[[bytes, AgentSession, AgentSession], bytes],
 ) -> None:
     repo, cache = cached
-    victim = await repo.create_session("planner", VICTIM, {"secret": "victim's"})
-    mine = await repo.create_session("planner", ATTACKER, {"mine": True})
+    victim = await repo.create_session("planner", VICTIM, {"secret": "victim's"}, key=VICTIM_KEY)
+    mine = await repo.create_session("planner", ATTACKER, {"mine": True}, key=VICTIM_KEY)
     assert await repo.get_session(victim.session_id) == victim  # cached now: the epoch exists
     before = await count_rows(db)
     envelope = await current_envelope(redis_client, namespace, victim.session_id)

@@ -30,6 +30,7 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
+    multiple,
     rule,
     run_state_machine_as_test,
 )
@@ -42,19 +43,21 @@ from agent_sessions import (
     ConcurrentUpdateError,
     InvalidStateTransitionError,
     RedisCache,
+    SessionCheckpoint,
+    SessionExistsError,
     SessionNotFoundError,
     SessionRepository,
     SessionState,
     create_engine,
 )
-from agent_sessions.tables import checkpoints_table, sessions_table
+from agent_sessions.tables import checkpoints_table, sessions_table, shared_state_table
 from tests.conftest import Backend, FakeClock
 
 T = TypeVar("T")
 
 RECENT = 3  # small, so get_session's "newest N checkpoints" window is exercised
 MAX_EXAMPLES = 30
-STEPS = 30
+STEPS = 40
 ACTIVE, PAUSED, COMPLETED, FAILED, DELETED = (
     SessionState.ACTIVE,
     SessionState.PAUSED,
@@ -72,6 +75,8 @@ MOVES: dict[SessionState, set[SessionState]] = {
     DELETED: set(),
 }
 USERS = ["alice", "bob", ""]
+KEYS = ["chat-1", "chat-2"]
+SHARED_KEYS = ["theme", "lang", "n"]
 AGENTS = ["planner", "coder"]
 
 text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=6)
@@ -109,6 +114,7 @@ class ModelSession:
     last_heartbeat: datetime
     version: int = 1
     history: list[tuple[int, str, dict[str, Any], datetime]] = field(default_factory=list)
+    key: str | None = None
 
     def visible_to(self, user_id: str | None) -> bool:
         return self.state is not DELETED and user_id in (None, self.user_id)
@@ -117,6 +123,7 @@ class ModelSession:
         return (
             self.agent_type, self.user_id, self.state.value, self.context, self.metadata,
             len(self.history), self.version, self.created_at, self.updated_at, self.last_heartbeat,
+            self.key,
         )  # fmt: skip
 
     def append(self, name: str, data: dict[str, Any], when: datetime) -> int:
@@ -130,7 +137,7 @@ def view(session: AgentSession) -> tuple[Any, ...]:
     return (
         session.agent_type, session.user_id, SessionState(session.state).value, session.context,
         session.metadata, session.checkpoint_count, session.version, session.created_at,
-        session.updated_at, session.last_heartbeat,
+        session.updated_at, session.last_heartbeat, session.key,
     )  # fmt: skip
 
 
@@ -155,6 +162,8 @@ class RepositoryMachine(RuleBasedStateMachine):
         # Every copy of each session handed out so far, oldest first: updates write back
         # the newest (usually fresh) or an older (stale) one.
         self.held: dict[str, list[AgentSession]] = {}
+        # (agent_type, scope, user_id) -> the shared-state document
+        self.shared: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.engine = create_engine(self.url)
         self.redis: Redis | None = None
         self.cache: RedisCache | None = None
@@ -193,6 +202,7 @@ class RepositoryMachine(RuleBasedStateMachine):
         async with self.engine.begin() as conn:
             await conn.execute(delete(checkpoints_table))
             await conn.execute(delete(sessions_table))
+            await conn.execute(delete(shared_state_table))
 
     def teardown(self) -> None:
         if self.cache is not None:
@@ -226,14 +236,21 @@ class RepositoryMachine(RuleBasedStateMachine):
         return self._create(agent_type, user_id, context, metadata)
 
     def _create(
-        self, agent_type: str, user_id: str, context: dict[str, Any], metadata: dict[str, Any]
+        self,
+        agent_type: str,
+        user_id: str,
+        context: dict[str, Any],
+        metadata: dict[str, Any],
+        key: str | None = None,
     ) -> str:
         self.step("create")
-        created = self.run(self.repo.create_session(agent_type, user_id, context, metadata))
+        created = self.run(
+            self.repo.create_session(agent_type, user_id, context, metadata, key=key)
+        )
         now = self.clock.now
         model = ModelSession(
             created.session_id, agent_type, user_id, ACTIVE, copy.deepcopy(context),
-            copy.deepcopy(metadata), now, now, now,
+            copy.deepcopy(metadata), now, now, now, key=key,
         )  # fmt: skip
         model.append("session_created", {"agent_type": agent_type, "user_id": user_id}, now)
         self.model[created.session_id] = model
@@ -245,19 +262,198 @@ class RepositoryMachine(RuleBasedStateMachine):
     @rule(
         session_id=st.one_of(sessions, st.uuids().map(str)),
         as_user=st.sampled_from([None, *USERS]),
+        window=st.sampled_from([None, None, 0, 1, 6]),
     )
-    def get(self, session_id: str, as_user: str | None) -> None:
+    def get(self, session_id: str, as_user: str | None, window: int | None) -> None:
         self.step("get")
         model = self.model.get(session_id)
         for _ in range(2):  # the second read is usually answered by the cache, when there is one
-            got = self.run(self.repo.get_session(session_id, user_id=as_user))
+            got = self.run(
+                self.repo.get_session(session_id, user_id=as_user, recent_checkpoints=window)
+            )
             if model is None or not model.visible_to(as_user):
                 assert got is None, f"got {got!r}, expected nothing"
                 continue
             assert got is not None, "a visible session was not found"
-            assert view(got) == model.row()
-            assert checkpoint_view(got) == model.history[-RECENT:]
+            self._check_read(got, model, window)
+
+    def _check_read(self, got: AgentSession, model: ModelSession, window: int | None) -> None:
+        assert view(got) == model.row()
+        n = RECENT if window is None else window
+        assert checkpoint_view(got) == (model.history[-n:] if n else [])
+        if window is None:
             self.hold(got)
+
+    # -- keys, rewind, batches, hard delete, shared state ---------------------------------
+
+    @rule(
+        target=sessions,
+        agent_type=st.sampled_from(AGENTS),
+        user_id=st.sampled_from(USERS),
+        key=st.sampled_from(KEYS),
+        reuse=st.none() | st.integers(0, 100),
+    )
+    def create_with_key(self, agent_type: str, user_id: str, key: str, reuse: int | None) -> Any:
+        agent_type, user_id, key = self._key_of(agent_type, user_id, key, reuse)
+        if self._keyed(agent_type, user_id, key) is None:
+            return self._create(agent_type, user_id, {}, {}, key)
+        self.step("create_with_key: taken")
+        result = self.outcome(lambda: self.repo.create_session(agent_type, user_id, key=key))
+        assert isinstance(result, SessionExistsError), result
+        return multiple()
+
+    def _key_of(
+        self, agent_type: str, user_id: str, key: str, reuse: int | None
+    ) -> tuple[str, str, str]:
+        """The drawn (agent_type, user_id, key), or with ``reuse`` those of a keyed session."""
+        keyed = [m for m in self.model.values() if m.key is not None]
+        if reuse is None or not keyed:
+            return agent_type, user_id, key
+        m = keyed[reuse % len(keyed)]
+        assert m.key is not None
+        return m.agent_type, m.user_id, m.key
+
+    def _keyed(self, agent_type: str, user_id: str, key: str) -> ModelSession | None:
+        live = [
+            m
+            for m in self.model.values()
+            if (m.agent_type, m.user_id, m.key) == (agent_type, user_id, key)
+            and m.state is not DELETED
+        ]
+        assert len(live) <= 1
+        return live[0] if live else None
+
+    @rule(
+        agent_type=st.sampled_from(AGENTS),
+        user_id=st.sampled_from(USERS),
+        key=st.sampled_from(KEYS),
+        window=st.sampled_from([None, 0, 2, 6]),
+        reuse=st.none() | st.integers(0, 100),
+    )
+    def get_by_key(
+        self, agent_type: str, user_id: str, key: str, window: int | None, reuse: int | None
+    ) -> None:
+        self.step("get_session_by_key")
+        agent_type, user_id, key = self._key_of(agent_type, user_id, key, reuse)
+        model = self._keyed(agent_type, user_id, key)
+        for _ in range(2):
+            got = self.run(
+                self.repo.get_session_by_key(
+                    agent_type, key, user_id=user_id, recent_checkpoints=window
+                )
+            )
+            if model is None:
+                assert got is None, f"got {got!r}, expected nothing"
+                continue
+            assert got is not None and got.session_id == model.session_id
+            self._check_read(got, model, window)
+            self.counts["get_session_by_key: found"] += 1
+
+    @rule(
+        session_id=st.one_of(sessions, st.uuids().map(str)),
+        items=new_checkpoints,
+        as_user=st.sampled_from([None, *USERS]),
+        minutes_ago=st.none() | st.integers(0, 600),
+    )
+    def add_checkpoints(
+        self,
+        session_id: str,
+        items: list[tuple[str, dict[str, Any]]],
+        as_user: str | None,
+        minutes_ago: int | None,
+    ) -> None:
+        self.step("add_checkpoints")
+        now = self.clock.now
+        at = None if minutes_ago is None else now - timedelta(minutes=minutes_ago)
+        result = self.outcome(
+            lambda: self.repo.add_checkpoints(session_id, items, user_id=as_user, timestamp=at)
+        )
+        model = self.model.get(session_id)
+        if not items:
+            assert result == []
+            return
+        if model is None or not model.visible_to(as_user):
+            assert isinstance(result, SessionNotFoundError), result
+            return
+        assert isinstance(result, list), result
+        expected = [model.append(name, data, at or now) for name, data in items]
+        model.version += 1
+        model.updated_at = now
+        assert [(cp.seq, cp.name, cp.data, cp.timestamp) for cp in result] == [
+            h for h in model.history if h[0] in expected
+        ]
+
+    @rule(
+        session_id=st.one_of(sessions, st.uuids().map(str)), as_user=st.sampled_from([None, *USERS])
+    )
+    def pop(self, session_id: str, as_user: str | None) -> None:
+        self.step("pop_checkpoint")
+        result = self.outcome(lambda: self.repo.pop_checkpoint(session_id, user_id=as_user))
+        model = self.model.get(session_id)
+        if model is None or not model.visible_to(as_user):
+            assert isinstance(result, SessionNotFoundError), result
+            return
+        if len(model.history) == 1:
+            assert result is None
+            self.counts["pop: nothing to pop"] += 1
+            return
+        assert isinstance(result, SessionCheckpoint), result
+        assert (result.seq, result.name, result.data, result.timestamp) == model.history.pop()
+        model.version += 1
+        model.updated_at = self.clock.now
+
+    @rule(
+        session_id=st.one_of(sessions, st.uuids().map(str)),
+        after_seq=st.integers(1, 6),
+        as_user=st.sampled_from([None, *USERS]),
+    )
+    def truncate(self, session_id: str, after_seq: int, as_user: str | None) -> None:
+        self.step("truncate_checkpoints")
+        result = self.outcome(
+            lambda: self.repo.truncate_checkpoints(session_id, after_seq, user_id=as_user)
+        )
+        model = self.model.get(session_id)
+        if model is None or not model.visible_to(as_user):
+            assert isinstance(result, SessionNotFoundError), result
+            return
+        removed = max(0, len(model.history) - after_seq)
+        assert result == removed
+        if removed:
+            del model.history[after_seq:]
+            model.version += 1
+            model.updated_at = self.clock.now
+
+    @rule(
+        session_id=st.one_of(sessions, st.uuids().map(str)), as_user=st.sampled_from([None, *USERS])
+    )
+    def hard_delete(self, session_id: str, as_user: str | None) -> None:
+        self.step("delete (hard)")
+        deleted = self.run(self.repo.delete_session(session_id, user_id=as_user, hard=True))
+        model = self.model.get(session_id)
+        expected = model is not None and as_user in (None, model.user_id)
+        assert deleted is expected
+        if expected:
+            del self.model[session_id]
+
+    @rule(
+        agent_type=st.sampled_from(AGENTS),
+        user_id=st.sampled_from([None, *USERS]),
+        changes=st.dictionaries(st.sampled_from(SHARED_KEYS), json_values, max_size=2),
+        remove=st.sets(st.sampled_from(SHARED_KEYS), max_size=2),
+    )
+    def update_shared_state(
+        self, agent_type: str, user_id: str | None, changes: dict[str, Any], remove: set[str]
+    ) -> None:
+        self.step("update_shared_state")
+        remove -= changes.keys()
+        got = self.run(
+            self.repo.update_shared_state(agent_type, changes, user_id=user_id, remove=remove)
+        )
+        scope = (agent_type, "app" if user_id is None else "user", user_id or "")
+        doc = {k: v for k, v in self.shared.get(scope, {}).items() if k not in remove}
+        self.shared[scope] = doc | copy.deepcopy(changes)
+        assert got == self.shared[scope]
+        assert self.run(self.repo.get_shared_state(agent_type, user_id=user_id)) == got
 
     def _update(
         self,
@@ -293,8 +489,8 @@ class RepositoryMachine(RuleBasedStateMachine):
         pending = work.pending_checkpoints
 
         result = self.outcome(lambda: self.repo.update_session(work))
-        stored = self.model[work.session_id]
-        if stored.state is DELETED:
+        stored = self.model.get(work.session_id)
+        if stored is None or stored.state is DELETED:
             assert isinstance(result, SessionNotFoundError), result
             self.counts["update: not found"] += 1
             return
@@ -344,7 +540,9 @@ class RepositoryMachine(RuleBasedStateMachine):
     ) -> None:
         """Read the session as its owner, change it and write it back."""
         self.step("update (fresh copy)")
-        model = self.model[session_id]
+        model = self.model.get(session_id)
+        if model is None:  # removed by a hard delete
+            return
         fresh = self.run(self.repo.get_session(session_id, user_id=model.user_id))
         assert (fresh is None) is (model.state is DELETED)
         held = fresh if fresh is not None else self.held[session_id][-1]
@@ -496,9 +694,17 @@ class RepositoryMachine(RuleBasedStateMachine):
         as_user=st.sampled_from([None, *USERS]),
         after_seq=st.none() | st.integers(0, 8),
         limit=st.integers(1, 3),
+        newest_first=st.booleans(),
+        since_pick=st.none() | st.integers(0, 100),
     )
     def list_checkpoints(
-        self, session_id: str, as_user: str | None, after_seq: int | None, limit: int
+        self,
+        session_id: str,
+        as_user: str | None,
+        after_seq: int | None,
+        limit: int,
+        newest_first: bool,
+        since_pick: int | None,
     ) -> None:
         self.step("list_checkpoints")
         model = self.model.get(session_id)
@@ -508,19 +714,32 @@ class RepositoryMachine(RuleBasedStateMachine):
             )
             assert isinstance(result, SessionNotFoundError), result
             return
+        # since: one of the history's own times (inclusive), so boundaries are exercised
+        since = None
+        if since_pick is not None:
+            since = model.history[since_pick % len(model.history)][3]
         seen: list[tuple[Any, ...]] = []
         position = after_seq
         while True:
             batch = self.run(
                 self.repo.list_checkpoints(
-                    session_id, after_seq=position, limit=limit, user_id=as_user
+                    session_id,
+                    after_seq=position,
+                    limit=limit,
+                    user_id=as_user,
+                    newest_first=newest_first,
+                    since=since,
                 )
             )
             seen += [(cp.seq, cp.name, cp.data, cp.timestamp) for cp in batch]
             if len(batch) < limit:
                 break
             position = batch[-1].seq
-        assert seen == [h for h in model.history if h[0] > (after_seq or 0)]
+        if newest_first:
+            expected = [h for h in reversed(model.history) if after_seq is None or h[0] < after_seq]
+        else:
+            expected = [h for h in model.history if h[0] > (after_seq or 0)]
+        assert seen == [h for h in expected if since is None or h[3] >= since]
 
     # -- the database as a whole ----------------------------------------------------------
 
@@ -530,12 +749,22 @@ class RepositoryMachine(RuleBasedStateMachine):
         assert rows == {sid: m.row() for sid, m in self.model.items()}
         assert cps == {(sid, h[0]): h[1:] for sid, m in self.model.items() for h in m.history}
 
+    @invariant()
+    def shared_state_equals_model(self) -> None:
+        async def read() -> dict[tuple[str, str, str], dict[str, Any]]:
+            x = shared_state_table.c
+            async with self.engine.connect() as conn:
+                rows = await conn.execute(select(x.agent_type, x.scope, x.user_id, x.state))
+                return {(r[0], r[1], r[2]): r[3] for r in rows}
+
+        assert self.run(read()) == self.shared
+
     async def _read_database(
         self,
     ) -> tuple[dict[str, tuple[Any, ...]], dict[tuple[str, int], tuple[Any, ...]]]:
         s, c = sessions_table.c, checkpoints_table.c
         columns = (s.agent_type, s.user_id, s.state, s.context, s.metadata, s.checkpoint_count,
-                   s.version, s.created_at, s.updated_at, s.last_heartbeat)  # fmt: skip
+                   s.version, s.created_at, s.updated_at, s.last_heartbeat, s.key)  # fmt: skip
         async with self.engine.connect() as conn:
             session_rows = (await conn.execute(select(s.id, *columns))).all()
             checkpoint_rows = (
@@ -576,6 +805,8 @@ async def test_repository_agrees_with_in_memory_model_step_by_step(
     print(f"\nmodel-based [{db.name}+{cache}]: {dict(sorted(counts.items()))}")
     assert counts["examples"] >= MAX_EXAMPLES
     # The interesting outcomes were reached, so agreement with the model means something.
-    reached = ["update: ok", "update: conflict", "update: not found", "sessions swept"]
+    reached = ["update: ok", "update: conflict", "update: not found", "sessions swept",
+               "create_with_key: taken", "pop_checkpoint", "delete (hard)",
+               "update_shared_state", "get_session_by_key: found"]  # fmt: skip
     for outcome in reached + (["cache hits"] if cache == "redis" else []):
         assert counts[outcome] > 0, f"no example reached {outcome!r}: {counts}"

@@ -60,3 +60,12 @@ async def test_demo_prints_the_lifecycle(tmp_path: Path) -> None:
     out = result.stdout
     for expected in DEMO_LINES:
         assert expected in out, out
+
+
+def test_readme_framework_example_runs(tmp_path: Path) -> None:
+    code = readme_block("For agent frameworks")
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["2 [4, 3, 2, 1] tool 2", "{'visits': 1}"]
