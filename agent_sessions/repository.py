@@ -26,9 +26,11 @@ from agent_sessions import _statements as sql
 from agent_sessions._arguments import (
     MAX_BATCH_SIZE,
     MAX_INT,
+    check_cutoff,
     check_filter,
     check_int,
     check_limit,
+    checked_now,
     parse_id,
 )
 from agent_sessions._errors import storage_errors
@@ -82,7 +84,9 @@ class SessionRepository:
         recent_checkpoints: how many of the newest checkpoints ``get_session`` returns.
         cache: a ``ModelCache`` such as ``RedisCache``; ``None`` reads the database every time.
         max_payload_bytes: the largest serialized context, metadata or checkpoint data accepted.
-        clock: returns the current UTC-aware time; injectable for tests.
+        clock: returns the current UTC-aware time; injectable for tests. A call that finds it
+            returning anything else (a naive datetime, say) raises ``SessionValidationError``
+            before writing anything.
 
     Example::
 
@@ -101,8 +105,8 @@ class SessionRepository:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        if recent_checkpoints < 0:
-            raise ValueError("recent_checkpoints must be 0 or more")
+        check_int(recent_checkpoints, "recent_checkpoints", 0, MAX_INT)
+        check_int(max_payload_bytes, "max_payload_bytes", 1, 2**62)
         self._factory = session_factory
         self._recent = recent_checkpoints
         self._cache = cache
@@ -202,7 +206,7 @@ class SessionRepository:
         Raises:
             SessionValidationError: bad agent_type, user_id, context or metadata; nothing written.
         """
-        now = self._clock()
+        now = checked_now(self._clock)
         try:
             session = AgentSession(
                 session_id=str(uuid.uuid4()),
@@ -414,7 +418,7 @@ class SessionRepository:
             raise SessionNotFoundError(str(session.session_id))
         check_int(session.version, "version (pass the session as it was read)", 1, MAX_INT)
         target, pending = self._validated_changes(session)
-        now = self._clock()
+        now = checked_now(self._clock)
         params = {
             "b_sid": sid,
             "b_owner": session.user_id,
@@ -511,7 +515,7 @@ class SessionRepository:
         sid = parse_id(session_id)
         if sid is None:
             return False
-        params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id}
+        params = {"b_sid": sid, "b_now": checked_now(self._clock), "b_user": user_id}
         async with self._transaction("delete_session", sid, mode="statement") as (db, _):
             stmt = sql.DELETE[user_id is not None]
             deleted = (await db.execute(stmt, params)).first() is not None
@@ -533,7 +537,7 @@ class SessionRepository:
         sid = parse_id(session_id)
         if sid is None:
             return False
-        params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id}
+        params = {"b_sid": sid, "b_now": checked_now(self._clock), "b_user": user_id}
         async with self._transaction("heartbeat", sid, mode="statement") as (db, _):
             alive = (await db.execute(sql.HEARTBEAT[user_id is not None], params)).first()
             alive = alive is not None
@@ -561,7 +565,7 @@ class SessionRepository:
         check_filter(user_id, "user_id")
         try:
             cp = SessionCheckpoint(
-                name=name, data={} if data is None else data, timestamp=self._clock()
+                name=name, data={} if data is None else data, timestamp=checked_now(self._clock)
             )
         except ValidationError as exc:
             raise validation_error(exc, "checkpoint") from exc
@@ -600,12 +604,14 @@ class SessionRepository:
 
         Returns:
             How many sessions were failed.
+
+        Raises:
+            SessionValidationError: ``max_age`` is not a ``timedelta``, is negative or reaches
+                back before year 1, or a bad ``batch_size``; nothing was written.
         """
-        if max_age < timedelta(0):
-            raise SessionValidationError(f"max_age must not be negative, got {max_age}")
         check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
-        now = self._clock()
-        cutoff = now - max_age
+        now = checked_now(self._clock)
+        cutoff = check_cutoff(max_age, "max_age", now)
         stale = and_(S.state == SessionState.ACTIVE.value, S.last_heartbeat < cutoff)
         total = 0
         while True:
@@ -643,11 +649,13 @@ class SessionRepository:
 
         Returns:
             How many sessions were removed.
+
+        Raises:
+            SessionValidationError: ``older_than`` is not a ``timedelta``, is negative or
+                reaches back before year 1, or a bad ``batch_size``; nothing was written.
         """
-        if older_than < timedelta(0):
-            raise SessionValidationError(f"older_than must not be negative, got {older_than}")
         check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
-        cutoff = self._clock() - older_than
+        cutoff = check_cutoff(older_than, "older_than", checked_now(self._clock))
         doomed = (
             select(S.id)
             .where(S.state == sql.DELETED, S.updated_at < cutoff)

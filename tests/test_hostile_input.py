@@ -16,12 +16,13 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agent_sessions import (
     AgentSession,
@@ -54,6 +55,7 @@ class Ctx:
     repo: SessionRepository
     victim: AgentSession
     mine: AgentSession
+    factory: async_sessionmaker[AsyncSession]
 
     async def my_copy(self, **changes: Any) -> AgentSession:
         session = await self.repo.get_session(self.mine.session_id)
@@ -165,6 +167,84 @@ async def forged_cursor_for_own_filters(c: Ctx) -> Any:
 async def forged_cursor_without_filters(c: Ctx) -> Any:
     raw = json.dumps([datetime(9999, 1, 1, tzinfo=UTC).isoformat(), str(uuid.uuid4()), "0" * 16])
     return await c.repo.list_sessions(user_id=ATTACKER, cursor=b64(raw.encode()))
+
+
+def forged_cursor_at(created: str) -> Call:
+    """A cursor with the call's own fingerprint and a chosen timestamp text."""
+
+    async def call(c: Ctx) -> Any:
+        fingerprint = _cursor._fingerprint((None, ATTACKER, None))
+        raw = json.dumps([created, str(uuid.uuid4()), fingerprint]).encode()
+        return await c.repo.list_sessions(user_id=ATTACKER, cursor=b64(raw))
+
+    return call
+
+
+def sweep(method: str, age: Any) -> Call:
+    return lambda c: getattr(c.repo, method)(age)
+
+
+def with_clock(clock_value: Any, method: str) -> Call:
+    """``method`` on a repository whose injected clock returns ``clock_value``."""
+
+    async def call(c: Ctx) -> Any:
+        repo = SessionRepository(c.factory, cache=c.repo.cache, clock=lambda: clock_value)
+        sid = c.mine.session_id
+        calls: dict[str, Callable[[], Awaitable[Any]]] = {
+            "create_session": lambda: repo.create_session("planner", ATTACKER),
+            "update_session": lambda: repo.update_session(c.mine),
+            "add_checkpoint": lambda: repo.add_checkpoint(sid, "cp"),
+            "heartbeat": lambda: repo.heartbeat(sid),
+            "delete_session": lambda: repo.delete_session(sid),
+            "cleanup_stale_sessions": lambda: repo.cleanup_stale_sessions(),
+            "purge_deleted_sessions": lambda: repo.purge_deleted_sessions(),
+        }
+        return await calls[method]()
+
+    return call
+
+
+def construct(**kwargs: Any) -> Call:
+    async def call(c: Ctx) -> Any:
+        return SessionRepository(c.factory, **kwargs)
+
+    return call
+
+
+CLOCK_METHODS = [
+    "create_session",
+    "update_session",
+    "add_checkpoint",
+    "heartbeat",
+    "delete_session",
+    "cleanup_stale_sessions",
+    "purge_deleted_sessions",
+]
+BAD_CLOCKS: list[tuple[str, Any]] = [
+    ("naive datetimes", datetime(2026, 1, 1)),
+    (
+        "year 1 at +14:00 (before year 1 in UTC)",
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))),
+    ),
+    (
+        "year 9999 at -14:00 (after 9999 in UTC)",
+        datetime(9999, 12, 31, 23, tzinfo=timezone(-timedelta(hours=14))),
+    ),
+    ("a float (time.time)", 1.7e9),
+    ("None", None),
+    ("an ISO string", "2026-01-01T00:00:00+00:00"),
+]
+BAD_DURATIONS: list[tuple[str, Any]] = [
+    ("timedelta.max", timedelta.max),
+    ("timedelta(days=10**6)", timedelta(days=10**6)),
+    ("timedelta(days=800_000)", timedelta(days=800_000)),
+    ("timedelta.min", timedelta.min),
+    ("-1 microsecond", timedelta(microseconds=-1)),
+    ("an int (seconds)", 3600),
+    ("a string", "48h"),
+    ("None", None),
+    ("a float", 1.5),
+]
 
 
 def list_with(**kwargs: Any) -> Call:
@@ -447,6 +527,45 @@ ROWS: list[Row] = [
         raises=None,
         check=only_attackers,
     ),
+    # -- out-of-range positions, durations and a misbehaving clock ---------------------------
+    Row(
+        "list_sessions: cursor at year 1 +01:00 (before year 1 in UTC)",
+        forged_cursor_at("0001-01-01T00:00:00+01:00"),
+    ),
+    Row(
+        "list_sessions: cursor at 9999-12-31T23:00-05:00 (after 9999 in UTC)",
+        forged_cursor_at("9999-12-31T23:00:00-05:00"),
+    ),
+    Row(
+        "list_sessions: cursor at year 1 UTC grants nothing",
+        forged_cursor_at("0001-01-01T00:00:00+00:00"),
+        raises=None,
+        check=empty_page,
+    ),
+    Row(
+        "list_sessions: cursor at 9999-12-31 +14:00 grants nothing",
+        forged_cursor_at("9999-12-31T23:59:59.999999+14:00"),
+        raises=None,
+        check=only_attackers,
+    ),
+    *(
+        Row(f"{method}: max age {label}", sweep(method, age))
+        for method in ("cleanup_stale_sessions", "purge_deleted_sessions")
+        for label, age in BAD_DURATIONS
+    ),
+    *(
+        Row(f"{method}: a clock returning {label}", with_clock(value, method))
+        for label, value in BAD_CLOCKS
+        for method in CLOCK_METHODS
+    ),
+    *(
+        Row(f"SessionRepository: recent_checkpoints={value!r}", construct(recent_checkpoints=value))
+        for value in [-1, 2**31, 2**64, "20", 1.5, None]
+    ),
+    *(
+        Row(f"SessionRepository: max_payload_bytes={value!r}", construct(max_payload_bytes=value))
+        for value in [0, -1, "1MiB", None]
+    ),
 ]
 
 
@@ -471,17 +590,17 @@ def _print_table() -> Iterator[None]:
                 print(f"{name:<{width}} | {answer} | {written}")
 
 
-async def setup_ctx(repo: SessionRepository) -> Ctx:
+async def setup_ctx(repo: SessionRepository, db: Backend) -> Ctx:
     victim = await repo.create_session("planner", VICTIM, {"secret": "victim's"})
     mine = await repo.create_session("planner", ATTACKER, {"mine": True})
     await repo.create_session("coder", ATTACKER)
     await repo.create_session("coder", ATTACKER)
-    return Ctx(repo, victim, mine)
+    return Ctx(repo, victim, mine, db.factory)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 async def test_hostile_input(repo: SessionRepository, db: Backend, row: Row) -> None:
-    ctx = await setup_ctx(repo)
+    ctx = await setup_ctx(repo, db)
     before = await count_rows(db)
     try:
         result = await row.call(ctx)
