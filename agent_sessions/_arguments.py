@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from agent_sessions._validation import check_text
 from agent_sessions.errors import SessionValidationError
@@ -83,3 +84,39 @@ def check_key(key: object) -> str:
             f"key must be printable text of 1 to 128 characters, got {key[:140]!r}"
         )
     return key
+
+
+def checked_now(clock: Callable[[], object]) -> datetime:
+    """The repository clock's time, in UTC; a clock that is not a UTC-aware clock is refused.
+
+    The clock is the host's code, but its value is written into rows: a naive or out-of-range
+    datetime must stop the call here, the same way in every method, not reach the driver.
+    """
+    value = clock()
+    try:
+        if isinstance(value, datetime) and value.utcoffset() is not None:
+            return value.astimezone(UTC)
+    except (ValueError, OverflowError):
+        pass  # an offset that moves the time out of datetime's range (year 1 to 9999)
+    raise SessionValidationError(
+        f"the repository's clock returned {value!r}, not a timezone-aware datetime from year 1 "
+        "to 9999; give SessionRepository a clock that returns one, e.g. "
+        "clock=lambda: datetime.now(UTC)"
+    )
+
+
+def check_cutoff(age: object, what: str, now: datetime) -> datetime:
+    """``now - age`` for a duration argument: a ``timedelta``, not negative, within range."""
+    if not isinstance(age, timedelta):
+        raise SessionValidationError(
+            f"{what} must be a datetime.timedelta, got {type(age).__name__} ({age!r:.80})"
+        )
+    if age < timedelta(0):
+        raise SessionValidationError(f"{what} must not be negative, got {age}")
+    try:
+        return now - age
+    except OverflowError:
+        raise SessionValidationError(
+            f"{what} of {age.days} days reaches back before year 1, where no session can be; "
+            f"pass at most {(now - datetime.min.replace(tzinfo=UTC)).days} days"
+        ) from None

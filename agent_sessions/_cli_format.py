@@ -37,9 +37,16 @@ def duration(text: str) -> Duration:
             f"invalid duration {text!r}: use a number and a unit, e.g. 30m, 48h, 7d, 2w or 1d12h "
             "(s=seconds, m=minutes, h=hours, d=days, w=weeks)"
         )
-    delta = sum(
-        (timedelta(**{_UNITS[unit]: int(n)}) for n, unit in _PART.findall(cleaned)), timedelta()
-    )
+    try:
+        delta = sum(
+            (timedelta(**{_UNITS[unit]: int(n)}) for n, unit in _PART.findall(cleaned)),
+            timedelta(),
+        )
+        datetime.now(UTC) - delta  # the cutoff must be a date from year 1 on
+    except OverflowError:
+        raise argparse.ArgumentTypeError(
+            f"duration {text!r} is too long: it reaches back before year 1; use a shorter one"
+        ) from None
     return Duration(cleaned, delta)
 
 

@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from agent_sessions.errors import SessionValidationError
 
@@ -44,10 +44,18 @@ def decode(cursor: str, filters: Filters) -> tuple[datetime, uuid.UUID]:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, last_id, fingerprint = json.loads(base64.urlsafe_b64decode(padded.encode()))
         when = datetime.fromisoformat(created)
-        position = (when, uuid.UUID(last_id))
-        if when.tzinfo is None:
+        if when.utcoffset() is None:
             raise ValueError("naive timestamp")
-    except (ValueError, TypeError, binascii.Error, UnicodeError, AttributeError) as exc:
+        # In UTC here, not in the driver: an offset near year 1 or 9999 overflows there.
+        position = (when.astimezone(UTC), uuid.UUID(last_id))
+    except (
+        ValueError,
+        TypeError,
+        OverflowError,
+        binascii.Error,
+        UnicodeError,
+        AttributeError,
+    ) as exc:
         raise SessionValidationError(
             "invalid cursor: pass back the next_cursor of a previous page unchanged"
         ) from exc

@@ -29,10 +29,12 @@ from agent_sessions._arguments import (
     MAX_INT,
     MAX_PAGE_SIZE,
     check_aware,
+    check_cutoff,
     check_filter,
     check_int,
     check_key,
     check_limit,
+    checked_now,
     parse_id,
 )
 from agent_sessions._errors import storage_errors
@@ -135,7 +137,9 @@ class SessionRepository:
         recent_checkpoints: how many of the newest checkpoints ``get_session`` returns.
         cache: a ``ModelCache`` such as ``RedisCache``; ``None`` reads the database every time.
         max_payload_bytes: the largest serialized context, metadata or checkpoint data accepted.
-        clock: returns the current UTC-aware time; injectable for tests.
+        clock: returns the current UTC-aware time; injectable for tests. A call that finds it
+            returning anything else (a naive datetime, say) raises ``SessionValidationError``
+            before writing anything.
 
     Example::
 
@@ -154,8 +158,8 @@ class SessionRepository:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        if recent_checkpoints < 0:
-            raise ValueError("recent_checkpoints must be 0 or more")
+        check_int(recent_checkpoints, "recent_checkpoints", 0, MAX_INT)
+        check_int(max_payload_bytes, "max_payload_bytes", 1, 2**62)
         self._factory = session_factory
         self._recent = recent_checkpoints
         self._cache = cache
@@ -310,7 +314,7 @@ class SessionRepository:
             SessionValidationError: bad agent_type, user_id, key, context or metadata; nothing
                 written.
         """
-        now = self._clock()
+        now = checked_now(self._clock)
         try:
             session = AgentSession(
                 session_id=str(uuid.uuid4()),
@@ -634,7 +638,7 @@ class SessionRepository:
             raise SessionNotFoundError(str(session.session_id))
         check_int(session.version, "version (pass the session as it was read)", 1, MAX_INT)
         target, pending = self._validated_changes(session)
-        now = self._clock()
+        now = checked_now(self._clock)
         params = {
             "b_sid": sid,
             "b_owner": session.user_id,
@@ -736,7 +740,7 @@ class SessionRepository:
         sid = parse_id(session_id)
         if sid is None:
             return False
-        params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id}
+        params = {"b_sid": sid, "b_now": checked_now(self._clock), "b_user": user_id}
         if hard:
             return await self._hard_delete(sid, params)
         async with self._transaction("delete_session", sid, mode="statement") as (db, _):
@@ -760,7 +764,7 @@ class SessionRepository:
         sid = parse_id(session_id)
         if sid is None:
             return False
-        params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id}
+        params = {"b_sid": sid, "b_now": checked_now(self._clock), "b_user": user_id}
         async with self._transaction("heartbeat", sid, mode="statement") as (db, _):
             row = (await db.execute(sql.HEARTBEAT[user_id is not None], params)).first()
             alive = row is not None
@@ -792,7 +796,7 @@ class SessionRepository:
                 nothing written.
         """
         check_filter(user_id, "user_id")
-        now = self._clock()
+        now = checked_now(self._clock)
         at = now if timestamp is None else check_aware(timestamp, "timestamp")
         try:
             cp = SessionCheckpoint(name=name, data={} if data is None else data, timestamp=at)
@@ -848,7 +852,7 @@ class SessionRepository:
                 1,000 items; nothing written.
         """
         check_filter(user_id, "user_id")
-        now = self._clock()
+        now = checked_now(self._clock)
         at = now if timestamp is None else check_aware(timestamp, "timestamp")
         batch = self._checkpoint_batch(items, at)
         if not batch:
@@ -920,7 +924,7 @@ class SessionRepository:
         sid = parse_id(session_id)
         if sid is None:
             raise SessionNotFoundError(str(session_id))
-        params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id}
+        params = {"b_sid": sid, "b_now": checked_now(self._clock), "b_user": user_id}
         async with self._transaction("pop_checkpoint", sid) as (db, _):
             # The session's row lock, taken first, orders pops and appends on this session.
             count = (await db.execute(sql.POP[user_id is not None], params)).scalar()
@@ -948,7 +952,12 @@ class SessionRepository:
         sid = parse_id(session_id)
         if sid is None:
             raise SessionNotFoundError(str(session_id))
-        params = {"b_sid": sid, "b_now": self._clock(), "b_user": user_id, "b_after": after_seq}
+        params = {
+            "b_sid": sid,
+            "b_now": checked_now(self._clock),
+            "b_user": user_id,
+            "b_after": after_seq,
+        }
         async with self._transaction("truncate_checkpoints", sid) as (db, _):
             if (await db.execute(sql.TRUNCATE[user_id is not None], params)).first() is None:
                 await self._check_live(db, session_id, params)
@@ -1024,7 +1033,7 @@ class SessionRepository:
             raise SessionValidationError(str(exc)) from None
         gone = _removed_keys(remove, changes)
         self._check_sizes(changes=changes)
-        params |= {"b_changes": changes, "b_remove": gone, "b_now": self._clock()}
+        params |= {"b_changes": changes, "b_remove": gone, "b_now": checked_now(self._clock)}
         async with self._transaction("update_shared_state") as (db, dialect):
             if dialect == "postgresql":
                 state = (await db.execute(sql.SHARED_UPSERT_PG, params)).scalar_one()
@@ -1050,12 +1059,14 @@ class SessionRepository:
 
         Returns:
             How many sessions were failed.
+
+        Raises:
+            SessionValidationError: ``max_age`` is not a ``timedelta``, is negative or reaches
+                back before year 1, or a bad ``batch_size``; nothing was written.
         """
-        if max_age < timedelta(0):
-            raise SessionValidationError(f"max_age must not be negative, got {max_age}")
         check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
-        now = self._clock()
-        cutoff = now - max_age
+        now = checked_now(self._clock)
+        cutoff = check_cutoff(max_age, "max_age", now)
         stale = and_(S.state == SessionState.ACTIVE.value, S.last_heartbeat < cutoff)
         total = 0
         while True:
@@ -1093,11 +1104,13 @@ class SessionRepository:
 
         Returns:
             How many sessions were removed.
+
+        Raises:
+            SessionValidationError: ``older_than`` is not a ``timedelta``, is negative or
+                reaches back before year 1, or a bad ``batch_size``; nothing was written.
         """
-        if older_than < timedelta(0):
-            raise SessionValidationError(f"older_than must not be negative, got {older_than}")
         check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
-        cutoff = self._clock() - older_than
+        cutoff = check_cutoff(older_than, "older_than", checked_now(self._clock))
         doomed = (
             select(S.id)
             .where(S.state == sql.DELETED, S.updated_at < cutoff)

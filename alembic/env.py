@@ -1,20 +1,38 @@
 """Alembic environment for agent_sessions' own tables (async; SQLite and PostgreSQL).
 
-The database comes from, in order: a connection or URL handed over by
-``agent_sessions.migrations`` (``config.attributes``), ``-x url=...``,
-``AGENT_SESSIONS_DATABASE_URL``, then ``sqlalchemy.url`` in alembic.ini. The version table is
-``agent_sessions_alembic_version`` and only tables named ``agent_sessions_*`` are looked at, so
-a host application's own tables and its own ``alembic_version`` are never touched.
+The database comes from, in order: ``config.attributes["connection"]``,
+``config.attributes["url"]``, ``-x url=...``, ``AGENT_SESSIONS_DATABASE_URL``, then
+``sqlalchemy.url`` in alembic.ini. The version table is ``agent_sessions_alembic_version`` and
+only tables named ``agent_sessions_*`` are looked at, so a host application's own tables and its
+own ``alembic_version`` are never touched.
+
+``config.attributes["connection"]`` may hold what tools hand over (``agent_sessions.migrations``,
+pytest-alembic, a host's own scripts):
+
+- a ``Connection``: used as is; the caller owns its transaction and commits;
+- an ``AsyncConnection``: only from inside ``await connection.run_sync(...)``, where its
+  synchronous side can run; used as is, the caller commits;
+- an ``Engine``: a connection of its own, committed;
+- an ``AsyncEngine``: a connection of its own, on a pool of its own (a copy of the engine's,
+  closed afterwards), in an event loop of its own (in a worker thread when the calling thread
+  already runs one); committed. The engine's own pool is neither used nor left holding a
+  connection of a finished event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from alembic import context
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.util.concurrency import in_greenlet
 
 from agent_sessions.engine import create_engine
 from agent_sessions.tables import TABLE_PREFIX, VERSION_TABLE, metadata
@@ -68,23 +86,84 @@ def do_run_migrations(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def run_async_migrations() -> None:
-    # agent_sessions' create_engine understands ?transaction_pooling=true in the URL.
-    engine = create_engine(_url())
+async def _migrate_with_engine(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.run_sync(do_run_migrations)
+        await connection.commit()
+
+
+async def _migrate_with_pool_of_our_own(engine: AsyncEngine) -> None:
+    # The caller's pool may hold connections of another event loop (the caller's own, or one
+    # that has ended); an asyncpg connection cannot be used from a loop it was not opened in.
+    # So: the same engine (URL, dialect, events, connect arguments) on a new pool, closed here.
+    if isinstance(engine.sync_engine.pool, StaticPool):
+        await _migrate_with_engine(engine)  # one shared connection is the point of StaticPool
+        return
+    sync_engine = copy.copy(engine.sync_engine)
+    sync_engine.pool = engine.sync_engine.pool.recreate()
+    ours = AsyncEngine(sync_engine)
     try:
-        async with engine.connect() as connection:
-            await connection.run_sync(do_run_migrations)
-            await connection.commit()
+        await _migrate_with_engine(ours)
+    finally:
+        await ours.dispose()
+
+
+def _run_in_own_loop(make: Callable[[], Awaitable[None]]) -> None:
+    async def main() -> None:
+        await make()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(main())
+        return
+    # Called synchronously from async code: this thread's loop cannot be re-entered.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-sessions-env") as pool:
+        pool.submit(asyncio.run, main()).result()
+
+
+def _run_with(connectable: object) -> None:
+    """Migrate through what a caller put in ``config.attributes["connection"]``."""
+    if isinstance(connectable, Connection):
+        do_run_migrations(connectable)
+    elif isinstance(connectable, AsyncConnection):
+        if not in_greenlet() or connectable.sync_connection is None:
+            raise RuntimeError(
+                'config.attributes["connection"] is an AsyncConnection, which can only be used '
+                "from inside `await connection.run_sync(lambda _: command.upgrade(config, "
+                '"head"))` on an open connection; do that, or hand over the AsyncEngine or a '
+                "Connection instead"
+            )
+        do_run_migrations(connectable.sync_connection)
+    elif isinstance(connectable, Engine):
+        with connectable.connect() as connection:
+            do_run_migrations(connection)
+            connection.commit()
+    elif isinstance(connectable, AsyncEngine):
+        _run_in_own_loop(lambda: _migrate_with_pool_of_our_own(connectable))
+    else:
+        raise TypeError(
+            'config.attributes["connection"] must be a Connection, AsyncConnection, Engine or '
+            f"AsyncEngine, got {type(connectable).__name__}"
+        )
+
+
+async def _migrate_with_url(url: str) -> None:
+    # agent_sessions' create_engine understands ?transaction_pooling=true in the URL.
+    engine = create_engine(url)
+    try:
+        await _migrate_with_engine(engine)
     finally:
         await engine.dispose()
 
 
 def run_migrations_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        do_run_migrations(connection)
+    connectable = config.attributes.get("connection")
+    if connectable is not None:
+        _run_with(connectable)
     else:
-        asyncio.run(run_async_migrations())
+        url = _url()
+        _run_in_own_loop(lambda: _migrate_with_url(url))
 
 
 if context.is_offline_mode():

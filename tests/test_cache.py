@@ -31,7 +31,7 @@ from agent_sessions import (
 )
 from agent_sessions._circuit import CircuitBreaker, Permit
 from agent_sessions.redis_cache import _keys
-from tests.conftest import Backend, FakeClock, unavailable
+from tests.conftest import CACHE_SERVERS, Backend, FakeClock, cache_server_url, unavailable
 from tests.servers import RedisServer, ServerUnavailable
 
 GENEROUS = timedelta(seconds=2)  # for tests that count hits: a busy machine is not a failure
@@ -85,6 +85,12 @@ class FakeMonotonic:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture
+def redis_url(cache_server: str, request: pytest.FixtureRequest) -> str:
+    """Every test here that touches a server runs on Redis and on Valkey."""
+    return cache_server_url(cache_server, request)
 
 
 @pytest.fixture
@@ -592,12 +598,12 @@ def test_circuit_is_closed_only_by_its_probe() -> None:
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def own_redis(cache_server: str, tmp_path: Path) -> Iterator[RedisServer]:
     """A private server this test may pause or kill without disturbing the shared one."""
     try:
-        server = RedisServer.start(tmp_path / "redis")
+        server = CACHE_SERVERS[cache_server].start(tmp_path / cache_server)
     except ServerUnavailable as exc:
-        unavailable(f"Redis: {exc}")
+        unavailable(f"{cache_server}: {exc}")
     with server:
         yield server
 

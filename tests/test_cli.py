@@ -136,6 +136,8 @@ def test_every_level_has_help(path: list[str], capsys: pytest.CaptureFixture[str
         (["cleanup"], "--older-than"),
         (["cleanup", "--older-than", "3x"], "invalid duration '3x'"),
         (["purge", "--deleted-before", "soon"], "invalid duration 'soon'"),
+        (["cleanup", "--older-than", "9999999999d"], "too long"),
+        (["purge", "--deleted-before", "5000000d"], "too long"),
         (["sessions", "list", "--limit", "0"], "1 or more"),
         (["sessions", "list", "--state", "sleeping"], "invalid choice"),
         (["sessions", "show", "x", "--checkpoints", "-1"], "0 or more"),

@@ -37,7 +37,7 @@ from agent_sessions import (
     migrations,
 )
 from agent_sessions.tables import VERSION_TABLE, checkpoints_table
-from tests.conftest import Backend, unavailable
+from tests.conftest import CACHE_SERVERS, Backend, unavailable
 from tests.servers import PostgresServer, RedisServer, ServerUnavailable
 
 T = TypeVar("T")
@@ -359,11 +359,12 @@ class FakeMonotonic:
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def own_redis(cache_server: str, tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis or Valkey (``cache_server``): the faults run against both servers."""
     try:
-        server = RedisServer.start(tmp_path / "redis")
+        server = CACHE_SERVERS[cache_server].start(tmp_path / cache_server)
     except ServerUnavailable as exc:
-        unavailable(f"Redis: {exc}")
+        unavailable(f"{cache_server}: {exc}")
     with server:
         yield server
 

@@ -13,6 +13,7 @@ import base64
 import functools
 import json
 import math
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -20,11 +21,15 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agent_sessions import (
     AgentSession,
+    AgentSessionsError,
     ConcurrentUpdateError,
     RedisCache,
     SessionExistsError,
@@ -55,6 +60,7 @@ class Ctx:
     repo: SessionRepository
     victim: AgentSession
     mine: AgentSession
+    factory: async_sessionmaker[AsyncSession]
 
     async def my_copy(self, **changes: Any) -> AgentSession:
         session = await self.repo.get_session(self.mine.session_id)
@@ -167,6 +173,84 @@ async def forged_cursor_for_own_filters(c: Ctx) -> Any:
 async def forged_cursor_without_filters(c: Ctx) -> Any:
     raw = json.dumps([datetime(9999, 1, 1, tzinfo=UTC).isoformat(), str(uuid.uuid4()), "0" * 16])
     return await c.repo.list_sessions(user_id=ATTACKER, cursor=b64(raw.encode()))
+
+
+def forged_cursor_at(created: str) -> Call:
+    """A cursor with the call's own fingerprint and a chosen timestamp text."""
+
+    async def call(c: Ctx) -> Any:
+        fingerprint = _cursor._fingerprint((None, ATTACKER, None))
+        raw = json.dumps([created, str(uuid.uuid4()), fingerprint]).encode()
+        return await c.repo.list_sessions(user_id=ATTACKER, cursor=b64(raw))
+
+    return call
+
+
+def sweep(method: str, age: Any) -> Call:
+    return lambda c: getattr(c.repo, method)(age)
+
+
+def with_clock(clock_value: Any, method: str) -> Call:
+    """``method`` on a repository whose injected clock returns ``clock_value``."""
+
+    async def call(c: Ctx) -> Any:
+        repo = SessionRepository(c.factory, cache=c.repo.cache, clock=lambda: clock_value)
+        sid = c.mine.session_id
+        calls: dict[str, Callable[[], Awaitable[Any]]] = {
+            "create_session": lambda: repo.create_session("planner", ATTACKER),
+            "update_session": lambda: repo.update_session(c.mine),
+            "add_checkpoint": lambda: repo.add_checkpoint(sid, "cp"),
+            "heartbeat": lambda: repo.heartbeat(sid),
+            "delete_session": lambda: repo.delete_session(sid),
+            "cleanup_stale_sessions": lambda: repo.cleanup_stale_sessions(),
+            "purge_deleted_sessions": lambda: repo.purge_deleted_sessions(),
+        }
+        return await calls[method]()
+
+    return call
+
+
+def construct(**kwargs: Any) -> Call:
+    async def call(c: Ctx) -> Any:
+        return SessionRepository(c.factory, **kwargs)
+
+    return call
+
+
+CLOCK_METHODS = [
+    "create_session",
+    "update_session",
+    "add_checkpoint",
+    "heartbeat",
+    "delete_session",
+    "cleanup_stale_sessions",
+    "purge_deleted_sessions",
+]
+BAD_CLOCKS: list[tuple[str, Any]] = [
+    ("naive datetimes", datetime(2026, 1, 1)),
+    (
+        "year 1 at +14:00 (before year 1 in UTC)",
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))),
+    ),
+    (
+        "year 9999 at -14:00 (after 9999 in UTC)",
+        datetime(9999, 12, 31, 23, tzinfo=timezone(-timedelta(hours=14))),
+    ),
+    ("a float (time.time)", 1.7e9),
+    ("None", None),
+    ("an ISO string", "2026-01-01T00:00:00+00:00"),
+]
+BAD_DURATIONS: list[tuple[str, Any]] = [
+    ("timedelta.max", timedelta.max),
+    ("timedelta(days=10**6)", timedelta(days=10**6)),
+    ("timedelta(days=800_000)", timedelta(days=800_000)),
+    ("timedelta.min", timedelta.min),
+    ("-1 microsecond", timedelta(microseconds=-1)),
+    ("an int (seconds)", 3600),
+    ("a string", "48h"),
+    ("None", None),
+    ("a float", 1.5),
+]
 
 
 def list_with(**kwargs: Any) -> Call:
@@ -618,6 +702,45 @@ ROWS: list[Row] = [
         check=only_attackers,
     ),
     *NEW_PRIMITIVE_ROWS,
+    # -- out-of-range positions, durations and a misbehaving clock ---------------------------
+    Row(
+        "list_sessions: cursor at year 1 +01:00 (before year 1 in UTC)",
+        forged_cursor_at("0001-01-01T00:00:00+01:00"),
+    ),
+    Row(
+        "list_sessions: cursor at 9999-12-31T23:00-05:00 (after 9999 in UTC)",
+        forged_cursor_at("9999-12-31T23:00:00-05:00"),
+    ),
+    Row(
+        "list_sessions: cursor at year 1 UTC grants nothing",
+        forged_cursor_at("0001-01-01T00:00:00+00:00"),
+        raises=None,
+        check=empty_page,
+    ),
+    Row(
+        "list_sessions: cursor at 9999-12-31 +14:00 grants nothing",
+        forged_cursor_at("9999-12-31T23:59:59.999999+14:00"),
+        raises=None,
+        check=only_attackers,
+    ),
+    *(
+        Row(f"{method}: max age {label}", sweep(method, age))
+        for method in ("cleanup_stale_sessions", "purge_deleted_sessions")
+        for label, age in BAD_DURATIONS
+    ),
+    *(
+        Row(f"{method}: a clock returning {label}", with_clock(value, method))
+        for label, value in BAD_CLOCKS
+        for method in CLOCK_METHODS
+    ),
+    *(
+        Row(f"SessionRepository: recent_checkpoints={value!r}", construct(recent_checkpoints=value))
+        for value in [-1, 2**31, 2**64, "20", 1.5, None]
+    ),
+    *(
+        Row(f"SessionRepository: max_payload_bytes={value!r}", construct(max_payload_bytes=value))
+        for value in [0, -1, "1MiB", None]
+    ),
 ]
 
 
@@ -645,19 +768,25 @@ def _print_table() -> Iterator[None]:
         for name, seen in TABLE.items():
             for answer, written in sorted(seen):
                 print(f"{name:<{width}} | {answer} | {written}")
+    if FUZZ_TALLY["calls"] or FUZZ_TALLY["decoder"]:
+        print(
+            f"\nfuzzed: {FUZZ_TALLY['inputs']} generated inputs in {FUZZ_TALLY['calls']} calls "
+            f"over the backends, {FUZZ_TALLY['escaped']} escaped (raised other than a library "
+            f"error, or wrote before one); cursor decoder: {FUZZ_TALLY['decoder']} examples"
+        )
 
 
-async def setup_ctx(repo: SessionRepository) -> Ctx:
+async def setup_ctx(repo: SessionRepository, db: Backend) -> Ctx:
     victim = await repo.create_session("planner", VICTIM, {"secret": "victim's"}, key=VICTIM_KEY)
     mine = await repo.create_session("planner", ATTACKER, {"mine": True}, key=VICTIM_KEY)
     await repo.create_session("coder", ATTACKER)
     await repo.create_session("coder", ATTACKER)
-    return Ctx(repo, victim, mine)
+    return Ctx(repo, victim, mine, db.factory)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 async def test_hostile_input(repo: SessionRepository, db: Backend, row: Row) -> None:
-    ctx = await setup_ctx(repo)
+    ctx = await setup_ctx(repo, db)
     before, shared_before = await count_rows(db), await count_shared(db)
     try:
         result = await row.call(ctx)
@@ -808,3 +937,235 @@ async def test_residual_risk_a_forged_entry_with_the_current_envelope_is_served(
     TABLE.setdefault("cache: forged entry with the current envelope (RESIDUAL)", set()).add(
         ("SERVED until the next write to the session", (0, 0))
     )
+
+
+# -- fuzzing: generated inputs per family, every call's outcome classified -------------------
+#
+# Each family draws its inputs from a seeded generator (the same inputs every run) and makes
+# every call on every backend. A call may return anything or raise a library error
+# (AgentSessionsError), and a library error must leave the database as it was; anything else
+# raised is an escape. The module prints how many inputs were tried and how many escaped.
+
+FUZZ_TALLY: dict[str, int] = {"inputs": 0, "calls": 0, "escaped": 0, "decoder": 0}
+OFFSETS = [timedelta(hours=h, minutes=m) for h in (-23, -14, -1, 0, 1, 14, 23) for m in (0, 59)]
+
+
+def some_datetime(rng: random.Random) -> datetime:
+    """Anywhere from year 1 to 9999, often at the very ends."""
+    pick = rng.random()
+    if pick < 0.25:
+        return datetime.min + timedelta(seconds=rng.randrange(0, 3 * 86400))
+    if pick < 0.5:
+        return datetime.max - timedelta(seconds=rng.randrange(0, 3 * 86400))
+    return datetime.min + timedelta(seconds=rng.randrange(0, 315_537_897_599))
+
+
+def some_aware(rng: random.Random) -> datetime:
+    return some_datetime(rng).replace(tzinfo=timezone(rng.choice(OFFSETS)))
+
+
+def some_text(rng: random.Random, size: int = 20) -> str:
+    alphabet = "aZ09-_=+/{}[]:,.\"' \\\x00\t\n\u00e9\u2603\U0001f600\ud800\udfff"
+    return "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, size)))
+
+
+def junk(rng: random.Random) -> Any:
+    return rng.choice(
+        [None, True, 0, -1, 1.5, math.nan, math.inf, "", "48h", b"\x00", [], {}, object()]
+    )
+
+
+def fuzz_cursors(rng: random.Random, real: str) -> list[Any]:
+    raw = base64.urlsafe_b64decode(real + "=" * (-len(real) % 4))
+    own = _cursor._fingerprint((None, ATTACKER, None))
+    found: list[Any] = []
+    for _ in range(30):  # bytes of a real cursor flipped
+        flipped = bytearray(raw)
+        for _ in range(rng.randint(1, 3)):
+            flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+        found.append(b64(bytes(flipped)))
+    found += [real[: rng.randrange(len(real))] for _ in range(10)]  # truncated
+    for _ in range(50):  # well formed, our fingerprint, any timestamp with any offset
+        created = some_aware(rng).isoformat() if rng.random() < 0.9 else some_text(rng)
+        found.append(b64(json.dumps([created, str(uuid.uuid4()), own]).encode()))
+    for _ in range(15):  # JSON of other shapes
+        shape = [rng.choice([junk(rng), some_text(rng), 2**70]) for _ in range(rng.randint(0, 4))]
+        found.append(b64(json.dumps(shape, default=repr).encode()))
+    found += [some_text(rng, 60) for _ in range(15)]
+    found += [junk(rng) for _ in range(5)]
+    return found
+
+
+def fuzz_durations(rng: random.Random) -> list[Any]:
+    found: list[Any] = [timedelta.max, timedelta.min, timedelta(0), timedelta(microseconds=-1)]
+    for _ in range(30):
+        days = int(10 ** rng.uniform(0, 8.99)) * rng.choice([1, 1, -1])
+        found.append(timedelta(days=days, microseconds=rng.randrange(86_400_000_000)))
+    found += [junk(rng) for _ in range(6)]
+    return found
+
+
+def fuzz_clock_values(rng: random.Random) -> list[Any]:
+    found: list[Any] = [some_datetime(rng) for _ in range(6)]  # naive
+    found += [some_aware(rng) for _ in range(10)]
+    found += [junk(rng) for _ in range(4)]
+    return found
+
+
+def fuzz_ids(rng: random.Random, real: str) -> list[Any]:
+    spellings: list[Callable[[str], Any]] = [
+        str.upper,
+        lambda s: s.replace("-", ""),
+        lambda s: f"{{{s}}}",
+        lambda s: f"urn:uuid:{s}",
+        lambda s: f" {s} ",
+        lambda s: s[:-1],
+        lambda s: s + rng.choice("0a-\x00"),
+        lambda s: s.replace(rng.choice("0123456789abcdef"), rng.choice("gG\x00\ud800")),
+        lambda s: uuid.UUID(s),
+        lambda s: uuid.UUID(s).int,
+        lambda s: uuid.UUID(s).bytes,
+    ]
+    found: list[Any] = [spell(real) for spell in spellings]
+    found += [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(5)]
+    found += [some_text(rng, 80) for _ in range(8)]
+    found += [junk(rng) for _ in range(4)]
+    return found
+
+
+def fuzz_ints(rng: random.Random) -> list[Any]:
+    found: list[Any] = [0, 1, -1, 1000, 1001, 50_000, 50_001, 2**31 - 1, 2**31, 2**63, -(2**63)]
+    found += [rng.choice([1, -1]) * int(10 ** rng.uniform(0, 25)) for _ in range(10)]
+    found += [junk(rng) for _ in range(5)]
+    return found
+
+
+FuzzCall = tuple[str, Callable[[], Awaitable[Any]]]
+
+
+def fuzz_calls(family: str, ctx: Ctx, cursor: str) -> tuple[int, list[FuzzCall]]:
+    """The family's inputs (how many) and the calls made with them."""
+    rng = random.Random(f"agent-sessions-fuzz-{family}")
+    repo, mine = ctx.repo, ctx.mine.session_id
+    calls: list[FuzzCall] = []
+    if family == "cursors":
+        inputs = fuzz_cursors(rng, cursor)
+        for value in inputs:
+            calls.append((repr(value)[:80], functools.partial(
+                repo.list_sessions, user_id=ATTACKER, cursor=value)))  # fmt: skip
+    elif family == "durations":
+        inputs = fuzz_durations(rng)
+        for value in inputs:
+            calls.append(
+                (f"cleanup {value!r}", functools.partial(repo.cleanup_stale_sessions, value))
+            )
+            calls.append(
+                (f"purge {value!r}", functools.partial(repo.purge_deleted_sessions, value))
+            )
+    elif family == "clocks":
+        inputs = fuzz_clock_values(rng)
+        for value in inputs:
+            for method in CLOCK_METHODS:
+                call = with_clock(value, method)
+                calls.append((f"{method} at {value!r}", functools.partial(call, ctx)))
+    elif family == "ids":
+        inputs = fuzz_ids(rng, ctx.victim.session_id)
+        for value in inputs:
+            for method in ("get_session", "heartbeat", "list_checkpoints", "delete_session"):
+                fn = getattr(repo, method)
+                calls.append(
+                    (f"{method}({value!r:.60})", functools.partial(fn, value, user_id=ATTACKER))
+                )
+            calls.append((f"add_checkpoint({value!r:.60})", functools.partial(
+                repo.add_checkpoint, value, "cp", user_id=ATTACKER)))  # fmt: skip
+    else:
+        inputs = fuzz_ints(rng)
+        targets: list[tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...], str]] = [
+            ("list_sessions", repo.list_sessions, (), "limit"),
+            ("get_active_sessions", repo.get_active_sessions, (), "limit"),
+            ("list_checkpoints", repo.list_checkpoints, (mine,), "limit"),
+            ("list_checkpoints", repo.list_checkpoints, (mine,), "after_seq"),
+            ("cleanup_stale_sessions", repo.cleanup_stale_sessions, (), "batch_size"),
+            ("purge_deleted_sessions", repo.purge_deleted_sessions, (), "batch_size"),
+        ]
+        for value in inputs:
+            for name, fn, args, option in targets:
+                label = f"{name}({option}={value!r})"
+                calls.append((label, functools.partial(fn, *args, **{option: value})))
+    return len(inputs), calls
+
+
+async def digest(db: Backend) -> tuple[Any, ...]:
+    """Row counts and what any write moves: versions, updated_at, heartbeats."""
+    async with db.engine.connect() as conn:
+        s = sessions_table.c
+        sessions = (
+            await conn.execute(
+                select(
+                    func.count(), func.sum(s.version), func.max(s.updated_at),
+                    func.max(s.last_heartbeat), func.sum(s.checkpoint_count),
+                )
+            )
+        ).one()  # fmt: skip
+        checkpoints = await conn.scalar(select(func.count()).select_from(checkpoints_table))
+    return (*sessions, checkpoints)
+
+
+FUZZ_FAMILIES = ["cursors", "durations", "clocks", "ids", "limits"]
+
+
+@pytest.mark.parametrize("family", FUZZ_FAMILIES)
+async def test_fuzzed_input_gets_an_answer_or_a_library_error(
+    repo: SessionRepository, db: Backend, family: str
+) -> None:
+    ctx = await setup_ctx(repo, db)
+    inputs, calls = fuzz_calls(family, ctx, await ctx.cursor_of(user_id=ATTACKER))
+    escaped: list[str] = []
+    state = await digest(db)
+    for label, call in calls:
+        try:
+            await call()
+        except AgentSessionsError:
+            if await digest(db) != state:
+                escaped.append(f"{label}: a library error after writing something")
+        except Exception as exc:
+            escaped.append(f"{label}: {type(exc).__module__}.{type(exc).__name__}: {exc}"[:300])
+        state = await digest(db)
+    FUZZ_TALLY["inputs"] += inputs
+    FUZZ_TALLY["calls"] += len(calls)
+    FUZZ_TALLY["escaped"] += len(escaped)
+    assert not escaped, "\n".join(escaped)
+
+
+@given(st.text(max_size=600) | st.binary(max_size=400).map(b64))
+@settings(max_examples=400, deadline=None)
+def test_cursor_decoder_refuses_what_it_did_not_make(cursor: str) -> None:
+    FUZZ_TALLY["decoder"] += 1
+    try:
+        when, last = _cursor.decode(cursor, (None, None, None))
+    except SessionValidationError:
+        return
+    assert when.utcoffset() == timedelta(0) and isinstance(last, uuid.UUID)
+
+
+@given(
+    st.datetimes().map(lambda d: d.replace(tzinfo=None)),
+    st.one_of(st.none(), st.sampled_from(OFFSETS).map(timezone)),
+    st.uuids(),
+)
+@settings(max_examples=400, deadline=None)
+def test_cursor_decoder_returns_utc_positions_or_refuses(
+    when: datetime, tz: timezone | None, last: uuid.UUID
+) -> None:
+    FUZZ_TALLY["decoder"] += 1
+    filters = (None, ATTACKER, None)
+    raw = json.dumps(
+        [when.replace(tzinfo=tz).isoformat(), str(last), _cursor._fingerprint(filters)]
+    )
+    try:
+        decoded, decoded_id = _cursor.decode(b64(raw.encode()), filters)
+    except SessionValidationError:
+        assert tz is None or when.year in (1, 9999), "a representable position was refused"
+        return
+    assert tz is not None and decoded == when.replace(tzinfo=tz) and decoded.tzinfo is UTC
+    assert decoded_id == last

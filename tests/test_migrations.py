@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,10 +12,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_alembic
+import pytest_alembic.tests
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from pytest_alembic.config import Config as PytestAlembicConfig
 from sqlalchemy import Connection, inspect, make_url, text
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from agent_sessions import (
@@ -284,3 +291,117 @@ async def test_a_database_migrated_by_a_newer_release_says_so(empty_url: str) ->
         assert "upgrade the agent-sessions package" in str(info.value)
     finally:
         await engine.dispose()
+
+
+# -- what tools hand alembic/env.py in config.attributes["connection"] -------------------------
+
+
+def _config_with(connectable: object) -> AlembicConfig:
+    config = migrations.alembic_config()
+    config.attributes["connection"] = connectable
+    return config
+
+
+async def _assert_at_head(url: str) -> None:
+    assert await migrations.current(url) == migrations.head()
+    await migrations.check(url)
+
+
+async def test_env_accepts_a_connection(empty_url: str) -> None:
+    engine = create_engine(empty_url)
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(lambda sync: command.upgrade(_config_with(sync), "head"))
+            await conn.commit()
+    finally:
+        await engine.dispose()
+    await _assert_at_head(empty_url)
+
+
+async def test_env_accepts_an_async_connection_inside_run_sync(empty_url: str) -> None:
+    engine = create_engine(empty_url)
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(lambda _: command.upgrade(_config_with(conn), "head"))
+            await conn.commit()
+    finally:
+        await engine.dispose()
+    await _assert_at_head(empty_url)
+
+
+async def test_env_refuses_an_async_connection_outside_run_sync_and_says_how(
+    empty_url: str,
+) -> None:
+    engine = create_engine(empty_url)
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(RuntimeError, match=r"await connection\.run_sync"):
+                command.upgrade(_config_with(conn), "head")
+            await conn.rollback()
+    finally:
+        await engine.dispose()
+    assert await migrations.current(empty_url) is None
+
+
+async def test_env_accepts_a_sync_engine(tmp_path: Path) -> None:
+    # Only SQLite: the project ships no synchronous PostgreSQL driver.
+    engine = sa_create_engine(f"sqlite:///{tmp_path / 'sync.db'}")
+    try:
+        await asyncio.to_thread(command.upgrade, _config_with(engine), "head")
+    finally:
+        engine.dispose()
+    await _assert_at_head(f"sqlite+aiosqlite:///{tmp_path / 'sync.db'}")
+
+
+def test_env_accepts_an_async_engine_from_sync_code(empty_url: str) -> None:
+    # No event loop runs in this thread: env.py runs one of its own, as under pytest-alembic.
+    engine = create_engine(empty_url)
+    command.upgrade(_config_with(engine), "head")
+
+    async def current_then_dispose() -> str | None:
+        # The engine works in another event loop: env.py's loop is gone, and no connection
+        # tied to it was left in the pool.
+        try:
+            return await migrations.current(engine)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(current_then_dispose()) == migrations.head()
+
+
+async def test_env_accepts_an_async_engine_from_inside_a_running_loop(empty_url: str) -> None:
+    engine = create_engine(empty_url)
+    try:
+        command.upgrade(_config_with(engine), "head")  # blocks this loop; env.py uses a thread
+        assert await migrations.current(engine) == migrations.head()
+        command.downgrade(_config_with(engine), "base")
+        assert await migrations.current(engine) is None
+    finally:
+        await engine.dispose()
+
+
+def test_env_refuses_anything_else_in_the_connection_attribute() -> None:
+    with pytest.raises(TypeError, match="must be a Connection, AsyncConnection, Engine or"):
+        command.upgrade(_config_with("sqlite:///x.db"), "head")
+
+
+# pytest-alembic's four built-in tests, from an async engine on each backend. Its pytest plugin
+# is disabled (pyproject addopts: its auto-collection breaks on pytest 9 and its fixture names
+# are generic); the tests are driven here through its public runner instead.
+PYTEST_ALEMBIC_TESTS = [
+    "test_single_head_revision",
+    "test_upgrade",
+    "test_model_definitions_match_ddl",
+    "test_up_down_consistency",
+]
+
+
+@pytest.mark.parametrize("name", PYTEST_ALEMBIC_TESTS)
+def test_pytest_alembic_builtin(name: str, empty_url: str) -> None:
+    engine = create_engine(empty_url)  # an AsyncEngine, as a host's alembic_engine fixture gives
+    config = PytestAlembicConfig.from_raw_config(migrations.alembic_config())
+    try:
+        with pytest_alembic.runner(config=config, engine=engine) as alembic_runner:
+            getattr(pytest_alembic.tests, name)(alembic_runner)
+    finally:
+        asyncio.run(engine.dispose())

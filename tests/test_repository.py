@@ -18,7 +18,10 @@ from agent_sessions import (
     SessionValidationError,
 )
 from agent_sessions.tables import checkpoints_table
-from tests.conftest import Backend, FakeClock
+from tests.conftest import Backend, FakeClock, repo_fixture
+
+# The core behaviour suite also runs on Valkey (6 ways); the other repository modules stay at 4.
+repo = repo_fixture("nocache", "redis", "valkey")
 
 
 async def test_create_session_returns_stored_session_with_created_checkpoint(

@@ -15,7 +15,13 @@ from redis.asyncio import RedisCluster as AsyncRedisCluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.servers import PostgresServer, RedisCluster, RedisServer, ServerUnavailable
+from tests.servers import (
+    PostgresServer,
+    RedisCluster,
+    RedisServer,
+    ServerUnavailable,
+    ValkeyServer,
+)
 
 
 def _unavailable(exc: ServerUnavailable) -> NoReturn:
@@ -48,10 +54,10 @@ def fresh_postgres(servers_dir: Path) -> Iterator[PostgresServer]:
         yield server
 
 
-@pytest.fixture
-def fresh_redis(tmp_path: Path) -> Iterator[RedisServer]:
+@pytest.fixture(params=[RedisServer, ValkeyServer], ids=["redis", "valkey"])
+def fresh_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
     try:
-        server = RedisServer.start(tmp_path)
+        server = request.param.start(tmp_path)
     except ServerUnavailable as exc:
         _unavailable(exc)
     with server:
@@ -142,3 +148,17 @@ async def test_redis_cluster_spreads_keys_over_all_nodes(tmp_path: Path) -> None
             assert {node.port for node in nodes if node is not None} == set(cluster.ports)
         finally:
             await client.aclose()
+
+
+def test_valkey_server_is_valkey_not_redis(tmp_path: Path) -> None:
+    try:
+        server = ValkeyServer.start(tmp_path)
+    except ServerUnavailable as exc:
+        _unavailable(exc)
+    with server:
+        client = redis.Redis.from_url(server.url)
+        try:
+            info = client.info("server")
+        finally:
+            client.close()
+    assert info["server_name"] == "valkey" and "valkey_version" in info
