@@ -471,10 +471,16 @@ async def cleanup(ctx: Context) -> int:
     ctx.print(f"cleanup: failed {failed} {what}")
     trouble = await ctx.redis_trouble()
     if trouble is not None:
+        consequence = (
+            f"the {failed} sessions were failed and committed, but applications may serve "
+            "cached copies of them until they expire (the cache's ttl)"
+            if failed
+            else "nothing needed invalidating this time, but Redis must be reachable for the "
+            "next sweep to reach the applications' cache"
+        )
         raise CliError(
             f"Redis at {_cli_redis.shown(ctx.redis_url or '')} could not be used ({trouble}): "
-            f"the {failed} sessions were failed and committed, but applications may serve "
-            "cached copies of them until they expire (the cache's ttl)",
+            + consequence,
             EXIT_ERROR,
         )
     return EXIT_OK
