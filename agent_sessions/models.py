@@ -152,9 +152,7 @@ class AgentSession(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    session_id: Annotated[str, AfterValidator(_session_id)] = Field(
-        default_factory=_new_session_id
-    )
+    session_id: Annotated[str, AfterValidator(_session_id)] = Field(default_factory=_new_session_id)
     agent_type: AgentType
     user_id: UserId = ""
     state: SessionState = SessionState.ACTIVE
