@@ -248,19 +248,16 @@ async def _connect(ctx: Context, command: str) -> AsyncEngine:
     return engine
 
 
-def _newer_release(revision: str) -> CliError:
-    return CliError(
-        f"the database is at revision {revision}, which agent_sessions {library_version()} does "
-        "not know (a newer release migrated it): upgrade the agent-sessions package",
-        EXIT_SCHEMA,
-    )
-
-
 def _refuse_unknown(revision: str | None) -> None:
-    """Refuse to migrate from a revision this release does not have (Alembic cannot either)."""
+    """Refuse a database at a revision this release does not have (Alembic cannot move it)."""
     unknown = [rev for rev in (revision or "").split(", ") if rev and rev not in known_revisions()]
     if unknown:
-        raise _newer_release(", ".join(unknown))
+        raise CliError(
+            f"the database is at revision {', '.join(unknown)}, which agent_sessions "
+            f"{library_version()} does not know (a newer release migrated it): upgrade the "
+            "agent-sessions package",
+            EXIT_SCHEMA,
+        )
 
 
 async def db_upgrade(ctx: Context) -> int:
