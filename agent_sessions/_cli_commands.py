@@ -7,6 +7,7 @@ The parser and the entry point are in :mod:`agent_sessions.cli`; text and JSON r
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from typing import Any, TextIO
 
 from alembic.script import ScriptDirectory
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import ColumnElement, Connection, and_, func, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
@@ -24,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from agent_sessions import _cli_format as fmt
 from agent_sessions import _cli_redis, migrations
-from agent_sessions._errors import storage_errors
+from agent_sessions._arguments import parse_id
+from agent_sessions._errors import describe, storage_errors
 from agent_sessions.engine import DEFAULT_URL, create_engine
 from agent_sessions.errors import SessionNotFoundError
 from agent_sessions.models import SessionState
@@ -37,6 +40,8 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_SCHEMA = 3
 EXIT_NOT_FOUND = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped with Ctrl-C
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: stdout closed early (`| head`), as for other Unix tools
 
 URL_ENV = "AGENT_SESSIONS_DATABASE_URL"
 REDIS_URL_ENV = "AGENT_SESSIONS_REDIS_URL"
@@ -83,20 +88,32 @@ class Context:
     def shown_url(self) -> str:
         return self.url.render_as_string(hide_password=True)
 
-    def missing_sqlite_file(self) -> Path | None:
+    def sqlite_path(self) -> Path | None:
+        """The file of a SQLite URL (``None`` for another database, memory or a ``file:`` URI)."""
         url = self.url
         if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
             return None
         if url.database.startswith("file:") or url.query.get("uri"):
             return None
-        path = Path(url.database)
-        return None if path.exists() else path
+        return Path(url.database)
+
+    def missing_sqlite_file(self) -> Path | None:
+        path = self.sqlite_path()
+        return None if path is None or path.exists() else path
 
     def engine(self, *, allow_missing_file: bool = False) -> AsyncEngine:
         """The engine for the URL (checked first); a missing SQLite file is refused unless asked."""
         if self._engine is None:
             self._engine = self._create_engine()
             self._closers.append(self._engine.dispose)
+        path = self.sqlite_path()
+        if path is not None and not path.parent.is_dir():
+            # SQLite creates a missing file but not a missing directory.
+            raise CliError(
+                f"cannot open the SQLite database {path}: the directory {path.parent} does not "
+                f"exist; create it (mkdir -p {path.parent}) or correct --url",
+                EXIT_ERROR,
+            )
         missing = None if allow_missing_file else self.missing_sqlite_file()
         if missing is not None:
             # Opening it would create an empty file; say what to do instead.
@@ -167,14 +184,21 @@ class Context:
                 raise CliError(f"bad --redis-namespace: {exc}", EXIT_USAGE) from None
         return self._cache
 
-    def warn_if_cache_failed(self) -> None:
-        if self._cache is not None and self._cache.stats.errors:
-            print(
-                f"agent-sessions: warning: {self._cache.stats.errors} Redis operation(s) failed; "
-                "applications may serve cached copies of the changed sessions until they "
-                "expire (the cache's ttl)",
-                file=sys.stderr,
-            )
+    async def redis_trouble(self) -> str | None:
+        """Why the Redis given could not be used by this command; ``None`` when it could (or none).
+
+        A cache operation that failed during the command counts, and so does a Redis that does
+        not answer a final ping (a command that had nothing to invalidate still says so).
+        """
+        if self._cache is None or self._redis is None:
+            return None
+        if self._cache.stats.errors:
+            return f"{self._cache.stats.errors} Redis operation(s) failed"
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            return describe(exc)
+        return None
 
     def repository(self, *, recent_checkpoints: int = 20) -> SessionRepository:
         factory = async_sessionmaker(self.engine(), expire_on_commit=False)
@@ -214,9 +238,35 @@ def _describe(revision: str | None, head: str) -> str:
     return f"{revision} (unknown to this release: migrated by a newer one?)"
 
 
-async def db_upgrade(ctx: Context) -> int:
+async def _connect(ctx: Context, command: str) -> AsyncEngine:
+    """The engine, once a connection succeeded; failing that, say which command could not run.
+
+    ``migrations.*`` would name themselves (``migrations.current failed``), not the command the
+    operator typed.
+    """
     engine = ctx.engine(allow_missing_file=True)
+    with storage_errors(f"agent-sessions {command}"):
+        async with engine.connect():
+            pass
+    return engine
+
+
+def _refuse_unknown(revision: str | None) -> None:
+    """Refuse a database at a revision this release does not have (Alembic cannot move it)."""
+    unknown = [rev for rev in (revision or "").split(", ") if rev and rev not in known_revisions()]
+    if unknown:
+        raise CliError(
+            f"the database is at revision {', '.join(unknown)}, which agent_sessions "
+            f"{library_version()} does not know (a newer release migrated it): upgrade the "
+            "agent-sessions package",
+            EXIT_SCHEMA,
+        )
+
+
+async def db_upgrade(ctx: Context) -> int:
+    engine = await _connect(ctx, "db upgrade")
     before = await migrations.current(engine)
+    _refuse_unknown(before)
     await migrations.upgrade(engine, ctx.args.revision)
     after = await migrations.current(engine)
     if before == after:
@@ -233,43 +283,48 @@ async def db_downgrade(ctx: Context) -> int:
             "add --yes to confirm",
             EXIT_USAGE,
         )
-    engine = ctx.engine()
+    ctx.engine()  # a missing SQLite file has nothing to downgrade: exit 3
+    engine = await _connect(ctx, "db downgrade")
     before = await migrations.current(engine)
+    _refuse_unknown(before)
     await migrations.downgrade(engine, ctx.args.revision)
     after = await migrations.current(engine)
     ctx.print(f"{ctx.shown_url}: downgraded from {before or 'empty'} to {after or 'empty'}")
     return EXIT_OK
 
 
-async def _current(ctx: Context) -> str | None:
+async def _current(ctx: Context, command: str) -> str | None:
     # A missing SQLite file has no schema; opening it would create an empty one.
-    engine = ctx.engine(allow_missing_file=True)
-    return None if ctx.missing_sqlite_file() else await migrations.current(engine)
+    ctx.engine(allow_missing_file=True)
+    if ctx.missing_sqlite_file():
+        return None
+    return await migrations.current(await _connect(ctx, command))
 
 
 async def db_current(ctx: Context) -> int:
-    ctx.print(_describe(await _current(ctx), migrations.head()))
+    ctx.print(_describe(await _current(ctx, "db current"), migrations.head()))
     return EXIT_OK
 
 
 async def db_check(ctx: Context) -> int:
-    head, revision = migrations.head(), await _current(ctx)
+    head, revision = migrations.head(), await _current(ctx, "db check")
     if revision == head:
         ctx.print(f"up to date: {_describe(revision, head)}")
         return EXIT_OK
-    version = library_version()
-    if revision is not None and revision not in known_revisions():
-        raise CliError(
-            f"the database is at revision {revision}, which agent_sessions {version} does not "
-            "know (a newer release migrated it): upgrade the agent-sessions package",
-            EXIT_SCHEMA,
-        )
+    _refuse_unknown(revision)
     found = f"is at revision {revision}" if revision else "has no agent_sessions schema"
     raise CliError(
-        f"the database {found}, but agent_sessions {version} needs {head}: "
-        f"run `agent-sessions db upgrade --url {ctx.shown_url}`",
+        f"the database {found}, but agent_sessions {library_version()} needs {head}: "
+        f"run {_upgrade_command(ctx)}",
         EXIT_SCHEMA,
     )
+
+
+def _upgrade_command(ctx: Context) -> str:
+    command = f"`agent-sessions db upgrade --url {ctx.shown_url}`"
+    if ctx.url.password is not None:
+        command += " with the real password in place of ***"
+    return command
 
 
 async def db_sql(ctx: Context) -> int:
@@ -288,6 +343,19 @@ def _not_found(session_id: str) -> str:
         f"session {session_id!r} not found (unknown, malformed or deleted); "
         "list sessions with `agent-sessions sessions list`"
     )
+
+
+async def _not_found_after_checking(ctx: Context, session_id: str) -> CliError:
+    """The not-found error, once the database was reached and its schema checked.
+
+    The repository answers a malformed id without asking the database; the command asks it
+    anyway, so that an unreachable server exits 1 and a schema that is behind exits 3 whatever
+    the id, as they do for a well-formed one.
+    """
+    with storage_errors("checking the schema"):
+        async with ctx.engine().connect() as conn:
+            await conn.run_sync(migrations.check_connection)
+    return CliError(_not_found(session_id), EXIT_NOT_FOUND)
 
 
 async def sessions_list(ctx: Context) -> int:
@@ -310,6 +378,8 @@ async def sessions_list(ctx: Context) -> int:
 
 
 async def sessions_show(ctx: Context) -> int:
+    if parse_id(ctx.args.session_id) is None:
+        raise await _not_found_after_checking(ctx, ctx.args.session_id)
     repo = ctx.repository(recent_checkpoints=ctx.args.checkpoints)
     session = await repo.get_session(ctx.args.session_id)
     if session is None:
@@ -323,6 +393,8 @@ async def sessions_show(ctx: Context) -> int:
 
 async def sessions_checkpoints(ctx: Context) -> int:
     args = ctx.args
+    if parse_id(args.session_id) is None:
+        raise await _not_found_after_checking(ctx, args.session_id)
     try:
         checkpoints = await ctx.repository().list_checkpoints(
             args.session_id, after_seq=args.after_seq, limit=args.limit
@@ -381,13 +453,47 @@ async def cleanup(ctx: Context) -> int:
         ctx.print(f"cleanup --dry-run: {count} {what} would be failed; nothing was changed")
         return EXIT_OK
     repo, batch = ctx.repository(), ctx.args.batch_size
-    failed = await _with_progress(
-        ctx, "cleanup: failing {} stale sessions", stale,
-        lambda: repo.cleanup_stale_sessions(max_age.delta, batch_size=batch),
-    )  # fmt: skip
+    started = datetime.now(UTC)
+    try:
+        failed = await _with_progress(
+            ctx, "cleanup: failing {} stale sessions", stale,
+            lambda: repo.cleanup_stale_sessions(max_age.delta, batch_size=batch),
+        )  # fmt: skip
+    except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels the command
+        # Each batch is its own transaction: say how far it got before stopping.
+        done = await _count_sessions(ctx, _swept_since(started))
+        raise CliError(
+            f"interrupted: {done} stale sessions had already been failed and committed "
+            f"(batches of {batch}); the batch in progress was rolled back. Run the same "
+            "command again to fail the rest",
+            EXIT_INTERRUPTED,
+        ) from None
     ctx.print(f"cleanup: failed {failed} {what}")
-    ctx.warn_if_cache_failed()
+    trouble = await ctx.redis_trouble()
+    if trouble is not None:
+        consequence = (
+            f"the {failed} sessions were failed and committed, but applications may serve "
+            "cached copies of them until they expire (the cache's ttl)"
+            if failed
+            else "nothing needed invalidating this time, but Redis must be reachable for the "
+            "next sweep to reach the applications' cache"
+        )
+        raise CliError(
+            f"Redis at {_cli_redis.shown(ctx.redis_url or '')} could not be used ({trouble}): "
+            + consequence,
+            EXIT_ERROR,
+        )
     return EXIT_OK
+
+
+def _swept_since(started: datetime) -> ColumnElement[bool]:
+    """Sessions a stale sweep failed at or after ``started``."""
+    S = sessions_table.c
+    return and_(
+        S.state == SessionState.FAILED.value,
+        S.updated_at >= started,
+        S.context["failure_reason"].as_string() == "heartbeat_timeout",
+    )
 
 
 async def purge(ctx: Context) -> int:
@@ -422,5 +528,9 @@ async def stats(ctx: Context) -> int:
         more = _cli_redis.report_rows(cache) if cache is not None else []
         ctx.print(fmt.stats_text(result, datetime.now(UTC), more))
     if cache is not None and not cache["reachable"]:
-        raise CliError(f"Redis at {cache['url']} is unreachable ({cache['error']})", EXIT_ERROR)
+        raise CliError(
+            f"Redis at {cache['url']} could not be used ({cache['error']}): the database figures "
+            "above are complete, the cache's are missing",
+            EXIT_ERROR,
+        )
     return EXIT_OK

@@ -9,7 +9,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TextIO, TypeVar
 
@@ -20,6 +20,9 @@ T = TypeVar("T")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _DURATION = re.compile(r"(?:(\d+)([smhdw]))+")
 _PART = re.compile(r"(\d+)([smhdw])")
+# Longer ages reach back before any session could exist, and soon past year 1, where
+# ``now - age`` stops being a date at all.
+MAX_DURATION = timedelta(days=36500)
 
 
 class Duration(NamedTuple):
@@ -42,11 +45,12 @@ def duration(text: str) -> Duration:
             (timedelta(**{_UNITS[unit]: int(n)}) for n, unit in _PART.findall(cleaned)),
             timedelta(),
         )
-        datetime.now(UTC) - delta  # the cutoff must be a date from year 1 on
-    except OverflowError:
+    except OverflowError:  # more than timedelta holds (about 2.7 million years)
+        delta = MAX_DURATION + timedelta(days=1)
+    if delta > MAX_DURATION:
         raise argparse.ArgumentTypeError(
-            f"duration {text!r} is too long: it reaches back before year 1; use a shorter one"
-        ) from None
+            f"duration {text!r} is too long: at most {MAX_DURATION.days}d (100 years)"
+        )
     return Duration(cleaned, delta)
 
 
@@ -60,7 +64,20 @@ def non_negative_int(text: str) -> int:
     return _int_from(text, 0)
 
 
-def _int_from(text: str, minimum: int) -> int:
+def int_from_1_to(maximum: int) -> Callable[[str], int]:
+    """An argparse type for an integer from 1 to ``maximum`` (the repository's own bound).
+
+    Checked while parsing, so an out-of-range value is refused before anything connects.
+    """
+
+    def parse(text: str) -> int:
+        return _int_from(text, 1, maximum)
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _int_from(text: str, minimum: int, maximum: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -68,6 +85,10 @@ def _int_from(text: str, minimum: int) -> int:
     if value < minimum:
         raise argparse.ArgumentTypeError(
             f"expected a whole number of {minimum} or more, got {text!r}"
+        )
+    if maximum is not None and value > maximum:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from {minimum} to {maximum}, got {text!r}"
         )
     return value
 

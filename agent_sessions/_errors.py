@@ -13,6 +13,29 @@ from agent_sessions.errors import StorageError, StorageTimeoutError
 # query_wait_timeout for a server connection.
 _POOLER_WAIT_TIMEOUT = "query_wait_timeout"
 
+# PostgreSQL refusing a connection before any statement ran: no such database, bad user or
+# password, too many connections, server starting or shutting down.
+_REFUSED_SQLSTATES = frozenset({"3D000", "28000", "28P01", "53300", "57P03"})
+
+
+def describe(error: BaseException) -> str:
+    """``Type: first line of the message``; a message-less timeout says it timed out."""
+    text = str(error).strip()
+    first_line = text.splitlines()[0] if text else ""
+    if not first_line and isinstance(error, TimeoutError):
+        first_line = "no answer in time"
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+
+
+def never_connected(error: BaseException) -> bool:
+    """Whether ``error`` happened before anything reached the database (so nothing was done)."""
+    if isinstance(error, OSError):  # refused, unresolvable, timed out
+        return True
+    if getattr(error, "sqlstate", None) in _REFUSED_SQLSTATES:
+        return True
+    # SQLite: the file or its directory cannot be opened (missing directory, no permission).
+    return "unable to open database file" in str(error)
+
 
 @contextmanager
 def storage_errors(operation: str) -> Iterator[None]:
@@ -25,7 +48,7 @@ def storage_errors(operation: str) -> Iterator[None]:
             "number of concurrent callers or raise the engine's pool_size/max_overflow"
         ) from exc
     except (sa_exc.DBAPIError, OSError, TimeoutError) as exc:
-        detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+        detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig else exc
         first_line = str(detail).splitlines()[0] if str(detail) else ""
         if _POOLER_WAIT_TIMEOUT in first_line:
             # A transaction pooler hands out a server connection at BEGIN: the transaction
@@ -36,13 +59,14 @@ def storage_errors(operation: str) -> Iterator[None]:
                 "callers, or raise the pooler's pool size (PgBouncer: default_pool_size) or "
                 "its wait limit (query_wait_timeout)"
             ) from exc
-        if isinstance(detail, OSError):  # refused, unresolvable, timed out: never connected
+        if never_connected(detail):
             raise StorageError(
-                f"{operation} failed: could not reach the database ({type(detail).__name__}: "
-                f"{first_line}); nothing was done: check the URL and that the server is up"
+                f"{operation} failed: could not connect to the database ({describe(detail)}); "
+                "nothing was done: check the URL (host, port, database name, user, password "
+                "or file path) and that the server is up"
             ) from exc
         raise StorageError(
-            f"{operation} failed in the database ({type(detail).__name__}: {first_line}). "
+            f"{operation} failed in the database ({describe(detail)}). "
             "Its transaction was rolled back, unless the connection was lost while committing: "
             "then it may have been applied, so re-read before retrying a non-idempotent call"
         ) from exc

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -22,11 +25,14 @@ from alembic.util import CommandError
 from sqlalchemy import exc as sa_exc
 
 from agent_sessions import _cli_format as fmt
+from agent_sessions._arguments import MAX_BATCH_SIZE, MAX_PAGE_SIZE
 from agent_sessions._cli_commands import (
     DEFAULT_REDIS_NAMESPACE,
     EXIT_ERROR,
+    EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_PIPE_CLOSED,
     EXIT_SCHEMA,
     EXIT_USAGE,
     REDIS_NAMESPACE_ENV,
@@ -48,6 +54,7 @@ from agent_sessions._cli_commands import (
     sessions_show,
     stats,
 )
+from agent_sessions._errors import describe
 from agent_sessions.engine import DEFAULT_URL
 from agent_sessions.errors import (
     AgentSessionsError,
@@ -57,7 +64,16 @@ from agent_sessions.errors import (
 )
 from agent_sessions.models import SessionState
 
-__all__ = ["EXIT_ERROR", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_SCHEMA", "EXIT_USAGE", "main"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_PIPE_CLOSED",
+    "EXIT_SCHEMA",
+    "EXIT_USAGE",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +86,15 @@ environment:
   {REDIS_NAMESPACE_ENV}  the cache namespace when --redis-namespace is not given
 
 exit codes:
-  0  success
-  1  operational error: the database (or Redis) is unreachable or failed
-  2  usage error: bad arguments, unparseable URL or unsupported driver
-  3  the database schema is not at this version's revision
-     (run `agent-sessions db upgrade`)
-  4  the session asked for does not exist
+  0    success
+  1    operational error: the database is unreachable or failed; or the Redis
+       given could not be used (cleanup, stats: after printing what was done)
+  2    usage error: bad arguments, unparseable URL or unsupported driver
+  3    the database schema is not at this version's revision
+       (run `agent-sessions db upgrade`), or a newer release migrated it
+  4    the session asked for does not exist
+  130  interrupted (Ctrl-C); cleanup says how many sessions it had failed
+  141  stdout was closed early (e.g. `| head`); nothing more is printed
 
 Passwords in URLs are never printed. See docs/cli.md for examples."""
 
@@ -168,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--state", choices=[s.value for s in SessionState], help="only this state (not deleted)"
     )
-    sub.add_argument("--limit", type=fmt.positive_int, default=20, help="page size (20)")
+    sub.add_argument(
+        "--limit", type=fmt.int_from_1_to(MAX_PAGE_SIZE), default=20,
+        help=f"page size (20; at most {MAX_PAGE_SIZE})",
+    )  # fmt: skip
     sub.add_argument("--cursor", help="the next cursor printed by the previous page")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub = add(sessions_commands, "show", sessions_show, "show a session and recent checkpoints")
@@ -186,7 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--after-seq", type=fmt.non_negative_int, metavar="SEQ", help="start after this seq"
     )
-    sub.add_argument("--limit", type=fmt.positive_int, default=100, help="page size (100)")
+    sub.add_argument(
+        "--limit", type=fmt.int_from_1_to(MAX_PAGE_SIZE), default=100,
+        help=f"page size (100; at most {MAX_PAGE_SIZE})",
+    )  # fmt: skip
     sub.add_argument("--json", action="store_true", help="print JSON")
 
     sub = add(commands, "cleanup", cleanup, "fail ACTIVE sessions with no recent heartbeat")
@@ -195,14 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="heartbeat age, e.g. 30m, 48h, 7d",
     )  # fmt: skip
     sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
-    sub.add_argument("--batch-size", type=fmt.positive_int, default=2000, help="(2000)")
+    sub.add_argument(
+        "--batch-size", type=fmt.int_from_1_to(MAX_BATCH_SIZE), default=2000, help="(2000)"
+    )
     sub = add(commands, "purge", purge, "hard-delete sessions soft-deleted long ago")
     sub.add_argument(
         "--deleted-before", type=fmt.duration, required=True, metavar="AGE",
         help="time since deletion, e.g. 30d",
     )  # fmt: skip
     sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
-    sub.add_argument("--batch-size", type=fmt.positive_int, default=500, help="(500)")
+    sub.add_argument(
+        "--batch-size", type=fmt.int_from_1_to(MAX_BATCH_SIZE), default=500, help="(500)"
+    )
     sub = add(commands, "stats", stats, "counts by state and agent type; cache counters")
     sub.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -243,17 +272,34 @@ def _explain(ctx: Context, exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, CommandError):  # Alembic: mostly an unknown revision
         known = ", ".join([*sorted(known_revisions()), "head", "base"])
         return EXIT_USAGE, f"{exc}; known revisions: {known}"
+    shown = _shown_url(ctx)
     if isinstance(exc, AgentSessionsError):  # StorageError and kin: the database failed
-        return EXIT_ERROR, f"{exc} (database: {ctx.shown_url})"
+        return EXIT_ERROR, f"{exc} (database: {shown})"
     if isinstance(exc, KeyboardInterrupt):
-        return 130, "interrupted"
+        return EXIT_INTERRUPTED, "interrupted"
     # Driver errors from outside the library's calls (e.g. an engine that cannot be built).
     detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig else exc
-    text = str(detail).strip().splitlines()[0] if str(detail).strip() else ""
     return EXIT_ERROR, (
-        f"the database at {ctx.shown_url} failed or could not be reached "
-        f"({type(detail).__name__}: {text}); check the URL and that the server is up"
+        f"the database at {shown} failed or could not be reached "
+        f"({describe(detail)}); check the URL and that the server is up"
     )
+
+
+def _shown_url(ctx: Context) -> str:
+    try:
+        return ctx.shown_url
+    except CliError:
+        return "(unparseable URL)"
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, as other Unix tools do."""
+    # Python would complain again when it flushes stdout at exit: point it at /dev/null.
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_PIPE_CLOSED
 
 
 _EXPECTED = (
@@ -269,15 +315,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sys.exit(main(["db", "upgrade", "--url", "sqlite+aiosqlite:///sessions.db"]))
     """
-    args = build_parser().parse_args(argv)
-    _configure_logging(getattr(args, "verbose", 0))
-    ctx = Context(args)
+    message: str | None = None
     try:
-        return asyncio.run(_run(ctx))
-    except _EXPECTED as exc:
-        code, message = _explain(ctx, exc)
-        logger.debug("exiting with %d", code, exc_info=True)
-    print(f"agent-sessions: error: {message}", file=sys.stderr)
+        args = build_parser().parse_args(argv)  # `--help | head` too
+        _configure_logging(getattr(args, "verbose", 0))
+        ctx = Context(args)
+        try:
+            code = asyncio.run(_run(ctx))
+        except BrokenPipeError:
+            raise
+        except _EXPECTED as exc:
+            code, message = _explain(ctx, exc)
+            logger.debug("exiting with %d", code, exc_info=True)
+        sys.stdout.flush()  # buffered output meets a closed pipe here, not at exit
+    except BrokenPipeError:
+        return _stdout_closed()
+    if message is not None:
+        print(f"agent-sessions: error: {message}", file=sys.stderr)
     return code
 
 

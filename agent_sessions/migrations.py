@@ -24,6 +24,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from agent_sessions._errors import storage_errors
@@ -31,7 +32,16 @@ from agent_sessions.engine import create_engine
 from agent_sessions.errors import SchemaOutOfDateError
 from agent_sessions.tables import VERSION_TABLE
 
-__all__ = ["check", "current", "downgrade", "head", "offline_sql", "script_location", "upgrade"]
+__all__ = [
+    "alembic_ini",
+    "check",
+    "current",
+    "downgrade",
+    "head",
+    "offline_sql",
+    "script_location",
+    "upgrade",
+]
 
 T = TypeVar("T")
 
@@ -46,6 +56,29 @@ def script_location() -> Path:
         f"agent_sessions' migration scripts are missing (looked in {here / '_alembic'} and "
         f"{here.parent / 'alembic'}); reinstall the agent-sessions package"
     )
+
+
+def alembic_ini() -> Path:
+    """The library's ``alembic.ini``, for ``alembic -c`` (it sits next to the scripts it names).
+
+    Example::
+
+        alembic -c "$(python -c 'import agent_sessions.migrations as m; print(m.alembic_ini())')" \\
+            -x url=postgresql+asyncpg://app@db/app upgrade head
+    """
+    return script_location() / "alembic.ini"
+
+
+def upgrade_commands(url: URL) -> str:
+    """The commands that bring the database at ``url`` to head, its password shown as ``***``."""
+    shown = url.render_as_string(hide_password=True)
+    text = (
+        f"`agent-sessions db upgrade --url {shown}` (or `alembic -c {alembic_ini()} "
+        f"-x url={shown} upgrade head`, or `await agent_sessions.migrations.upgrade(url)`)"
+    )
+    if url.password is not None:
+        text += ", with the real password in place of ***"
+    return text
 
 
 def alembic_config() -> Config:
@@ -91,7 +124,6 @@ def check_connection(connection: Connection) -> None:
     found = current_revisions(connection)
     if found == _script_heads():
         return
-    url = connection.engine.url.render_as_string(hide_password=True)
     unknown = [rev for rev in found if rev not in _known_revisions()]
     if unknown:
         raise SchemaOutOfDateError(
@@ -102,8 +134,7 @@ def check_connection(connection: Connection) -> None:
     at = ", ".join(found) if found else "no agent_sessions schema"
     raise SchemaOutOfDateError(
         f"the database has {at}, but agent_sessions needs revision {head()}: run "
-        f"`agent-sessions db upgrade --url {url}` (or `alembic upgrade head` with this "
-        "library's alembic.ini, or `await agent_sessions.migrations.upgrade(url)`)"
+        + upgrade_commands(connection.engine.url)
     )
 
 

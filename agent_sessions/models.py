@@ -66,6 +66,10 @@ def _session_id(value: str) -> str:
         raise ValueError(f"session_id {value!r} is not a UUID") from None
 
 
+def _new_session_id() -> str:
+    return str(uuid.uuid4())
+
+
 def _json_object(what: str) -> AfterValidator:
     return AfterValidator(lambda value: check_json_object(value, what))
 
@@ -117,13 +121,14 @@ class SessionCheckpoint(BaseModel):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        """Build a checkpoint from ``to_dict()`` output.
+        """Build a checkpoint from ``to_dict()`` output (or an older manager's ``{name, data,
+        timestamp}``, as :meth:`AgentSession.from_dict` accepts it).
 
         Raises:
             SessionValidationError: the dict does not describe a valid checkpoint.
         """
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(_from_older_dict(data, session=False))
         except ValidationError as exc:
             raise validation_error(exc, "checkpoint") from exc
 
@@ -144,6 +149,10 @@ class AgentSession(BaseModel):
     stored ones. ``version`` increases with every stored change except heartbeats. ``key`` is
     the caller's own name for the session, fixed at creation (``None`` when none was given).
 
+    Built directly, without ``session_id``, it mints a random UUID like the hand-written
+    managers it replaces; such a session exists in the store only once created there
+    (``create_session``): ``update_session`` refuses it with ``SessionNotFoundError``.
+
     Example::
 
         session = await repo.get_session(session_id)
@@ -154,7 +163,7 @@ class AgentSession(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    session_id: Annotated[str, AfterValidator(_session_id)]
+    session_id: Annotated[str, AfterValidator(_session_id)] = Field(default_factory=_new_session_id)
     agent_type: AgentType
     user_id: UserId = ""
     state: SessionState = SessionState.ACTIVE
@@ -221,15 +230,60 @@ class AgentSession(BaseModel):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        """Build a session from ``to_dict()`` output.
+        """Build a session from ``to_dict()`` output, or from an older session manager's dict.
+
+        Older dicts are accepted as they were commonly written: ``id`` for ``session_id``,
+        no ``version`` or ``checkpoint_count``, checkpoints without ``seq`` (they come in as
+        not stored yet), ``None`` for an empty ``user_id``/``context``/``metadata``/``data`` or
+        an unknown timestamp, timestamps without a time zone (taken as UTC) and states in
+        capitals. ``to_dict()`` output is read back unchanged.
 
         Raises:
             SessionValidationError: the dict does not describe a valid session.
         """
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(_from_older_dict(data))
         except ValidationError as exc:
             raise validation_error(exc, "session") from exc
+
+
+_EMPTY_IF_NONE = {"user_id": "", "context": {}, "metadata": {}, "data": {}}
+_TIMESTAMPS = ("created_at", "updated_at", "last_heartbeat", "timestamp")
+
+
+def _from_older_dict(data: Any, *, session: bool = True) -> Any:
+    """``data`` with an older session manager's conventions turned into this model's."""
+    if not isinstance(data, dict):
+        return data  # pydantic explains
+    out = dict(data)
+    if session and "session_id" not in out and "id" in out:
+        out["session_id"] = out.pop("id")
+    for key, empty in _EMPTY_IF_NONE.items():
+        if key in out and out[key] is None:
+            out[key] = type(empty)()
+    for key in _TIMESTAMPS:
+        if key in out:
+            if out[key] is None:
+                del out[key]  # the model's default: now
+            else:
+                out[key] = _assume_utc(out[key])
+    if isinstance(out.get("state"), str):
+        out["state"] = out["state"].lower()
+    if isinstance(out.get("checkpoints"), list):
+        out["checkpoints"] = [_from_older_dict(cp, session=False) for cp in out["checkpoints"]]
+    return out
+
+
+def _assume_utc(value: Any) -> Any:
+    """A naive timestamp (``datetime.utcnow()`` and its ``isoformat()``) taken as UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value  # pydantic explains
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 class SessionPage(BaseModel):

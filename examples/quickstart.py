@@ -20,10 +20,13 @@ URL = os.environ.get("AGENT_SESSIONS_DATABASE_URL", "sqlite+aiosqlite:///agent_s
 
 
 class DemoClock:
-    """Lets the demo jump two days ahead to show the stale-session sweep."""
+    """Lets the demo's session live 49 hours in the past, so that the sweep finds it stale now.
+
+    (Running it in the past, not jumping ahead, leaves no timestamp in the future behind.)
+    """
 
     def __init__(self) -> None:
-        self.offset = timedelta(0)
+        self.offset = timedelta(hours=-49)
 
     def __call__(self) -> datetime:
         return datetime.now(UTC) + self.offset
@@ -73,7 +76,7 @@ async def main() -> None:
         active = await repo.get_active_sessions(agent_type="research-agent", user_id="alice")
         print(f"active   {len(active)} research-agent session(s) for alice")
 
-        clock.offset = timedelta(hours=49)  # no heartbeat for 49 hours...
+        clock.offset = timedelta(0)  # back to now: no heartbeat for 49 hours...
         swept = await repo.cleanup_stale_sessions(timedelta(hours=48))
         after = await repo.get_session(session.session_id)
         assert after is not None
@@ -85,6 +88,10 @@ async def main() -> None:
 
         print(f"deleted  {await repo.delete_session(session.session_id)}; "
               f"get_session now returns {await repo.get_session(session.session_id)}")  # fmt: skip
+
+        kept = await repo.create_session("coder", user_id="bob", context={"task": "fix a test"})
+        await repo.add_checkpoint(kept.session_id, "tests_run", {"failed": 1})
+        print(f"kept     {kept.session_id}: an active session to look at with the CLI")
     finally:
         await engine.dispose()
 

@@ -112,7 +112,9 @@ async def test_help_lists_commands_and_exit_codes(tmp_path: Path) -> None:
     for command in ("db", "sessions", "cleanup", "purge", "stats"):
         assert f"    {command} " in result.out
     assert "exit codes:" in result.out
-    assert "3  the database schema is not at this version's revision" in result.out
+    assert "3    the database schema is not at this version's revision" in result.out
+    assert "130  interrupted (Ctrl-C)" in result.out
+    assert "141  stdout was closed early" in result.out
 
 
 @pytest.mark.parametrize(
@@ -249,7 +251,7 @@ def test_unsupported_driver_exits_2(
 def test_unreachable_server_during_migration_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     result = in_process(capsys, "db", "upgrade", "--url", "postgresql+asyncpg://u@127.0.0.1:1/x")
     assert result.code == 1
-    assert "could not reach the database (ConnectionRefusedError" in result.err
+    assert "could not connect to the database (ConnectionRefusedError" in result.err
     assert "(database: postgresql+asyncpg://u@127.0.0.1:1/x)" in result.err
 
 
@@ -584,5 +586,5 @@ def test_stats_with_unreachable_redis_exits_1(url: str, capsys: pytest.CaptureFi
     )
     assert result.code == 1
     assert json.loads(result.out)["cache"]["reachable"] is False
-    assert "Redis at redis://:***@127.0.0.1:1/0 is unreachable" in result.err
+    assert "Redis at redis://:***@127.0.0.1:1/0 could not be used" in result.err
     assert ":pw@" not in result.out + result.err

@@ -142,6 +142,8 @@ async def test_schema_error_message_hides_the_password(empty_pg_url: str) -> Non
         with pytest.raises(SchemaOutOfDateError) as info:
             await SessionRepository(async_sessionmaker(engine)).heartbeat(str(uuid.uuid4()))
         assert "s3cret-pw" not in str(info.value)
+        # The command shown cannot run as printed: it says to put the password back.
+        assert "with the real password in place of ***" in str(info.value)
     finally:
         await engine.dispose()
 
@@ -240,6 +242,26 @@ def test_the_wheel_ships_the_migrations_and_migrates_on_its_own(tmp_path: Path) 
         [str(python), "-c", code], check=True, cwd=work, capture_output=True, text=True, env=env
     )
     assert out.stdout.split() == [migrations.head(), migrations.head()]
+    # Bug 1 of issue 13: the shipped alembic.ini works with the Alembic command line, and it is
+    # the file SchemaOutOfDateError names.
+    shipped_ini = site / "agent_sessions" / "_alembic" / "alembic.ini"
+    assert "agent_sessions/_alembic/alembic.ini" in names
+    for alembic_args in (["current"], ["upgrade", "head"], ["current"]):
+        ran = subprocess.run(
+            [str(python), "-m", "alembic", "-c", str(shipped_ini),
+             "-x", "url=sqlite+aiosqlite:///alembic.db", *alembic_args],
+            cwd=work, capture_output=True, text=True, env=env,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+    assert migrations.head() in ran.stdout
+    hint = subprocess.run(
+        [str(python), "-c",
+         "import asyncio, agent_sessions.migrations as m\n"
+         "try:\n    asyncio.run(m.check('sqlite+aiosqlite:///empty.db'))\n"
+         "except Exception as e:\n    print(e)\n"],
+        check=True, cwd=work, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert f"alembic -c {shipped_ini} " in hint.stdout, hint.stdout
 
 
 async def test_constraint_and_index_names_in_the_database_match_the_models(empty_url: str) -> None:
