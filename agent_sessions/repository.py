@@ -86,25 +86,34 @@ _AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 
 class _Db:
-    """The session a call runs its statements in; each statement runs to its end.
+    """The session a call runs its statements in, and how a cancellation meets a statement.
 
-    A statement cancelled in flight is worse than one that finishes: on SQLite its unfinished
-    cursor keeps the database's write lock for as long as anything references it, and on
-    PostgreSQL the driver must cancel it on the server through a second connection, leaving
-    its outcome unknown. A statement is one round trip, so finishing it delays a
-    cancellation by at most that.
+    SQLite: each statement runs to its end. The driver cannot stop a statement its thread has
+    started, and a cursor abandoned halfway keeps the database's write lock for as long as
+    anything references it; a SQLite statement waits at most the busy timeout, so finishing
+    it delays a cancellation by little.
+
+    PostgreSQL: a cancellation goes into the statement, and asyncpg cancels it on the server
+    (a statement waiting on a lock, a long sweep, a Ctrl-C must not wait for it). The
+    statement then either finished or was stopped: the caller rolls back and releases the
+    connection to the end, and treats the call's outcome as unknown.
     """
 
-    __slots__ = ("session",)
+    __slots__ = ("finish_statements", "session")
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+        self.finish_statements = session.get_bind().dialect.name == "sqlite"
 
     async def execute(self, statement: Executable, params: Any = None) -> Result[Any]:
-        return await run_to_end(self.session.execute(statement, params))
+        if self.finish_statements:
+            return await run_to_end(self.session.execute(statement, params))
+        return await self.session.execute(statement, params)
 
     async def scalar(self, statement: Executable, params: Any = None) -> Any:
-        return await run_to_end(self.session.scalar(statement, params))
+        if self.finish_statements:
+            return await run_to_end(self.session.scalar(statement, params))
+        return await self.session.scalar(statement, params)
 
 
 def _outcome_unknown(exc: BaseException) -> bool:
@@ -208,10 +217,11 @@ class SessionRepository:
         ``"statement"`` (one writing statement) in autocommit mode, which saves the BEGIN and
         COMMIT round trips, except behind a transaction pooler (see ``_needs_transaction``).
 
-        Cancellation: each statement, the commit and the release of the connection run to
-        their end (``run_to_end``), so a cancellation takes effect between statements, where
-        a rollback undoes what the call did so far, or after the last one, when the call
-        has happened. Then the caller gets its ``CancelledError``. A call that ends with
+        Cancellation: the commit, the rollback and the release of the connection run to their
+        end (``run_to_end``), and so does each statement on SQLite (see ``_Db``), so a
+        cancellation takes effect between statements, where a rollback undoes what the call
+        did so far, or after the last one, when the call has happened. Then the caller gets
+        its ``CancelledError``. A call that ends with
         anything but a result or one of our own verdicts (not found, conflict, bad
         transition) may have been applied or not (a connection lost while committing), so
         after the rollback and release the keys it may have changed are invalidated:

@@ -273,7 +273,7 @@ async def _seed_like_the_cli_docs(cwd: Path) -> None:
             await repo.create_session("research-agent", user_id="bob")
         clock.now = now - timedelta(minutes=20)
         planner = await repo.create_session(
-            "planner", user_id="alice", context={"goal": "plan the offsite"}
+            "planner", user_id="alice", context={"goal": "plan the offsite"}, key="offsite"
         )
         await repo.add_checkpoint(planner.session_id, "tool_called", {"tool": "calendar.search"})
         await repo.add_checkpoint(planner.session_id, "plan_drafted", {"steps": 4})
