@@ -1083,8 +1083,16 @@ class SessionRepository:
             async with self._transaction("cleanup_stale_sessions") as (db, dialect):
                 batch = select(S.id).where(stale).order_by(S.last_heartbeat).limit(batch_size)
                 if dialect == "postgresql":
-                    # Rows another sweeper holds are skipped, not waited for.
-                    batch = batch.with_for_update(skip_locked=True)
+                    # Rows another sweeper holds are skipped, not waited for. Chosen once, in a
+                    # materialized CTE: as a subquery the planner may run the LIMIT again for
+                    # each row, and each run skips the rows this statement just locked, so one
+                    # batch would grow past batch_size.
+                    chosen = (
+                        batch.with_for_update(skip_locked=True)
+                        .cte("batch")
+                        .prefix_with("MATERIALIZED", dialect="postgresql")
+                    )
+                    batch = select(chosen.c.id)
                 stmt = (
                     update(sessions_table)
                     .where(S.id.in_(batch.scalar_subquery()), stale)

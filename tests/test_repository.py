@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from agent_sessions import (
     AgentSession,
@@ -395,6 +396,28 @@ async def test_cleanup_works_in_batches_and_counts_all(
         stored = await repo.get_session(sid)
         assert stored is not None and stored.state is SessionState.FAILED
         assert stored.context["failure_reason"] == "heartbeat_timeout" and "i" in stored.context
+
+
+async def test_cleanup_never_fails_more_than_batch_size_in_one_statement(
+    repo: SessionRepository, db: Backend, clock: FakeClock
+) -> None:
+    # On PostgreSQL a LIMIT ... FOR UPDATE SKIP LOCKED subquery, re-run by the planner for each
+    # row, once skipped the rows its own statement had just locked and failed them all at once.
+    for _ in range(5):
+        await repo.create_session("planner")
+    clock.advance(hours=1)
+    failed_per_statement: list[int] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "UPDATE agent_sessions_sessions SET state" in statement:  # the sweep's
+            failed_per_statement.append(cursor.rowcount)
+
+    event.listen(db.engine.sync_engine, "after_cursor_execute", count)
+    try:
+        assert await repo.cleanup_stale_sessions(timedelta(minutes=30), batch_size=1) == 5
+    finally:
+        event.remove(db.engine.sync_engine, "after_cursor_execute", count)
+    assert failed_per_statement == [1, 1, 1, 1, 1, 0]
 
 
 async def test_heartbeat_saves_a_session_from_the_sweep(
