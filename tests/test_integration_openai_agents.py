@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from agent_sessions import (
     SessionRepository,
@@ -307,31 +307,35 @@ async def test_add_items_is_one_batch_append(
     assert len(await session.get_items()) == 1 + 5 + 1001
 
 
-async def test_a_limited_read_is_one_newest_first_page(
-    repo: SessionRepository, monkeypatch: pytest.MonkeyPatch
+async def test_reads_cost_a_page_per_thousand_items_whatever_the_history(
+    repo: SessionRepository, db: Backend
 ) -> None:
     session = AgentSessionsSession("windowed", repo)
     await session.add_items([msg(str(i)) for i in range(1000)])
     await session.add_items([msg(str(i)) for i in range(1000, 1500)])
-    await session.get_items(limit=1)  # the key is looked up once per instance
-    pages: list[dict[str, Any]] = []
-    listing = repo.list_checkpoints
+    statements: list[str] = []
 
-    async def recording(session_id: str, **kwargs: Any) -> Any:
-        pages.append(kwargs)
-        return await listing(session_id, **kwargs)
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            statements.append(statement)
 
-    monkeypatch.setattr(repo, "list_checkpoints", recording)
-    assert contents(await session.get_items(limit=3)) == ["1497", "1498", "1499"]
-    assert len(pages) == 1
-    assert pages[0]["newest_first"] is True and pages[0]["limit"] == 4
-    pages.clear()
-    everything = await session.get_items()
-    assert contents(everything) == [str(i) for i in range(1500)]
-    assert len(pages) == 2  # pages of 1,000
-    pages.clear()
-    assert contents(await session.get_items(limit=1200))[0] == "300"
-    assert len(pages) == 2
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        reader = AgentSessionsSession("windowed", repo)
+        assert contents(await reader.get_items(limit=3)) == ["1497", "1498", "1499"]
+        assert len(statements) <= 1  # the session and its newest items: one statement (or cache)
+        statements.clear()
+        assert contents(await reader.get_items(limit=1200))[0] == "300"
+        assert len(statements) == 2  # 1,000 with the session, then one older page
+        statements.clear()
+        assert contents(await reader.get_items()) == [str(i) for i in range(1500)]
+        assert len(statements) == 3  # the first page, then the history in pages of 1,000
+        statements.clear()
+        fresh = AgentSessionsSession("never-written", repo)
+        assert await fresh.get_items() == []
+        assert len(statements) == 1
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
 
 
 async def test_checkpoints_that_are_not_items_are_skipped_and_popped_past(
@@ -387,6 +391,23 @@ async def test_a_clear_by_another_instance_is_seen_by_every_call(repo: SessionRe
     await theirs.clear_session()
     await mine.clear_session()  # nothing left to clear: no error
     assert await theirs.get_items() == []
+
+
+async def test_a_conversation_replaced_behind_its_back_is_found_again(
+    repo: SessionRepository,
+) -> None:
+    """Ids remembered across instances are hints: a hard delete elsewhere is always seen."""
+    await AgentSessionsSession("replaced", repo).add_items([msg("old")])
+    old = await repo.get_session_by_key("openai-agents", "replaced")
+    assert old is not None
+    await repo.delete_session(old.session_id, hard=True)  # e.g. another process, or the CLI
+    new = await repo.create_session("openai-agents", key="replaced")
+    await repo.add_checkpoints(new.session_id, [(ITEM, {"role": "user", "content": "new"})])
+    assert contents(await AgentSessionsSession("replaced", repo).get_items()) == ["new"]
+    await repo.delete_session(new.session_id, hard=True)
+    assert await AgentSessionsSession("replaced", repo).pop_item() is None
+    await AgentSessionsSession("replaced", repo).add_items([msg("newest")])
+    assert await AgentSessionsSession("replaced", repo).pop_item() == msg("newest")
 
 
 # -- concurrency: the upstream reports -----------------------------------------------------------

@@ -26,10 +26,14 @@ the library's ``pop_checkpoint`` (row-locked: concurrent pops return distinct it
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from agent_sessions import (
+    AgentSession,
     SessionCheckpoint,
     SessionExistsError,
     SessionNotFoundError,
@@ -62,6 +66,47 @@ _PAGE = 1000
 _ATTEMPTS = 8
 
 _T = TypeVar("_T")
+_MemoKey = tuple[SessionRepository, str, str, str]
+
+
+class _KnownIds:
+    """The library ids of recently used conversations, per repository, for this process.
+
+    SDK users make a Session per request; remembering the id spares each new instance the
+    look-up of its key. A remembered id is only a hint: every call on it is checked by the
+    database (a cleared conversation's id is never reused, and calls on it find no session and
+    look the key up again), so a stale entry costs one round trip and is never wrong.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._ids: weakref.WeakKeyDictionary[
+            SessionRepository, OrderedDict[tuple[str, str, str], str]
+        ]
+        self._ids = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()  # Runner.run_sync calls from other threads
+
+    def get(self, key: _MemoKey) -> str | None:
+        with self._lock:
+            ids = self._ids.get(key[0])
+            return None if ids is None else ids.get(key[1:])
+
+    def put(self, key: _MemoKey, sid: str) -> None:
+        with self._lock:
+            ids = self._ids.setdefault(key[0], OrderedDict())
+            ids[key[1:]] = sid
+            ids.move_to_end(key[1:])
+            if len(ids) > self._size:
+                ids.popitem(last=False)
+
+    def drop(self, key: _MemoKey, sid: str) -> None:
+        with self._lock:
+            ids = self._ids.get(key[0])
+            if ids is not None and ids.get(key[1:]) == sid:
+                del ids[key[1:]]
+
+
+_known = _KnownIds(10_000)
 
 
 class AgentSessionsSession:
@@ -108,6 +153,7 @@ class AgentSessionsSession:
         # The library's id for session_id, once looked up. A clear elsewhere makes it stale:
         # calls on it then fail with SessionNotFoundError and look the key up again.
         self._sid: str | None = None
+        self._memo_key = (repository, agent_type, user_id, session_id)
 
     @property
     def repository(self) -> SessionRepository:
@@ -140,11 +186,26 @@ class AgentSessionsSession:
             raise SessionValidationError(f"limit must be an integer of 0 or more, got {window!r}")
         if window == 0:
             return []
-
-        async def read(sid: str) -> list[TResponseInputItem]:
-            return await (self._all(sid) if window is None else self._newest(sid, window))
-
-        return await self._on_session(read, create=False, default=[])
+        # The first page comes with the session itself, in one statement (through the cache
+        # when it is small): most conversations are read whole in that one round trip.
+        first = _PAGE if window is None else min(window + 1, _PAGE)
+        for _ in range(_ATTEMPTS):
+            session = await self._load(first)
+            if session is None:
+                return []
+            items = _items(session.checkpoints)
+            if window is not None and len(items) >= window:
+                return items[-window:]
+            if session.checkpoint_count <= len(session.checkpoints):
+                return items  # the whole history was in the first page
+            try:
+                if window is None:
+                    return await self._all(session.session_id)
+                oldest = session.checkpoints[0].seq
+                return await self._newest(session.session_id, window, items[::-1], oldest)
+            except SessionNotFoundError:
+                self._forget(session.session_id)  # cleared meanwhile: read the current one
+        raise SessionNotFoundError(self.session_id)
 
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Append ``items`` to the conversation in one atomic batch (none for an empty list).
@@ -204,7 +265,7 @@ class AgentSessionsSession:
             sid = await self._lookup()
             if sid is None:
                 return
-            self._sid = None
+            self._forget(sid)
             if await self._repo.delete_session(sid, user_id=self._user_id, hard=True):
                 return
             # Gone already (cleared elsewhere): look again, a new one may have taken the key.
@@ -223,9 +284,10 @@ class AgentSessionsSession:
                 return items
             after = cast("int", page[-1].seq)
 
-    async def _newest(self, sid: str, limit: int) -> list[TResponseInputItem]:
-        newest: list[TResponseInputItem] = []  # newest first
-        before: int | None = None
+    async def _newest(
+        self, sid: str, limit: int, newest: list[TResponseInputItem], before: int | None
+    ) -> list[TResponseInputItem]:
+        # ``newest`` holds the items already read (newest first), all of them above ``before``.
         while True:
             # One more than needed: the page then also reaches session_created when the
             # history is exactly ``limit`` items long, so that read ends in one round trip.
@@ -240,13 +302,43 @@ class AgentSessionsSession:
 
     # -- finding the library session ------------------------------------------------------
 
+    async def _load(self, recent: int) -> AgentSession | None:
+        """The library session with its newest ``recent`` checkpoints (``None``: none yet)."""
+        sid = self._sid if self._sid is not None else _known.get(self._memo_key)
+        if sid is not None:
+            session = await self._repo.get_session(
+                sid, user_id=self._user_id, recent_checkpoints=recent
+            )
+            if session is not None:
+                self._remember(session.session_id)
+                return session
+            self._forget(sid)
+        session = await self._repo.get_session_by_key(
+            self._agent_type, self.session_id, user_id=self._user_id, recent_checkpoints=recent
+        )
+        if session is not None:
+            self._remember(session.session_id)
+        return session
+
     async def _lookup(self) -> str | None:
+        if self._sid is None:
+            self._sid = _known.get(self._memo_key)
         if self._sid is None:
             found = await self._repo.get_session_by_key(
                 self._agent_type, self.session_id, user_id=self._user_id, recent_checkpoints=0
             )
-            self._sid = None if found is None else found.session_id
+            if found is not None:
+                self._remember(found.session_id)
         return self._sid
+
+    def _remember(self, sid: str) -> None:
+        self._sid = sid
+        _known.put(self._memo_key, sid)
+
+    def _forget(self, sid: str) -> None:
+        if self._sid == sid:
+            self._sid = None
+        _known.drop(self._memo_key, sid)
 
     async def _lookup_or_create(self) -> str:
         while True:
@@ -259,8 +351,8 @@ class AgentSessionsSession:
                 )
             except SessionExistsError:
                 continue  # a concurrent first write created it: read it by key
-            self._sid = created.session_id
-            return self._sid
+            self._remember(created.session_id)
+            return created.session_id
 
     async def _on_session(
         self, call: Callable[[str], Awaitable[_T]], *, create: bool, default: _T
@@ -276,8 +368,7 @@ class AgentSessionsSession:
             except SessionNotFoundError as exc:
                 # Cleared or deleted since the look-up: find (or make) the current one.
                 gone = exc
-                if self._sid == sid:
-                    self._sid = None
+                self._forget(sid)
         raise gone
 
 
