@@ -598,3 +598,14 @@ async def test_the_offline_example_runs(tmp_path: Path) -> None:
             "the model's last call saw 5 items of history and input",
         ]
     assert await migrations.current(url) == migrations.head()
+
+
+async def test_the_benchmark_measures_every_operation(tmp_path: Path) -> None:
+    from benchmarks import openai_agents
+
+    rows = await openai_agents.run(
+        ["sqlite"], postgres_url=None, workdir=tmp_path, plan=openai_agents.QUICK
+    )
+    assert [r.operation for r in rows] == list(openai_agents.OPERATIONS)
+    assert all(r.ours > 0 and r.theirs > 0 and r.ratio is not None for r in rows)
+    assert "| sqlite | get_last_20 |" in openai_agents.table(rows)
