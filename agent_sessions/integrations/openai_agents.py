@@ -1,0 +1,376 @@
+"""The OpenAI Agents SDK's ``Session`` protocol, stored by agent_sessions.
+
+Install with ``pip install 'agent-sessions[openai-agents]'``, then swap the SDK's store for
+:class:`AgentSessionsSession`; the agent code does not change::
+
+    repo = SessionRepository(async_sessionmaker(engine, expire_on_commit=False))
+    session = AgentSessionsSession("chat-42", repo)      # was: SQLAlchemySession(...)
+    result = await Runner.run(agent, "Hello", session=session)
+
+How the SDK's conversation maps onto the library:
+
+- the SDK's ``session_id`` is the library session's key (``create_session(..., key=...)``), under
+  ``agent_type`` (default ``"openai-agents"``) and ``user_id`` (default ``""``); the library session
+  is created by the first ``add_items``;
+- each item is one checkpoint named ``"item"`` whose data is the item's JSON object. The library's
+  own first checkpoint (``session_created``, seq 1) is not an item and never returned or popped;
+  checkpoints of any other name are not items either: ``get_items`` skips them and ``pop_item``
+  removes them on its way to the newest item, as the SDK's stores drop rows they cannot decode;
+- ``clear_session`` hard-deletes the library session, so the key is free for the next ``add_items``.
+
+Reads list checkpoints newest first with a limit, so ``get_items(limit=n)`` costs the same at any
+history length; ``add_items`` is one atomic batch append with no read before it; ``pop_item`` is
+the library's ``pop_checkpoint`` (row-locked: concurrent pops return distinct items).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+from agent_sessions import (
+    AgentSession,
+    SessionCheckpoint,
+    SessionExistsError,
+    SessionNotFoundError,
+    SessionRepository,
+    SessionValidationError,
+)
+
+try:
+    from agents.items import TResponseInputItem
+    from agents.memory import SessionSettings
+    from agents.memory.session_settings import coerce_session_settings, resolve_session_limit
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "agent_sessions.integrations.openai_agents needs the OpenAI Agents SDK: "
+        "pip install 'agent-sessions[openai-agents]'"
+    ) from exc
+
+__all__ = ["ITEM", "AgentSessionsSession"]
+
+logger = logging.getLogger(__name__)
+
+ITEM = "item"
+"""The checkpoint name of a conversation item."""
+
+# The repository's largest page (list_checkpoints) and batch (add_checkpoints).
+_PAGE = 1000
+# How often a call looks the key up again after finding its session gone (cleared or deleted
+# by another writer between the look-up and the call). Each retry needs another writer's delete
+# to land in between, so a handful is plenty; the bound only stops a livelock.
+_ATTEMPTS = 8
+
+_T = TypeVar("_T")
+_MemoKey = tuple[SessionRepository, str, str, str]
+
+
+class _KnownIds:
+    """The library ids of recently used conversations, per repository, for this process.
+
+    SDK users make a Session per request; remembering the id spares each new instance the
+    look-up of its key. A remembered id is only a hint: every call on it is checked by the
+    database (a cleared conversation's id is never reused, and calls on it find no session and
+    look the key up again), so a stale entry costs one round trip and is never wrong.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._ids: weakref.WeakKeyDictionary[
+            SessionRepository, OrderedDict[tuple[str, str, str], str]
+        ]
+        self._ids = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()  # Runner.run_sync calls from other threads
+
+    def get(self, key: _MemoKey) -> str | None:
+        with self._lock:
+            ids = self._ids.get(key[0])
+            return None if ids is None else ids.get(key[1:])
+
+    def put(self, key: _MemoKey, sid: str) -> None:
+        with self._lock:
+            ids = self._ids.setdefault(key[0], OrderedDict())
+            ids[key[1:]] = sid
+            ids.move_to_end(key[1:])
+            if len(ids) > self._size:
+                ids.popitem(last=False)
+
+    def drop(self, key: _MemoKey, sid: str) -> None:
+        with self._lock:
+            ids = self._ids.get(key[0])
+            if ids is not None and ids.get(key[1:]) == sid:
+                del ids[key[1:]]
+
+
+_known = _KnownIds(10_000)
+
+
+class AgentSessionsSession:
+    """A conversation of the OpenAI Agents SDK stored in a :class:`SessionRepository`.
+
+    Implements ``agents.memory.Session``: pass it as ``session=`` to ``Runner.run``,
+    ``Runner.run_sync`` or ``Runner.run_streamed``. Instances are cheap (no I/O until the first
+    call) and any number of them, in any number of processes, may share one ``session_id``.
+
+    Args:
+        session_id: the conversation's name, chosen by the caller: the library session's key
+            (printable text of 1 to 128 characters).
+        repository: where the conversation is stored (with or without a cache).
+        agent_type: the library sessions' agent type.
+        user_id: the owner; the same ``session_id`` of another user is another conversation.
+        session_settings: the SDK's settings; ``limit`` is the default of ``get_items``.
+
+    Example::
+
+        session = AgentSessionsSession("chat-42", repo, user_id="alice")
+        await Runner.run(agent, "What did I ask yesterday?", session=session)
+    """
+
+    session_settings: SessionSettings | None
+
+    def __init__(
+        self,
+        session_id: str,
+        repository: SessionRepository,
+        *,
+        agent_type: str = "openai-agents",
+        user_id: str = "",
+        session_settings: SessionSettings | dict[str, Any] | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.session_settings = (
+            SessionSettings()
+            if session_settings is None
+            else coerce_session_settings(session_settings)
+        )
+        self._repo = repository
+        self._agent_type = agent_type
+        self._user_id = user_id
+        # The library's id for session_id, once looked up. A clear elsewhere makes it stale:
+        # calls on it then fail with SessionNotFoundError and look the key up again.
+        self._sid: str | None = None
+        self._memo_key = (repository, agent_type, user_id, session_id)
+
+    @property
+    def repository(self) -> SessionRepository:
+        """Where the conversation is stored."""
+        return self._repo
+
+    @property
+    def agent_type(self) -> str:
+        return self._agent_type
+
+    @property
+    def user_id(self) -> str:
+        return self._user_id
+
+    # -- the Session protocol ------------------------------------------------------------
+
+    async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
+        """The conversation's items, oldest first; the newest ``limit`` of them when given.
+
+        ``limit=None`` means ``session_settings.limit``, and all items when that is ``None``.
+
+        Raises:
+            SessionValidationError: a ``limit`` that is not an integer of 0 or more, or a
+                ``session_id``/``user_id``/``agent_type`` no library session can have.
+        """
+        window = resolve_session_limit(limit, self.session_settings)
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int) or window < 0
+        ):
+            raise SessionValidationError(f"limit must be an integer of 0 or more, got {window!r}")
+        if window == 0:
+            return []
+        # The first page comes with the session itself, in one statement (through the cache
+        # when it is small): most conversations are read whole in that one round trip.
+        first = _PAGE if window is None else min(window + 1, _PAGE)
+        for _ in range(_ATTEMPTS):
+            session = await self._load(first)
+            if session is None:
+                return []
+            items = _items(session.checkpoints)
+            if window is not None and len(items) >= window:
+                return items[-window:]
+            if session.checkpoint_count <= len(session.checkpoints):
+                return items  # the whole history was in the first page
+            try:
+                if window is None:
+                    return await self._all(session.session_id)
+                oldest = session.checkpoints[0].seq
+                return await self._newest(session.session_id, window, items[::-1], oldest)
+            except SessionNotFoundError:
+                self._forget(session.session_id)  # cleared meanwhile: read the current one
+        raise SessionNotFoundError(self.session_id)
+
+    async def add_items(self, items: list[TResponseInputItem]) -> None:
+        """Append ``items`` to the conversation in one atomic batch (none for an empty list).
+
+        The first call for a new ``session_id`` creates the library session; concurrent first
+        calls, from any number of instances or processes, all keep their items.
+
+        Raises:
+            SessionValidationError: an item that is not a JSON object the library can store
+                (see the README's input rules); nothing written.
+        """
+        if not items:
+            return
+        if self._sid is None and await self._lookup() is None:
+            # A new conversation: refuse bad items before creating the library session.
+            for item in items:
+                SessionCheckpoint.from_dict({"name": ITEM, "data": item})
+        batch = [(ITEM, cast("dict[str, Any]", item)) for item in items]
+        # The repository appends at most _PAGE items atomically; a larger batch (no agent turn
+        # makes one) is stored as several atomic appends, in order.
+        for start in range(0, len(batch), _PAGE):
+            chunk = batch[start : start + _PAGE]
+
+            async def append(sid: str, chunk: list[tuple[str, dict[str, Any]]] = chunk) -> None:
+                await self._repo.add_checkpoints(sid, chunk, user_id=self._user_id)
+
+            await self._on_session(append, create=True, default=None)
+
+    async def pop_item(self) -> TResponseInputItem | None:
+        """Remove and return the newest item; ``None`` when the conversation has none.
+
+        Atomic: concurrent pops (from any instance or process) return distinct items.
+        """
+
+        async def pop(sid: str) -> TResponseInputItem | None:
+            while True:
+                popped = await self._repo.pop_checkpoint(sid, user_id=self._user_id)
+                if popped is None:
+                    return None
+                if popped.name == ITEM:
+                    return cast("TResponseInputItem", popped.data)
+                logger.warning(
+                    "pop_item dropped checkpoint %s (%r) of session %s: not a conversation item",
+                    popped.seq,
+                    popped.name,
+                    sid,
+                )
+
+        return await self._on_session(pop, create=False, default=None)
+
+    async def clear_session(self) -> None:
+        """Remove the conversation: the library session and its history are deleted for real.
+
+        The ``session_id`` can be used again at once; the next ``add_items`` starts afresh.
+        """
+        for _ in range(_ATTEMPTS):
+            sid = await self._lookup()
+            if sid is None:
+                return
+            self._forget(sid)
+            if await self._repo.delete_session(sid, user_id=self._user_id, hard=True):
+                return
+            # Gone already (cleared elsewhere): look again, a new one may have taken the key.
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def _all(self, sid: str) -> list[TResponseInputItem]:
+        items: list[TResponseInputItem] = []
+        after = 1  # seq 1 is the library's session_created checkpoint
+        while True:
+            page = await self._repo.list_checkpoints(
+                sid, after_seq=after, limit=_PAGE, user_id=self._user_id
+            )
+            items.extend(_items(page))
+            if len(page) < _PAGE:
+                return items
+            after = cast("int", page[-1].seq)
+
+    async def _newest(
+        self, sid: str, limit: int, newest: list[TResponseInputItem], before: int | None
+    ) -> list[TResponseInputItem]:
+        # ``newest`` holds the items already read (newest first), all of them above ``before``.
+        while True:
+            # One more than needed: the page then also reaches session_created when the
+            # history is exactly ``limit`` items long, so that read ends in one round trip.
+            size = min(limit - len(newest) + 1, _PAGE)
+            page = await self._repo.list_checkpoints(
+                sid, after_seq=before, limit=size, user_id=self._user_id, newest_first=True
+            )
+            newest.extend(_items(page)[: limit - len(newest)])
+            if len(newest) == limit or len(page) < size or page[-1].seq == 1:
+                return newest[::-1]
+            before = page[-1].seq
+
+    # -- finding the library session ------------------------------------------------------
+
+    async def _load(self, recent: int) -> AgentSession | None:
+        """The library session with its newest ``recent`` checkpoints (``None``: none yet)."""
+        sid = self._sid if self._sid is not None else _known.get(self._memo_key)
+        if sid is not None:
+            session = await self._repo.get_session(
+                sid, user_id=self._user_id, recent_checkpoints=recent
+            )
+            if session is not None:
+                self._remember(session.session_id)
+                return session
+            self._forget(sid)
+        session = await self._repo.get_session_by_key(
+            self._agent_type, self.session_id, user_id=self._user_id, recent_checkpoints=recent
+        )
+        if session is not None:
+            self._remember(session.session_id)
+        return session
+
+    async def _lookup(self) -> str | None:
+        if self._sid is None:
+            self._sid = _known.get(self._memo_key)
+        if self._sid is None:
+            found = await self._repo.get_session_by_key(
+                self._agent_type, self.session_id, user_id=self._user_id, recent_checkpoints=0
+            )
+            if found is not None:
+                self._remember(found.session_id)
+        return self._sid
+
+    def _remember(self, sid: str) -> None:
+        self._sid = sid
+        _known.put(self._memo_key, sid)
+
+    def _forget(self, sid: str) -> None:
+        if self._sid == sid:
+            self._sid = None
+        _known.drop(self._memo_key, sid)
+
+    async def _lookup_or_create(self) -> str:
+        while True:
+            sid = await self._lookup()
+            if sid is not None:
+                return sid
+            try:
+                created = await self._repo.create_session(
+                    self._agent_type, self._user_id, key=self.session_id
+                )
+            except SessionExistsError:
+                continue  # a concurrent first write created it: read it by key
+            self._remember(created.session_id)
+            return created.session_id
+
+    async def _on_session(
+        self, call: Callable[[str], Awaitable[_T]], *, create: bool, default: _T
+    ) -> _T:
+        """``call`` with the library session's id (``default`` when there is no session)."""
+        gone = SessionNotFoundError(self.session_id)
+        for _ in range(_ATTEMPTS):
+            sid = await (self._lookup_or_create() if create else self._lookup())
+            if sid is None:
+                return default
+            try:
+                return await call(sid)
+            except SessionNotFoundError as exc:
+                # Cleared or deleted since the look-up: find (or make) the current one.
+                gone = exc
+                self._forget(sid)
+        raise gone
+
+
+def _items(page: list[SessionCheckpoint]) -> list[TResponseInputItem]:
+    return [cast("TResponseInputItem", cp.data) for cp in page if cp.name == ITEM and cp.seq != 1]
