@@ -90,7 +90,8 @@ def create_engine(url: str = DEFAULT_URL, **kwargs: Any) -> AsyncEngine:
     PostgreSQL (``postgresql+asyncpg://``): connections idle for more than a few seconds are
     pinged before use, so the pool recovers on its own after a server restart (pass
     ``pool_pre_ping=True`` to ping on every checkout instead). SQLite (``sqlite+aiosqlite://``):
-    WAL mode, foreign keys on, a 30 s busy timeout. Extra keyword arguments go to
+    WAL mode, foreign keys on, a 30 s busy timeout, and a file database pooled on every
+    SQLAlchemy 2.0 release (2.0.38 and later do that themselves). Extra keyword arguments go to
     ``sqlalchemy.ext.asyncio.create_async_engine``.
 
     Example::
