@@ -20,28 +20,27 @@ import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 DEV_EXTRAS = frozenset({"dev", "test", "tests", "docs", "lint", "bench"})
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
-def _project() -> dict[str, object]:
+def _project() -> dict[str, Any]:
     with PYPROJECT.open("rb") as f:
-        project: dict[str, object] = tomllib.load(f)["project"]
+        project: dict[str, Any] = tomllib.load(f)["project"]
     return project
 
 
 def runtime_extras() -> list[str]:
-    extras = _project().get("optional-dependencies", {})
-    assert isinstance(extras, dict)
+    extras: dict[str, list[str]] = _project().get("optional-dependencies", {})
     return sorted(name for name in extras if name not in DEV_EXTRAS)
 
 
 def runtime_requirements() -> list[str]:
     project = _project()
-    requirements = list(project.get("dependencies", []))  # type: ignore[call-overload]
-    extras = project.get("optional-dependencies", {})
-    assert isinstance(extras, dict)
+    requirements: list[str] = list(project.get("dependencies", []))
+    extras: dict[str, list[str]] = project.get("optional-dependencies", {})
     for name in runtime_extras():
         requirements.extend(extras[name])
     return requirements
