@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from asyncpg.exceptions import InternalClientError
 from sqlalchemy import exc as sa_exc
 
 from agent_sessions.errors import StorageError, StorageTimeoutError
@@ -47,7 +48,9 @@ def storage_errors(operation: str) -> Iterator[None]:
             f"{operation}: no database connection became free in time ({exc}); lower the "
             "number of concurrent callers or raise the engine's pool_size/max_overflow"
         ) from exc
-    except (sa_exc.DBAPIError, OSError, TimeoutError) as exc:
+    # InternalClientError: asyncpg reusing a connection its server dropped mid-operation;
+    # older SQLAlchemy 2.0 releases let it through untranslated (engine.py discards it).
+    except (sa_exc.DBAPIError, InternalClientError, OSError, TimeoutError) as exc:
         detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig else exc
         first_line = str(detail).splitlines()[0] if str(detail) else ""
         if _POOLER_WAIT_TIMEOUT in first_line:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from asyncpg.exceptions import InternalClientError
 from sqlalchemy import Connection, Engine, event, make_url
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProxiedConnection
 
 DEFAULT_URL = "sqlite+aiosqlite:///agent_sessions.db"
 # A PostgreSQL connection idle for longer than this is pinged before it is handed out.
@@ -118,6 +120,27 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
     event.listen(pool, "checkout", ping_if_idle)
 
 
+def _discard_broken_asyncpg_connections(context: ExceptionContext) -> None:
+    """Treat asyncpg's ``InternalClientError`` as a lost connection, so the pool drops it.
+
+    asyncpg raises it when a connection whose server went away mid-operation is used again
+    ("cannot switch to state 12; another operation (2) is in progress"). Older SQLAlchemy 2.0
+    releases (2.0.30 among them) pass it through untranslated, so the broken connection went
+    back to the pool and failed the next caller that drew it; invalidated, it is replaced.
+    """
+    if isinstance(context.original_exception, InternalClientError):
+        context.is_disconnect = True
+
+
+def _is_sqlite_file(url: str) -> bool:
+    parsed = make_url(url)
+    return (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database not in (None, "", ":memory:")
+        and parsed.query.get("mode") != "memory"
+    )
+
+
 def create_engine(
     url: str = DEFAULT_URL, *, transaction_pooling: bool = False, **kwargs: Any
 ) -> AsyncEngine:
@@ -126,7 +149,8 @@ def create_engine(
     PostgreSQL (``postgresql+asyncpg://``): connections idle for more than a few seconds are
     pinged before use, so the pool recovers on its own after a server restart (pass
     ``pool_pre_ping=True`` to ping on every checkout instead). SQLite (``sqlite+aiosqlite://``):
-    WAL mode, foreign keys on, a 30 s busy timeout. Extra keyword arguments go to
+    WAL mode, foreign keys on, a 30 s busy timeout, and a file database pooled on every
+    SQLAlchemy 2.0 release (2.0.38 and later do that themselves). Extra keyword arguments go to
     ``sqlalchemy.ext.asyncio.create_async_engine``.
 
     Args:
@@ -149,9 +173,16 @@ def create_engine(
     url, flagged = _split_url_flag(url)
     if transaction_pooling or flagged:
         kwargs = _pooled_kwargs(url, kwargs)
+    if "poolclass" not in kwargs and "pool" not in kwargs and _is_sqlite_file(url):
+        # The pool SQLAlchemy 2.0.38+ picks for a file database. Before 2.0.38 aiosqlite got a
+        # NullPool: a new connection (and its pragmas) on every checkout, and pool_size refused.
+        kwargs["poolclass"] = AsyncAdaptedQueuePool
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    elif "pool_pre_ping" not in kwargs:
+        return engine
+    if engine.dialect.driver == "asyncpg":
+        event.listen(engine.sync_engine, "handle_error", _discard_broken_asyncpg_connections)
+    if "pool_pre_ping" not in kwargs:
         _ping_idle_connections(engine)
     return engine

@@ -1,4 +1,4 @@
-"""create_engine: SQLite pragmas, and PostgreSQL connections that outlive a server restart."""
+"""create_engine: SQLite pragmas and pool; PostgreSQL connections that outlive a restart."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from asyncpg.exceptions import InternalClientError
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 
 from agent_sessions import SessionRepository, StorageError, create_engine, engine, migrations
 from tests.conftest import unavailable
@@ -23,6 +25,50 @@ async def test_sqlite_engine_uses_wal_and_foreign_keys(tmp_path: Path) -> None:
             assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
     finally:
         await sqlite.dispose()
+
+
+async def test_sqlite_file_engine_is_pooled_and_takes_pool_arguments_on_every_sqlalchemy_2_0(
+    tmp_path: Path,
+) -> None:
+    # SQLAlchemy before 2.0.38 gives aiosqlite file databases a NullPool, which refuses these.
+    sqlite = create_engine(
+        f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", pool_size=1, max_overflow=0, pool_timeout=1
+    )
+    memory = create_engine("sqlite+aiosqlite://")
+    try:
+        assert isinstance(sqlite.sync_engine.pool, AsyncAdaptedQueuePool)
+        assert isinstance(memory.sync_engine.pool, StaticPool)  # one shared in-memory database
+    finally:
+        await sqlite.dispose()
+        await memory.dispose()
+
+
+async def test_asyncpg_internal_client_error_is_a_storage_error_and_discards_the_connection(
+    postgres_url: str,
+) -> None:
+    pg = create_engine(postgres_url)
+
+    def broken_protocol(*_args: object) -> None:
+        # What asyncpg raises when a connection its server dropped mid-operation is reused.
+        raise InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+
+    try:
+        await migrations.upgrade(pg)
+        repo = SessionRepository(async_sessionmaker(pg))
+        sid = (await repo.create_session("planner")).session_id
+        async with pg.connect() as conn:
+            event.listen(pg.sync_engine, "do_execute", broken_protocol)
+            try:
+                with pytest.raises(InternalClientError):
+                    await conn.execute(text("SELECT :x"), {"x": 1})
+                assert conn.invalidated  # the pool will not hand this connection out again
+                with pytest.raises(StorageError, match="InternalClientError"):
+                    await repo.get_session(sid)
+            finally:
+                event.remove(pg.sync_engine, "do_execute", broken_protocol)
+        assert await repo.get_session(sid) is not None
+    finally:
+        await pg.dispose()
 
 
 @pytest.fixture
