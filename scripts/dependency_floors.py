@@ -23,6 +23,11 @@ from pathlib import Path
 from typing import Any
 
 DEV_EXTRAS = frozenset({"dev", "test", "tests", "docs", "lint", "bench"})
+# The framework backends' extras pull in the frameworks, which need far newer versions of our
+# own dependencies (openai-agents needs pydantic 2.12): at our floors they cannot be installed at
+# all. The lowest job tests the core library at its floors; the backends are tested in the
+# newest job, against the frameworks as their users install them.
+FRAMEWORK_EXTRAS = frozenset({"adk", "openai-agents"})
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
@@ -34,7 +39,7 @@ def _project() -> dict[str, Any]:
 
 def runtime_extras() -> list[str]:
     extras: dict[str, list[str]] = _project().get("optional-dependencies", {})
-    return sorted(name for name in extras if name not in DEV_EXTRAS)
+    return sorted(name for name in extras if name not in DEV_EXTRAS | FRAMEWORK_EXTRAS)
 
 
 def runtime_requirements() -> list[str]:
