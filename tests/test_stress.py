@@ -324,9 +324,10 @@ async def test_worker_processes_with_cancellations_and_redis_pauses_read_nothing
         stop = asyncio.Event()
 
         async def freeze_now_and_then() -> None:
-            for _ in range(2):
+            # From the moment the workers start: frozen 0.4 s, thawed 0.1 s, frozen 0.4 s.
+            for thawed in (0.0, 0.1):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.3)  # fault injection, not a wait
+                    await asyncio.wait_for(stop.wait(), thawed)  # fault injection, not a wait
                 if stop.is_set():
                     return
                 server.pause()
@@ -336,19 +337,25 @@ async def test_worker_processes_with_cancellations_and_redis_pauses_read_nothing
                 finally:
                     server.resume()
 
-        freezer = asyncio.create_task(freeze_now_and_then())
+        freezer: list[asyncio.Task[None]] = []
         try:
-            counts = await run_processes(db, server.url, namespace, cancel_rate=0.35)
+            counts = await run_processes(
+                db, server.url, namespace, cancel_rate=0.35,
+                started=lambda: freezer.append(asyncio.create_task(freeze_now_and_then())),
+            )  # fmt: skip
         finally:
             stop.set()
-            await freezer
+            for task in freezer:
+                await task
     print(f"\nstress with cancellations and Redis pauses [{db.name}]: {dict(counts)}")
     assert counts["cancelled writes"] + counts["cancelled writes that happened"] > 0
+    assert counts["cache errors"] > 0  # the freezes did hit the workers' cache calls
 
 
 async def run_processes(
-    db: Backend, redis_url: str | None, namespace: str, *, cancel_rate: float
-) -> Counter[str]:
+    db: Backend, redis_url: str | None, namespace: str, *, cancel_rate: float,
+    started: Callable[[], None] | None = None,
+) -> Counter[str]:  # fmt: skip
     processes, tasks, ops = 3, 4, 25
     hot, many = await make_sessions(db.factory)
     url = db.engine.url.render_as_string(hide_password=False)
@@ -380,6 +387,8 @@ async def run_processes(
         for child in children:
             assert child.stdin is not None
             child.stdin.write(b"go\n")
+        if started is not None:
+            started()
         outputs = [await asyncio.wait_for(child.communicate(), 60) for child in children]
     finally:
         for child in children:
