@@ -157,9 +157,9 @@ def render(report: PeerReport) -> str:
     for backend, ops in report.seq.items():
         names = list(dict.fromkeys(n for found in ops.values() for n in found))
         lines.append(f"{BACKEND_NAMES.get(backend, backend)}, single client, ops/s (median)")
-        lines.append(f"  {'contender':<40}" + "".join(f"{op:>12}" for op in ops))
+        lines.append(f"  {'contender':<40}" + "".join(f"{op:>14}" for op in ops))
         for name in names:
-            cells = "".join(f"{_n(_ops(ops[op].get(name))):>12}" for op in ops)
+            cells = "".join(f"{_n(_ops(ops[op].get(name))):>14}" for op in ops)
             lines.append(f"  {name:<40}{cells}")
         lines.append("")
     lines.append("| op | fastest peer (ops/s) | raw driver | agent-sessions | ÷ peer | ÷ raw |")
