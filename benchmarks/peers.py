@@ -146,21 +146,22 @@ class PeerRunner:
                 continue
             url = await self.dbs.create(backend, f"peer_{key}", migrate=key == "ours")
             contender = build(url)
+            # A peer on another kind of store: shown beside this backend's, not counted among them.
+            other = isinstance(contender, peers.OpenAIRedis)
+            if other:
+                contender.name = f"{contender.name} (Redis)"
             try:
                 await contender.open()
                 await contender.check()
             except Exception as exc:
                 await _close_quietly(contender)
-                if contender.role != "peer" and not isinstance(contender, peers.OpenAIRedis):
+                if contender.role != "peer":
                     raise  # ours and the raw drivers must run
                 reason = _reason(exc)
                 self.report.left_out.append(f"{contender.name} ({backend}): {reason}")
                 logger.warning("%s: %s left out: %s", backend, contender.name, reason)
                 continue
-            role = "other" if isinstance(contender, peers.OpenAIRedis) else contender.role
-            name = f"{contender.name} (Redis)" if role == "other" else contender.name
-            contender.name = name
-            self.report.roles[name] = role
+            self.report.roles[contender.name] = "other" if other else contender.role
             opened.append(contender)
         return opened
 
