@@ -69,8 +69,8 @@ QUICK = PeerSizes(ops=8, repeats=2, warmup=2, history=20, deep_ops=4, conc_ops=2
                   sqlite_conc_ops=10, conc_repeats=2, tasks=5)  # fmt: skip
 
 
-# Each contender of a backend: how to build it from its own scratch database (None: the
-# Redis peer, which needs no database).
+# Each contender of a backend: how to build it from the URL of its own scratch database (which
+# the Redis peer ignores: its keys live under the run's prefix).
 Build = Callable[[str], Contender]
 
 
@@ -107,14 +107,12 @@ class PeerRunner:
         dbs: Databases,
         redis_url: str | None,
         backends: Sequence[str],
-        only: Sequence[str] | None = None,
     ) -> None:
         self.sizes = sizes
         self.dbs = dbs
         self.redis_url = redis_url
         self.redis = Redis.from_url(redis_url) if redis_url else None
         self.backends = list(backends)
-        self.only = set(only) if only else None
         self.namespace = f"bench-{uuid.uuid4().hex[:8]}"
         self.report = PeerReport()
 
@@ -142,8 +140,6 @@ class PeerRunner:
     async def _open(self, backend: str) -> list[Contender]:
         opened: list[Contender] = []
         for key, build in _contenders(backend, self.redis_url, self.namespace).items():
-            if self.only is not None and key not in self.only and key not in ("ours", "raw"):
-                continue
             url = await self.dbs.create(backend, f"peer_{key}", migrate=key == "ours")
             contender = build(url)
             # A peer on another kind of store: shown beside this backend's, not counted among them.
@@ -272,7 +268,6 @@ async def run_peers(
     redis_url: str | None,
     workdir: Path,
     backends: Sequence[str] = BACKENDS,
-    only: Sequence[str] | None = None,
 ) -> PeerReport:
     """Run the peer comparison on ``backends`` and return the report.
 
@@ -281,10 +276,9 @@ async def run_peers(
             a database per contender beside it.
         redis_url: the Redis server for the cache figures and the Redis peer (``None``: none).
         workdir: where the SQLite files go.
-        only: contender keys to run besides agent-sessions and the raw drivers (default: all).
     """
     dbs = Databases(postgres_url, workdir)
-    runner = PeerRunner(sizes, dbs, redis_url, backends, only)
+    runner = PeerRunner(sizes, dbs, redis_url, backends)
     with warnings.catch_warnings():
         # The peers' own deprecation and "experimental" warnings are theirs, not the run's.
         warnings.simplefilter("ignore")
