@@ -23,8 +23,8 @@ class Databases:
         self._run = uuid.uuid4().hex[:8]
         self._created: list[tuple[str, str]] = []
 
-    async def create(self, backend: str, purpose: str) -> str:
-        """The URL of a new, migrated database for ``purpose`` on ``backend``."""
+    async def create(self, backend: str, purpose: str, *, migrate: bool = True) -> str:
+        """The URL of a new database for ``purpose`` on ``backend``, migrated unless told not."""
         name = self._name(purpose)
         if backend == "sqlite":
             url = f"sqlite+aiosqlite:///{self._workdir / f'{name}.db'}"
@@ -34,7 +34,8 @@ class Databases:
             await self._admin(f"CREATE DATABASE {name}")
             url = make_url(self._postgres_url).set(database=name).render_as_string(False)
         self._created.append((backend, purpose))
-        await migrations.upgrade(url)
+        if migrate:
+            await migrations.upgrade(url)
         return url
 
     async def drop(self, backend: str, purpose: str) -> None:
