@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 class StatementCounter:
-    """How many statements starting with ``verb`` that name ``table`` were executed."""
+    """How many statements whose verb is ``verb`` and that name ``table`` were executed."""
 
     def __init__(self, verb: str, table: str) -> None:
         self.verb = verb.upper()
@@ -19,7 +19,10 @@ class StatementCounter:
         self.count = 0
 
     def __call__(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().upper().startswith(self.verb) and self.table in statement:
+        text = " ".join(statement.upper().split())
+        # A statement may start with its CTEs: WITH batch AS (...) UPDATE ...
+        main = text.startswith(self.verb) or (text.startswith("WITH") and f") {self.verb} " in text)
+        if main and self.table in statement:
             self.count += 1
 
 

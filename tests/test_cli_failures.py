@@ -7,6 +7,7 @@ release, missing databases and directories, connect timeouts, Redis down, Ctrl-C
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -160,14 +161,16 @@ def test_a_malformed_id_is_not_found_only_on_a_working_database(
 def test_db_commands_on_a_newer_schema_exit_3_asking_to_upgrade_the_package(
     args: list[str], tmp_path: Path, migrated: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with sqlite3.connect(tmp_path / "sessions.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "sessions.db")) as db:
         db.execute(f"UPDATE {VERSION_TABLE} SET version_num = 'f00d_future'")
     result = in_process(capsys, *args, "--url", migrated)
     assert result.code == 3, result.err
     assert "at revision f00d_future, which agent_sessions" in result.err
     assert "upgrade the agent-sessions package" in result.err
     assert "Can't locate revision" not in result.err
-    with sqlite3.connect(tmp_path / "sessions.db") as db:  # and nothing was changed
+    with contextlib.closing(
+        sqlite3.connect(tmp_path / "sessions.db")
+    ) as db:  # and nothing was changed
         assert db.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall() == [
             ("f00d_future",)
         ]

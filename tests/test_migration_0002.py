@@ -10,10 +10,11 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, bindparam, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from agent_sessions import SessionExistsError, SessionRepository, create_engine, migrations
+from agent_sessions.tables import UtcDateTime
 from tests.test_migrations import empty_pg_url  # noqa: F401 (a fixture)
 from tests.test_migrations import empty_url as empty_url_fixture
 
@@ -21,6 +22,8 @@ empty_url = empty_url_fixture
 
 SESSIONS = 50
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+# Typed, so SQLite stores it as the library does (Python 3.12+ deprecates sqlite3's own adapter).
+NOW_PARAM = bindparam("now", type_=UtcDateTime())
 
 
 async def seed_at_0001(engine: AsyncEngine) -> list[str]:
@@ -36,7 +39,7 @@ async def seed_at_0001(engine: AsyncEngine) -> list[str]:
                     "context, metadata, checkpoint_count, version, created_at, updated_at, "
                     "last_heartbeat) VALUES (:id, 'planner', :user, :state, '{\"i\": 1}', '{}', "
                     "2, 2, :now, :now, :now)"
-                ),
+                ).bindparams(NOW_PARAM),
                 row,
             )
             for seq in (1, 2):
@@ -44,7 +47,7 @@ async def seed_at_0001(engine: AsyncEngine) -> list[str]:
                     text(
                         "INSERT INTO agent_sessions_checkpoints (session_id, seq, name, data, "
                         "created_at) VALUES (:id, :seq, 'step', '{}', :now)"
-                    ),
+                    ).bindparams(NOW_PARAM),
                     {**row, "seq": seq},
                 )
     return ids

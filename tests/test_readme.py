@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -65,7 +66,7 @@ async def test_demo_prints_the_lifecycle(tmp_path: Path) -> None:
     for expected in DEMO_LINES:
         assert expected in out, out
     # It ran in the past and came back to now: nothing stamped in the future is left behind.
-    with sqlite3.connect(tmp_path / "demo.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "demo.db")) as db:
         stamps = db.execute(
             "SELECT max(created_at), max(updated_at), max(last_heartbeat) "
             "FROM agent_sessions_sessions"
