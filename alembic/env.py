@@ -32,7 +32,20 @@ from alembic import context
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.util.concurrency import in_greenlet
+
+try:
+    from sqlalchemy.util.concurrency import in_greenlet
+except ImportError:  # the first SQLAlchemy 2.0 releases have no in_greenlet
+
+    def in_greenlet() -> bool:
+        # Inside greenlet_spawn the running greenlet is SQLAlchemy's (marked by an attribute
+        # in later 2.0 releases, by its class in the first ones).
+        from greenlet import getcurrent
+
+        current = getcurrent()
+        marked = getattr(current, "__sqlalchemy_greenlet_provider__", False)
+        return bool(marked) or type(current).__name__ == "_AsyncIoGreenlet"
+
 
 from agent_sessions.engine import create_engine
 from agent_sessions.tables import TABLE_PREFIX, VERSION_TABLE, metadata
