@@ -1,0 +1,1 @@
+"""Backends for agent frameworks."""
