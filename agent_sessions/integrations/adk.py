@@ -287,21 +287,20 @@ class AgentSessionsService(BaseSessionService):
         """
         repo = self.repository
         try:
-            items: list[AgentSession] = []
-            cursor: str | None = None
-            while True:
+            # The first page and the shared state the sessions need are read together.
+            page, app_state, user_states = await _together(
+                repo.list_sessions(agent_type=app_name, user_id=user_id, limit=_PAGE),
+                repo.get_shared_state(app_name),
+                self._user_states(app_name, [] if user_id is None else [user_id]),
+            )
+            items = [s for s in page.items if s.key is not None]
+            while page.next_cursor is not None:
                 page = await repo.list_sessions(
-                    agent_type=app_name, user_id=user_id, limit=_PAGE, cursor=cursor
+                    agent_type=app_name, user_id=user_id, limit=_PAGE, cursor=page.next_cursor
                 )
                 items.extend(s for s in page.items if s.key is not None)
-                cursor = page.next_cursor
-                if cursor is None:
-                    break
-            app_state = await repo.get_shared_state(app_name)
-            users = sorted({s.user_id for s in items})
-            if user_id is not None:
-                users = [user_id]
-            user_states = await self._user_states(app_name, users)
+            if user_id is None:
+                user_states = await self._user_states(app_name, sorted({s.user_id for s in items}))
         except SessionValidationError:
             return ListSessionsResponse()
         sessions = [_to_adk(s, app_state, user_states[s.user_id], events=[]) for s in items]
@@ -377,7 +376,12 @@ class AgentSessionsService(BaseSessionService):
                 await bound.add_checkpoint(
                     sid, EVENT_CHECKPOINT, data, user_id=session.user_id, timestamp=at
                 )
-                stored = await bound.get_session(sid, user_id=session.user_id, recent_checkpoints=2)
+                # A marked copy is checked by version alone; one without our marker by its
+                # newest event, so read the checkpoint before ours too.
+                window = 0 if expected is not None else 2
+                stored = await bound.get_session(
+                    sid, user_id=session.user_id, recent_checkpoints=window
+                )
                 if (
                     stored is None
                     or stored.key != session.id
