@@ -335,6 +335,22 @@ async def test_get_session_config(service: AgentSessionsService) -> None:
         GetSessionConfig(num_recent_events=-1)
 
 
+async def test_windowed_reads_see_every_committed_append(service: AgentSessionsService) -> None:
+    """Windows up to the repository's default are served by the cache (with Redis): an append
+    invalidates it when its transaction commits, and a failed one leaves it right."""
+    session = await service.create_session(app_name=APP, user_id="u")
+    window = GetSessionConfig(num_recent_events=5)
+    for i in range(3):
+        assert len((await fetch(service, session, config=window)).events) == i
+        await service.append_event(session, delta(n=i))
+    got = await fetch(service, session, config=window)
+    assert len(got.events) == 3 and got.state["n"] == 2
+    with pytest.raises(SessionValidationError):
+        await service.append_event(session, delta(n=float("nan")))
+    got = await fetch(service, session, config=window)
+    assert len(got.events) == 3 and got.state["n"] == 2
+
+
 async def test_events_come_back_in_append_order(service: AgentSessionsService) -> None:
     session = await service.create_session(app_name=APP, user_id="u")
     for text, at in (("a", 30.0), ("b", 10.0), ("c", 10.0), ("d", 20.0)):
