@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agent_sessions import (
@@ -113,7 +114,7 @@ class AgentSessionsService(BaseSessionService):
         self._factory = session_factory or _factory_of(repository)
         self._engine: AsyncEngine | None = None
         self._cache: RedisCache | None = None
-        self._redis: Any = None
+        self._redis: Redis | None = None
 
     @classmethod
     def from_url(
@@ -140,8 +141,6 @@ class AgentSessionsService(BaseSessionService):
         factory = async_sessionmaker(engine, expire_on_commit=False)
         cache = redis = None
         if redis_url is not None:
-            from redis.asyncio import Redis
-
             redis = Redis.from_url(redis_url)
             cache = RedisCache(redis, namespace=namespace)
         service = cls(SessionRepository(factory, cache=cache), session_factory=factory)
@@ -361,15 +360,15 @@ class AgentSessionsService(BaseSessionService):
         at = _datetime(event.timestamp)
         sid, expected = _marker(session)
         try:
+            if sid is None:  # resolved before the transaction, whose first statement must write
+                found = await self.repository.get_session_by_key(
+                    session.app_name, session.id, user_id=session.user_id, recent_checkpoints=0
+                )
+                if found is None:
+                    raise SessionNotFoundError(session.id)
+                sid = found.session_id
             async with self._factory() as db, db.begin():
                 bound = self.repository.bind(db)
-                if sid is None:
-                    found = await bound.get_session_by_key(
-                        session.app_name, session.id, user_id=session.user_id, recent_checkpoints=0
-                    )
-                    if found is None:
-                        raise SessionNotFoundError(session.id)
-                    sid = found.session_id
                 # The append comes first: it takes the session's row lock (PostgreSQL) or the
                 # write lock (SQLite), so concurrent appends to one session queue here and each
                 # then reads the revision the previous one committed.
