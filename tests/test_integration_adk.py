@@ -682,3 +682,18 @@ async def test_benchmark_reports_every_operation(tmp_path: Path, redis_url: str)
     rows = [line.split("|")[2].strip() for line in table.splitlines()[2:]]
     assert rows == ["create", "get_0", "get_100", "get_100_recent10", "append", "list"]
     assert "n/a" not in table
+
+
+def test_readme_adk_block_runs(tmp_path: Path, redis_url: str) -> None:
+    from tests.test_readme import readme_block
+
+    code = readme_block("Google ADK")
+    code = code.replace(
+        "postgresql+asyncpg://app@db/app", f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    )
+    code = code.replace("redis://localhost:6379/0", redis_url)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["greeter hello, alice", "2 events stored"]
