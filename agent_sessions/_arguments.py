@@ -73,12 +73,10 @@ def check_aware(value: object, what: str) -> datetime:
 
 def check_key(key: object) -> str:
     """A session key: printable text of 1 to 128 characters."""
-    if not isinstance(key, str):
-        raise SessionValidationError(f"key must be a string, got {type(key).__name__}")
-    try:
-        check_text(key, "key")
-    except ValueError as exc:
-        raise SessionValidationError(str(exc)) from None
+    if key is None:
+        raise SessionValidationError("key must be a string, got NoneType")
+    check_filter(key, "key")
+    assert isinstance(key, str)  # check_filter refused anything else
     if not 1 <= len(key) <= 128 or not key.isprintable():
         raise SessionValidationError(
             f"key must be printable text of 1 to 128 characters, got {key[:140]!r}"
