@@ -319,6 +319,96 @@ async def _purge(repo: SessionRepository, db: Backend, clock: FakeClock) -> Any:
     return call, check, at(created.session_id)
 
 
+def _counts_move(
+    prepare: Callable[[SessionRepository, str], Awaitable[None]],
+    act: Callable[[SessionRepository, str], Awaitable[Any]],
+    before: tuple[int, int],
+    after: tuple[int, int],
+) -> Scenario:
+    """A write whose effect shows in (version, checkpoint_count): before or after, nothing else."""
+
+    async def scenario(repo: SessionRepository, db: Backend, clock: FakeClock) -> Any:
+        created = await repo.create_session("planner")
+        await prepare(repo, created.session_id)
+
+        async def call(r: SessionRepository) -> Any:
+            return await act(r, created.session_id)
+
+        async def check(outcome: Outcome) -> None:
+            found = await stored(db, created.session_id)
+            assert found is not None
+            assert (found.version, found.checkpoint_count) in (before, after), found
+            assert outcome.cancelled or (found.version, found.checkpoint_count) == after
+
+        return call, check, at(created.session_id)
+
+    return scenario
+
+
+async def _two_more(repo: SessionRepository, session_id: str) -> None:
+    await repo.add_checkpoint(session_id, "x")
+    await repo.add_checkpoint(session_id, "y")
+
+
+async def _nothing(repo: SessionRepository, session_id: str) -> None:
+    return None
+
+
+async def _create_with_key(repo: SessionRepository, db: Backend, clock: FakeClock) -> Any:
+    user, key = f"u-{uuid.uuid4().hex[:8]}", f"k-{uuid.uuid4().hex[:8]}"
+
+    async def call(r: SessionRepository) -> AgentSession:
+        return await r.create_session("planner", user_id=user, key=key)
+
+    async def locate() -> str | None:
+        async with db.engine.connect() as conn:
+            ids = (await conn.execute(select(S.id).where(S.user_id == user))).scalars().all()
+        assert len(ids) <= 1
+        return str(ids[0]) if ids else None
+
+    async def check(outcome: Outcome) -> None:
+        session_id = await locate()
+        assert outcome.cancelled or session_id is not None
+        found = await repo.get_session_by_key("planner", key, user_id=user)
+        assert (found is None) == (session_id is None)
+        assert found is None or found.session_id == session_id
+
+    return call, check, locate
+
+
+async def _hard_delete(repo: SessionRepository, db: Backend, clock: FakeClock) -> Any:
+    created = await repo.create_session("planner")
+    await repo.add_checkpoint(created.session_id, "x")
+
+    async def call(r: SessionRepository) -> bool:
+        return await r.delete_session(created.session_id, hard=True)
+
+    async def check(outcome: Outcome) -> None:
+        found = await stored(db, created.session_id)  # asserts no orphaned checkpoints
+        assert found is None or (found.version, found.checkpoint_count) == (2, 2)
+        assert outcome.cancelled or found is None
+
+    return call, check, at(created.session_id)
+
+
+async def _shared_state(repo: SessionRepository, db: Backend, clock: FakeClock) -> Any:
+    agent = f"agent-{uuid.uuid4().hex[:8]}"
+    await repo.update_shared_state(agent, {"a": 1, "b": 1})
+
+    async def call(r: SessionRepository) -> Any:
+        return await r.update_shared_state(agent, {"a": 2, "c": 2}, remove=["b"])
+
+    async def check(outcome: Outcome) -> None:
+        state = await SessionRepository(db.factory).get_shared_state(agent)
+        assert state in ({"a": 1, "b": 1}, {"a": 2, "c": 2}), state
+        assert outcome.cancelled or state == {"a": 2, "c": 2}
+
+    async def nowhere() -> None:
+        return None
+
+    return call, check, nowhere
+
+
 SCENARIOS: dict[str, Scenario] = {
     "create_session": _create,
     "update_session": _update(with_checkpoints=False),
@@ -328,6 +418,16 @@ SCENARIOS: dict[str, Scenario] = {
     "delete_session": _delete,
     "cleanup_stale_sessions": _cleanup,
     "purge_deleted_sessions": _purge,
+    "create_session(key)": _create_with_key,
+    "add_checkpoints": _counts_move(
+        _nothing, lambda r, sid: r.add_checkpoints(sid, [("a", {}), ("b", {})]), (1, 1), (2, 3)
+    ),
+    "pop_checkpoint": _counts_move(_two_more, lambda r, sid: r.pop_checkpoint(sid), (3, 3), (4, 2)),
+    "truncate_checkpoints": _counts_move(
+        _two_more, lambda r, sid: r.truncate_checkpoints(sid, 1), (3, 3), (4, 1)
+    ),
+    "delete_session(hard)": _hard_delete,
+    "update_shared_state": _shared_state,
 }
 
 
