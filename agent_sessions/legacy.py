@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Connection,
     RowMapping,
     and_,
@@ -210,6 +211,7 @@ class _Reader:
         self._name = name
         self._batch_size = batch_size
         self._columns: list[str] = []
+        self._json_as_text: list[str] = []
 
     def _operation(self, what: str) -> str:
         shown = self._engine.url.render_as_string(hide_password=True)
@@ -218,11 +220,11 @@ class _Reader:
     async def describe(self) -> None:
         """Learn which old columns the table has; refuse one without ``id`` or ``agent_type``."""
 
-        def columns(conn: Connection) -> list[str] | None:
+        def columns(conn: Connection) -> dict[str, Any] | None:
             inspector = inspect(conn)
             if not inspector.has_table(self._name):
                 return None
-            return [c["name"] for c in inspector.get_columns(self._name)]
+            return {c["name"]: c["type"] for c in inspector.get_columns(self._name)}
 
         with storage_errors(self._operation("reading")):
             async with self._engine.connect() as conn:
@@ -240,6 +242,14 @@ class _Reader:
                 "it is not a session manager's table (check --table)"
             )
         self._columns = [name for name in (*_REQUIRED, *_OPTIONAL) if name in found]
+        # asyncpg (through SQLAlchemy) decodes json/jsonb columns itself; anything else (text
+        # columns, SQLite) hands JSON over as text, decoded per row by _convert.
+        decoded = self._engine.dialect.name == "postgresql"
+        self._json_as_text = [
+            name
+            for name in ("context", "checkpoints")
+            if name in found and not (decoded and isinstance(found[name], JSON))
+        ]
 
     @property
     def _table(self) -> Any:
@@ -253,7 +263,15 @@ class _Reader:
                 result = await conn.execute(select(func.count()).select_from(self._table))
                 return int(result.scalar_one())
 
-    async def batches(self) -> AsyncIterator[list[RowMapping]]:
+    def _rows(self, result: Sequence[RowMapping]) -> list[dict[str, Any]]:
+        rows = [dict(row) for row in result]
+        for row in rows:
+            for name in self._json_as_text:
+                if isinstance(row[name], str | bytes):
+                    row[name] = _JsonText(_text(row[name]))
+        return rows
+
+    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         old = self._table
         ids = old.c.id
         null_ids = select(*old.c).where(ids.is_(None))
@@ -261,22 +279,23 @@ class _Reader:
         with storage_errors(self._operation("reading")):
             async with self._engine.connect() as conn:
                 # Rows without an id cannot be keyed or imported: reported, once, first.
-                nulls = (await conn.execute(null_ids)).mappings().all()
+                nulls = self._rows((await conn.execute(null_ids)).mappings().all())
         if nulls:
-            yield list(nulls)
+            yield nulls
         while True:
             stmt = select(*old.c).order_by(ids).limit(self._batch_size)
             if last is not None:
                 stmt = stmt.where(ids > last)
             with storage_errors(self._operation("reading")):
                 async with self._engine.connect() as conn:
-                    rows = list((await conn.execute(stmt)).mappings().all())
+                    rows = self._rows((await conn.execute(stmt)).mappings().all())
                     if len(rows) == self._batch_size:
                         # Without a unique id, rows equal to the last one could fall between
                         # this batch and the next (``id > last``): take them all now.
-                        tail = select(*old.c).where(ids == rows[-1]["id"])
-                        same = (await conn.execute(tail)).mappings().all()
-                        rows.extend(same[sum(1 for r in rows if r["id"] == rows[-1]["id"]) :])
+                        last_id = rows[-1]["id"]
+                        same = await conn.execute(select(*old.c).where(ids == last_id))
+                        rows = [r for r in rows if r["id"] != last_id]
+                        rows.extend(self._rows(same.mappings().all()))
             if not rows:
                 return
             last = rows[-1]["id"]
@@ -294,11 +313,17 @@ def _old_id(value: Any) -> str:
     return str(value)
 
 
+class _JsonText(str):
+    """JSON as the driver handed it over, not decoded yet (unlike a JSON string value)."""
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
 def _json(value: Any, what: str) -> Any:
-    """A JSON column's value: drivers hand JSON over as text; decode it here."""
-    if isinstance(value, bytes | bytearray):
-        value = value.decode("utf-8", errors="replace")
-    if isinstance(value, str):
+    """A JSON column's value, decoded if the driver handed it over as text."""
+    if isinstance(value, _JsonText):
         try:
             return json.loads(value)
         except ValueError:
@@ -306,7 +331,7 @@ def _json(value: Any, what: str) -> Any:
     return value
 
 
-def _convert(row: RowMapping) -> tuple[AgentSession, list[str]]:
+def _convert(row: dict[str, Any]) -> tuple[AgentSession, list[str]]:
     """The session an old row becomes, and the fields that got a default."""
     old_id = _old_id(row["id"])
     defaulted: list[str] = []
@@ -392,7 +417,7 @@ def _kind(value: Any) -> str:
 
 
 async def _import_batch(
-    engine: AsyncEngine, rows: Sequence[RowMapping], *, dry_run: bool
+    engine: AsyncEngine, rows: Sequence[dict[str, Any]], *, dry_run: bool
 ) -> ImportReport:
     invalid: list[Rejected] = []
     candidates: dict[uuid.UUID, AgentSession] = {}
