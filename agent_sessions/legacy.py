@@ -84,6 +84,7 @@ _REQUIRED = ("id", "agent_type")
 _TIMES = ("created_at", "updated_at", "last_heartbeat")
 _OPTIONAL = ("user_id", "state", "context", "checkpoints", *_TIMES)
 _S = sessions_table.c
+_STATES = frozenset(state.value for state in SessionState)
 _S_METADATA = sessions_table.c["metadata"]
 
 
@@ -377,7 +378,7 @@ def _convert(row: dict[str, Any]) -> tuple[AgentSession, list[str]]:
     if state is None:
         state = SessionState.ACTIVE.value
         defaulted.append("state")
-    elif isinstance(state, str) and state.lower() not in {s.value for s in SessionState}:
+    elif isinstance(state, str) and state.lower() not in _STATES:
         raise _Reject(
             f"unknown state {state!r} (known: {', '.join(s.value for s in SessionState)})"
         )
@@ -419,36 +420,15 @@ def _kind(value: Any) -> str:
 async def _import_batch(
     engine: AsyncEngine, rows: Sequence[dict[str, Any]], *, dry_run: bool
 ) -> ImportReport:
-    invalid: list[Rejected] = []
-    candidates: dict[uuid.UUID, AgentSession] = {}
-    defaults: dict[str, list[str]] = {}
-    for row in rows:
-        if row["id"] is None:
-            invalid.append(Rejected("NULL", "the id is NULL"))
-            continue
-        old_id = _old_id(row["id"])
-        try:
-            session, defaulted = _convert(row)
-        except _Reject as exc:
-            invalid.append(Rejected(old_id, str(exc)))
-            continue
-        sid = uuid.UUID(session.session_id)
-        if sid in candidates:
-            first = candidates[sid].metadata[LEGACY_ID]
-            invalid.append(Rejected(old_id, f"a duplicate: old id {first!r} has the same UUID"))
-            continue
-        candidates[sid] = session
-        if defaulted:
-            defaults[old_id] = defaulted
-
     shown = engine.url.render_as_string(hide_password=True)
+    converted: dict[int, tuple[AgentSession, list[str]] | Rejected] = {}
     # Twice at most: a session written by someone else between the checks and the insert
     # makes the insert fail; the second pass sees it and skips or rejects its row.
     for attempt in (1, 2):
         try:
             with storage_errors(f"import-legacy: writing a batch to {shown}"):
                 async with engine.begin() as conn:
-                    todo, present, taken = await _sort_out(conn, candidates)
+                    report, todo = await _sort_out(conn, rows, converted)
                     if todo and not dry_run:
                         await _insert(conn, todo)
             break
@@ -456,15 +436,7 @@ async def _import_batch(
             if attempt == 2 or not isinstance(exc.__cause__, sa_exc.IntegrityError):
                 raise
             logger.info("import-legacy: a batch met a concurrent write; checking it again")
-    imported = {s.metadata[LEGACY_ID] for s in todo}
-    report = ImportReport(
-        read=len(rows),
-        imported=len(todo),
-        present=present,
-        rejected=invalid + taken,
-        defaulted={old: fields for old, fields in defaults.items() if old in imported},
-        dry_run=dry_run,
-    )
+    report.dry_run = dry_run
     logger.info(
         "import-legacy batch: %d read, %d imported, %d present, %d rejected%s",
         report.read, report.imported, report.present, len(report.rejected),
@@ -474,46 +446,88 @@ async def _import_batch(
 
 
 async def _sort_out(
+    conn: AsyncConnection,
+    rows: Sequence[dict[str, Any]],
+    converted: dict[int, tuple[AgentSession, list[str]] | Rejected],
+) -> tuple[ImportReport, list[AgentSession]]:
+    """The batch's report and the sessions to write: rows imported before are skipped first
+    (unconverted, so that a re-run is cheap); the others are converted once (``converted``,
+    kept across attempts) and checked against the target's ids and live keys."""
+    report = ImportReport(read=len(rows))
+    ids = {i: session_id_for(_old_id(row["id"]))[0] for i, row in enumerate(rows) if row["id"]}
+    found = await conn.execute(select(_S.id, _S_METADATA).where(_S.id.in_(set(ids.values()))))
+    imported_from = {sid: (meta or {}).get(LEGACY_ID) for sid, meta in found}
+    candidates: dict[uuid.UUID, AgentSession] = {}
+    for i, row in enumerate(rows):
+        if i not in ids:
+            report.rejected.append(Rejected("NULL", "the id is NULL"))
+            continue
+        old_id, sid = _old_id(row["id"]), ids[i]
+        if sid in imported_from or sid in candidates:
+            first = (
+                imported_from[sid] if sid in imported_from else candidates[sid].metadata[LEGACY_ID]
+            )
+            if first == old_id:
+                report.present += 1
+            elif isinstance(first, str):
+                report.rejected.append(
+                    Rejected(old_id, f"a duplicate: old id {first!r} has the same UUID")
+                )
+            else:
+                report.rejected.append(
+                    Rejected(old_id, f"the session id {sid} is taken by another session")
+                )
+            continue
+        if i not in converted:
+            try:
+                converted[i] = _convert(row)
+            except _Reject as exc:
+                converted[i] = Rejected(old_id, str(exc))
+        outcome = converted[i]
+        if isinstance(outcome, Rejected):
+            report.rejected.append(outcome)
+            continue
+        candidates[sid] = outcome[0]
+        if outcome[1]:
+            report.defaulted[old_id] = outcome[1]
+    report.rejected.extend(await _taken_keys(conn, candidates))
+    report.imported = len(candidates)
+    imported = {s.metadata[LEGACY_ID] for s in candidates.values()}
+    report.defaulted = {k: v for k, v in report.defaulted.items() if k in imported}
+    return report, list(candidates.values())
+
+
+async def _taken_keys(
     conn: AsyncConnection, candidates: dict[uuid.UUID, AgentSession]
-) -> tuple[list[AgentSession], int, list[Rejected]]:
-    """The sessions to write, how many were imported before, and those the target refuses."""
-    if not candidates:
-        return [], 0, []
-    present, taken = 0, []
-    todo = dict(candidates)
-    found = await conn.execute(select(_S.id, _S_METADATA).where(_S.id.in_(list(candidates))))
-    for sid, metadata in found:
-        session = todo.pop(sid)
-        old_id = session.metadata[LEGACY_ID]
-        if isinstance(metadata, dict) and metadata.get(LEGACY_ID) == old_id:
-            present += 1
-        else:
-            taken.append(Rejected(old_id, f"the session id {sid} is taken by another session"))
+) -> list[Rejected]:
+    """Reject (and drop from ``candidates``) the sessions whose key a live session holds."""
     keyed = {
         (s.agent_type, s.user_id, s.key): s
-        for s in todo.values()
+        for s in candidates.values()
         if s.key is not None and s.state is not SessionState.DELETED
     }
-    if keyed:
-        live = await conn.execute(
-            select(_S.id, _S.agent_type, _S.user_id, _S.key).where(
-                and_(
-                    tuple_(_S.agent_type, _S.user_id, _S.key).in_(list(keyed)),
-                    _S.state != SessionState.DELETED.value,
-                )
+    if not keyed:
+        return []
+    live = await conn.execute(
+        select(_S.id, _S.agent_type, _S.user_id, _S.key).where(
+            and_(
+                tuple_(_S.agent_type, _S.user_id, _S.key).in_(list(keyed)),
+                _S.state != SessionState.DELETED.value,
             )
         )
-        for sid, agent_type, user_id, key in live:
-            session = keyed[(agent_type, user_id, key)]
-            del todo[uuid.UUID(session.session_id)]
-            taken.append(
-                Rejected(
-                    key,
-                    f"the key {key!r} is taken by the live session {sid} "
-                    f"(agent_type {agent_type!r}, user_id {user_id!r})",
-                )
+    )
+    taken = []
+    for sid, agent_type, user_id, key in live:
+        session = keyed[(agent_type, user_id, key)]
+        del candidates[uuid.UUID(session.session_id)]
+        taken.append(
+            Rejected(
+                key,
+                f"the key {key!r} is taken by the live session {sid} "
+                f"(agent_type {agent_type!r}, user_id {user_id!r})",
             )
-    return list(todo.values()), present, taken
+        )
+    return taken
 
 
 async def _insert(conn: AsyncConnection, sessions: list[AgentSession]) -> None:
