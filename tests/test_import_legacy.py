@@ -8,6 +8,8 @@ is not JSON).
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -473,3 +475,40 @@ async def test_cli_dry_run_and_refusals(
     assert missing.code == 2
     assert "there is no SQLite database" in missing.err
     assert not (tmp_path / "x.db").exists()
+
+
+async def test_a_key_taken_while_the_batch_is_written_is_rejected_on_the_second_pass(
+    source: AsyncEngine, target: AsyncEngine
+) -> None:
+    await fill(source, [row("chat-7", user_id="bob"), row("chat-8", user_id="bob")])
+    url = target.url.render_as_string(hide_password=False)
+    created: list[str] = []
+
+    async def create_elsewhere() -> None:
+        engine = create_engine(url)
+        try:
+            session = await repository(engine).create_session("research", "bob", key="chat-7")
+            created.append(session.session_id)
+        finally:
+            await engine.dispose()
+
+    def race(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # After the checks, before the insert: another writer takes the key (and commits).
+        if statement.startswith("INSERT INTO agent_sessions_sessions") and not created:
+            thread = threading.Thread(target=asyncio.run, args=(create_elsewhere(),))
+            thread.start()
+            thread.join()
+
+    event.listen(target.sync_engine, "before_cursor_execute", race)
+    try:
+        report = await import_legacy(source, target)
+    finally:
+        event.remove(target.sync_engine, "before_cursor_execute", race)
+
+    assert len(created) == 1
+    assert rejected(report) == {
+        "chat-7": f"the key 'chat-7' is taken by the live session {created[0]} "
+        "(agent_type 'research', user_id 'bob')"
+    }
+    assert report.imported == 1
+    assert await count(target, sessions_table) == 2
