@@ -284,9 +284,8 @@ class _Reader:
         if nulls:
             yield nulls
         while True:
-            stmt = select(*old.c).order_by(ids).limit(self._batch_size)
-            if last is not None:
-                stmt = stmt.where(ids > last)
+            after = ids.is_not(None) if last is None else ids > last
+            stmt = select(*old.c).where(after).order_by(ids).limit(self._batch_size)
             with storage_errors(self._operation("reading")):
                 async with self._engine.connect() as conn:
                     rows = self._rows((await conn.execute(stmt)).mappings().all())
@@ -454,21 +453,26 @@ async def _sort_out(
     (unconverted, so that a re-run is cheap); the others are converted once (``converted``,
     kept across attempts) and checked against the target's ids and live keys."""
     report = ImportReport(read=len(rows))
-    ids = {i: session_id_for(_old_id(row["id"]))[0] for i, row in enumerate(rows) if row["id"]}
+    ids = {
+        i: session_id_for(_old_id(row["id"]))[0]
+        for i, row in enumerate(rows)
+        if row["id"] is not None
+    }
     found = await conn.execute(select(_S.id, _S_METADATA).where(_S.id.in_(set(ids.values()))))
     imported_from = {sid: (meta or {}).get(LEGACY_ID) for sid, meta in found}
     candidates: dict[uuid.UUID, AgentSession] = {}
+    seen: dict[uuid.UUID, str] = {}  # the old id that claimed each session id in this batch
     for i, row in enumerate(rows):
         if i not in ids:
             report.rejected.append(Rejected("NULL", "the id is NULL"))
             continue
         old_id, sid = _old_id(row["id"]), ids[i]
-        if sid in imported_from or sid in candidates:
-            first = (
-                imported_from[sid] if sid in imported_from else candidates[sid].metadata[LEGACY_ID]
-            )
-            if first == old_id:
+        first = seen.get(sid, imported_from.get(sid))
+        if sid in seen or sid in imported_from:
+            if first == old_id and sid not in seen:
                 report.present += 1
+            elif first == old_id:
+                report.rejected.append(Rejected(old_id, "a duplicate: the id is on two rows"))
             elif isinstance(first, str):
                 report.rejected.append(
                     Rejected(old_id, f"a duplicate: old id {first!r} has the same UUID")
@@ -477,7 +481,9 @@ async def _sort_out(
                 report.rejected.append(
                     Rejected(old_id, f"the session id {sid} is taken by another session")
                 )
+            seen.setdefault(sid, old_id)
             continue
+        seen[sid] = old_id
         if i not in converted:
             try:
                 converted[i] = _convert(row)

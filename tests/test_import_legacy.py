@@ -41,12 +41,12 @@ from tests.test_cli import cli
 T0 = datetime(2024, 5, 1, 9, 0)  # naive, as the old manager wrote them (utcnow)
 
 
-def old_table(metadata: MetaData, json_type: Any, name: str = "agent_sessions") -> Table:
+def old_table(metadata: MetaData, json_type: Any, *, unique_ids: bool = True) -> Table:
     """The old manager's table (its schema, not its data)."""
     return Table(
-        name,
+        "agent_sessions",
         metadata,
-        Column("id", Text, primary_key=True),
+        Column("id", Text, primary_key=unique_ids),
         Column("agent_type", Text),
         Column("user_id", Text),
         Column("state", Text),
@@ -58,7 +58,7 @@ def old_table(metadata: MetaData, json_type: Any, name: str = "agent_sessions") 
     )
 
 
-def row(old_id: str, **values: Any) -> dict[str, Any]:
+def row(old_id: str | None, **values: Any) -> dict[str, Any]:
     """A well-formed old row, with ``values`` replacing fields."""
     base: dict[str, Any] = {
         "id": old_id,
@@ -109,11 +109,9 @@ async def target(fresh_pg: Any) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def fill(
-    engine: AsyncEngine, rows: list[dict[str, Any]], name: str = "agent_sessions"
-) -> None:
+async def fill(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
     json_type = JSONB(none_as_null=True) if engine.dialect.name == "postgresql" else Text
-    table = old_table(MetaData(), json_type, name)
+    table = old_table(MetaData(), json_type)
     async with engine.begin() as conn:
         await conn.execute(insert(table), rows)
 
@@ -277,25 +275,39 @@ async def test_hostile_rows_are_rejected_with_id_and_reason_and_nothing_half_wri
     assert await count(target, checkpoints_table) == 4
 
 
-async def test_text_that_is_not_json_is_rejected(tmp_path: Path, target: AsyncEngine) -> None:
+async def test_text_that_is_not_json_missing_ids_and_repeated_ids_are_rejected(
+    tmp_path: Path, target: AsyncEngine
+) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
     metadata = MetaData()
-    old_table(metadata, Text)
+    old_table(metadata, Text, unique_ids=False)
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
     await fill(
         engine,
         [
+            row("dup", context="{}", checkpoints="[]"),
+            row("dup", context="{}", checkpoints="[]"),
             row("garbled", context="{not json", checkpoints="[]"),
             row("fine", context='{"a": 1}', checkpoints='[{"name": "x"}]'),
+            row(None, context="{}", checkpoints="[]"),  # SQLite lets a text key be NULL
+            row("", context="{}", checkpoints="[]"),
         ],
     )
     try:
-        report = await import_legacy(engine, target)
+        # Batches of 2: ("", "dup") would split the two "dup" rows; the batch takes both.
+        report = await import_legacy(engine, target, batch_size=2)
+        again = await import_legacy(engine, target, batch_size=2)
     finally:
         await engine.dispose()
-    assert rejected(report) == {"garbled": "context is not valid JSON"}
-    assert report.imported == 1
+    reasons = rejected(report)
+    assert set(reasons) == {"garbled", "NULL", "", "dup"}
+    assert reasons["dup"] == "a duplicate: the id is on two rows"
+    assert reasons["garbled"] == "context is not valid JSON"
+    assert reasons["NULL"] == "the id is NULL"
+    assert "key" in reasons[""]
+    assert (report.read, report.imported) == (6, 2)
+    assert (again.read, again.imported, again.present, len(again.rejected)) == (6, 0, 2, 4)
 
 
 async def test_ids_taken_in_the_target_are_rejected(
