@@ -9,6 +9,9 @@ is not JSON).
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -27,6 +30,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -524,3 +528,57 @@ async def test_a_key_taken_while_the_batch_is_written_is_rejected_on_the_second_
     }
     assert report.imported == 1
     assert await count(target, sessions_table) == 2
+
+
+async def test_cli_ctrl_c_says_how_many_were_imported_and_a_rerun_completes(
+    source: AsyncEngine, target: AsyncEngine, tmp_path: Path
+) -> None:
+    """Batches of two; the second batch's insert waits on a row another transaction holds.
+
+    The holder inserts, without committing, the session the fourth row becomes: the import's
+    checks cannot see it, and its insert waits on the primary key until Ctrl-C arrives.
+    """
+    await fill(source, [row(f"s{i}") for i in range(4)])
+    old, new = (e.url.render_as_string(hide_password=False) for e in (source, target))
+    args = ("import-legacy", "--from-url", old, "--url", new, "--batch-size", "2")
+    blocker = session_id_for("s3")[0]
+    async with target.connect() as holder:
+        await holder.execute(
+            insert(sessions_table).values(
+                id=blocker, agent_type="other", user_id="", state="active", context={},
+                metadata={}, created_at=T0.replace(tzinfo=UTC),
+                updated_at=T0.replace(tzinfo=UTC), last_heartbeat=T0.replace(tzinfo=UTC),
+            )
+        )  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_SESSIONS_")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent_sessions.cli", *args, cwd=tmp_path, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        async with target.connect() as watcher:
+            for _ in range(600):  # polls a condition; the time only bounds the test
+                found = (await watcher.execute(waiting)).scalar_one()
+                await watcher.commit()
+                if found:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                proc.kill()
+                pytest.fail("the import never reached its second batch")
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        await holder.rollback()
+
+    assert proc.returncode == 130, err.decode()
+    assert (
+        "interrupted: 2 sessions had already been imported and committed (batches of 2); the "
+        "batch in progress was rolled back. Run the same command again" in err.decode()
+    )
+    assert out.decode() == ""
+    assert await count(target, sessions_table) == 2
+
+    again = await cli(*args, cwd=tmp_path)
+
+    assert again.code == 0, again.err
+    assert "2 imported, 2 skipped as present, 0 rejected" in again.out
