@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import ColumnElement, Connection, and_, func, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from agent_sessions import _cli_format as fmt
 from agent_sessions import _cli_redis, legacy, migrations
@@ -553,8 +553,13 @@ def _source_engine(ctx: Context) -> AsyncEngine:
     if path not in (None, "", ":memory:") and not Path(str(path)).exists():
         # Opening it would create an empty file.
         raise CliError(f"there is no SQLite database at {path} (--from-url)", EXIT_USAGE)
+    kwargs: dict[str, Any] = {}
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg":
+        kwargs["connect_args"] = {"timeout": CONNECT_TIMEOUT}
     try:
-        engine = create_engine(ctx.args.from_url)
+        # Not the library's create_engine: it would switch a SQLite file to WAL, and the old
+        # database is only read.
+        engine = create_async_engine(url, **kwargs)
     except (ValueError, sa_exc.ArgumentError, sa_exc.InvalidRequestError, ImportError) as exc:
         raise CliError(
             f"cannot use --from-url {shown} ({exc}); use an async driver: "

@@ -51,7 +51,7 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from agent_sessions import migrations
 from agent_sessions._errors import storage_errors
@@ -177,7 +177,9 @@ async def import_batches(
         raise SessionValidationError(
             f"batch_size must be from 1 to {MAX_BATCH_SIZE}, got {batch_size}"
         )
-    source_engine = create_engine(source) if isinstance(source, str) else source
+    # A plain engine for the source: the library's own would switch a SQLite file to WAL,
+    # a change to a database this import promises only to read.
+    source_engine = create_async_engine(source) if isinstance(source, str) else source
     target_engine = create_engine(target) if isinstance(target, str) else target
     try:
         with storage_errors("import-legacy: checking the target's schema"):

@@ -32,6 +32,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -582,3 +583,21 @@ async def test_cli_ctrl_c_says_how_many_were_imported_and_a_rerun_completes(
 
     assert again.code == 0, again.err
     assert "2 imported, 2 skipped as present, 0 rejected" in again.out
+
+
+async def test_a_sqlite_source_is_only_read(tmp_path: Path, target: AsyncEngine) -> None:
+    path = tmp_path / "old.db"
+    plain = sa_create_engine(f"sqlite:///{path}")
+    metadata = MetaData()
+    table = old_table(metadata, Text)
+    with plain.begin() as conn:
+        metadata.create_all(conn)
+        conn.execute(insert(table), [row("a", context="{}", checkpoints="[]")])
+    plain.dispose()
+    before = path.read_bytes()
+
+    report = await import_legacy(f"sqlite+aiosqlite:///{path}", target)
+
+    assert report.imported == 1
+    assert path.read_bytes() == before  # not switched to WAL, nothing written
+    assert not (tmp_path / "old.db-wal").exists()
