@@ -22,14 +22,14 @@ from redis.exceptions import RedisError
 from sqlalchemy import ColumnElement, Connection, and_, func, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from agent_sessions import _cli_format as fmt
-from agent_sessions import _cli_redis, migrations
+from agent_sessions import _cli_redis, legacy, migrations
 from agent_sessions._arguments import parse_id
 from agent_sessions._errors import describe, storage_errors
 from agent_sessions.engine import DEFAULT_URL, create_engine
-from agent_sessions.errors import SessionNotFoundError
+from agent_sessions.errors import SessionNotFoundError, StorageError
 from agent_sessions.models import SessionState
 from agent_sessions.redis_cache import RedisCache
 from agent_sessions.repository import SessionRepository
@@ -533,4 +533,78 @@ async def stats(ctx: Context) -> int:
             "above are complete, the cache's are missing",
             EXIT_ERROR,
         )
+    return EXIT_OK
+
+
+# -- import-legacy ----------------------------------------------------------------------------
+
+
+def _source_engine(ctx: Context) -> AsyncEngine:
+    """The engine of ``--from-url`` (the old manager's database), closed with the command."""
+    try:
+        url = make_url(ctx.args.from_url)
+    except sa_exc.ArgumentError:
+        raise CliError(
+            "cannot parse --from-url; expected e.g. postgresql+asyncpg://user:password@host/db",
+            EXIT_USAGE,
+        ) from None
+    shown = url.render_as_string(hide_password=True)
+    path = url.database if url.get_backend_name() == "sqlite" else None
+    if path not in (None, "", ":memory:") and not Path(str(path)).exists():
+        # Opening it would create an empty file.
+        raise CliError(f"there is no SQLite database at {path} (--from-url)", EXIT_USAGE)
+    kwargs: dict[str, Any] = {}
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg":
+        kwargs["connect_args"] = {"timeout": CONNECT_TIMEOUT}
+    try:
+        # Not the library's create_engine: it would switch a SQLite file to WAL, and the old
+        # database is only read.
+        engine = create_async_engine(url, **kwargs)
+    except (ValueError, sa_exc.ArgumentError, sa_exc.InvalidRequestError, ImportError) as exc:
+        raise CliError(
+            f"cannot use --from-url {shown} ({exc}); use an async driver: "
+            "postgresql+asyncpg://... or sqlite+aiosqlite:///...",
+            EXIT_USAGE,
+        ) from None
+    ctx._closers.append(engine.dispose)
+    return engine
+
+
+async def import_legacy(ctx: Context) -> int:
+    args = ctx.args
+    source, target = _source_engine(ctx), ctx.engine()
+    total = await legacy.count_rows(source, args.table) if sys.stderr.isatty() else None
+    report = legacy.ImportReport(dry_run=args.dry_run)
+    batches = legacy.import_batches(
+        source, target, table=args.table, batch_size=args.batch_size, dry_run=args.dry_run
+    )
+    try:
+        async for batch in batches:
+            report.add(batch)
+            if total is not None:
+                fmt.draw_progress(sys.stderr, "import-legacy", report.read, total)
+    except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels the command
+        raise CliError(
+            f"interrupted: {report.imported} sessions had already been imported and committed "
+            f"(batches of {args.batch_size}); the batch in progress was rolled back. Run the "
+            "same command again to import the rest",
+            EXIT_INTERRUPTED,
+        ) from None
+    except StorageError as exc:  # its message names the database (source or target) that failed
+        raise CliError(str(exc), EXIT_ERROR) from exc
+    finally:
+        if total is not None:
+            fmt.clear_progress(sys.stderr)
+    source_shown = source.url.render_as_string(hide_password=True)
+    would = " would be" if args.dry_run else ""
+    ctx.print(
+        f"import-legacy{' --dry-run' if args.dry_run else ''}: {report.read} rows of "
+        f"{args.table!r} at {source_shown}: {report.imported}{would} imported, "
+        f"{report.present} skipped as present, {len(report.rejected)} rejected"
+        + ("; nothing was written" if args.dry_run else "")
+    )
+    for rejected in report.rejected:
+        ctx.print(f"rejected {rejected.old_id!r}: {rejected.reason}")
+    for old_id, fields in report.defaulted.items():
+        ctx.print(f"defaulted {old_id!r}: {', '.join(fields)}")
     return EXIT_OK

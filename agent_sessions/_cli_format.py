@@ -228,3 +228,17 @@ async def with_spinner(label: str, work: Awaitable[T], stream: TextIO = sys.stde
             await spinner
         stream.write("\r\x1b[K")
         stream.flush()
+
+
+def draw_progress(stream: TextIO, label: str, done: int, total: int, width: int = 30) -> None:
+    """Redraw a progress bar, ``label [#####-----] done/total``, on a terminal line."""
+    filled = width if total <= 0 else min(width, width * done // total)
+    bar = "#" * filled + "-" * (width - filled)
+    stream.write(f"\r{label} [{bar}] {done}/{total} rows\x1b[K")
+    stream.flush()
+
+
+def clear_progress(stream: TextIO) -> None:
+    """Erase the progress bar's line."""
+    stream.write("\r\x1b[K")
+    stream.flush()

@@ -25,6 +25,7 @@ from alembic.util import CommandError
 from sqlalchemy import exc as sa_exc
 
 from agent_sessions import _cli_format as fmt
+from agent_sessions import legacy
 from agent_sessions._arguments import MAX_BATCH_SIZE, MAX_PAGE_SIZE
 from agent_sessions._cli_commands import (
     DEFAULT_REDIS_NAMESPACE,
@@ -46,6 +47,7 @@ from agent_sessions._cli_commands import (
     db_downgrade,
     db_sql,
     db_upgrade,
+    import_legacy,
     known_revisions,
     library_version,
     purge,
@@ -232,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--batch-size", type=fmt.int_from_1_to(MAX_BATCH_SIZE), default=500, help="(500)"
     )
+    sub = add(commands, "import-legacy", import_legacy, "import a hand-written manager's table")
+    sub.add_argument("--from-url", required=True, metavar="URL", help="the old database (read)")
+    sub.add_argument("--table", default="agent_sessions", help="the old table (agent_sessions)")
+    sub.add_argument(
+        "--batch-size", type=fmt.int_from_1_to(legacy.MAX_BATCH_SIZE), default=1000,
+        help=f"rows per transaction (1000; at most {legacy.MAX_BATCH_SIZE})",
+    )  # fmt: skip
+    sub.add_argument("--dry-run", action="store_true", help="validate and count; write nothing")
     sub = add(commands, "stats", stats, "counts by state and agent type; cache counters")
     sub.add_argument("--json", action="store_true", help="print JSON")
     return parser
