@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy
 from redis.asyncio import Redis
 from sqlalchemy import select
 
@@ -33,6 +34,7 @@ from tests.cancelling import Outcome, cancel_at
 from tests.conftest import Backend, FakeClock
 
 S = sessions_table.c
+OLD_SQLALCHEMY = tuple(int(part) for part in sqlalchemy.__version__.split(".")[:2]) < (2, 1)
 C = checkpoints_table.c
 
 # Every write's suspension points, per method and backend, filled in as the tests run (the
@@ -442,6 +444,11 @@ async def test_a_write_cancelled_at_any_await_happened_or_not_and_leaves_nothing
     observer: SessionRepository | None,
     request: pytest.FixtureRequest,
 ) -> None:
+    if bound and db.name == "sqlite" and OLD_SQLALCHEMY:
+        pytest.xfail(
+            "SQLAlchemy 2.0: a host's AsyncSession cancelled inside bind() on SQLite can keep "
+            "its connection checked out (and the write lock); fixed with SQLAlchemy 2.1"
+        )
     checks = Checks(db, observer)
     points = await exercise(name, SCENARIOS[name], repo, db, clock, checks, bound)
     SUSPENSIONS[request.node.callspec.id] = points

@@ -163,6 +163,7 @@ def test_db_commands_on_a_newer_schema_exit_3_asking_to_upgrade_the_package(
 ) -> None:
     with contextlib.closing(sqlite3.connect(tmp_path / "sessions.db")) as db:
         db.execute(f"UPDATE {VERSION_TABLE} SET version_num = 'f00d_future'")
+        db.commit()
     result = in_process(capsys, *args, "--url", migrated)
     assert result.code == 3, result.err
     assert "at revision f00d_future, which agent_sessions" in result.err
