@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from asyncpg.exceptions import InternalClientError
+from asyncpg.exceptions import InternalClientError, PostgresError
 from sqlalchemy import exc as sa_exc
 
 from agent_sessions.errors import StorageError, StorageTimeoutError
@@ -50,7 +50,9 @@ def storage_errors(operation: str) -> Iterator[None]:
         ) from exc
     # InternalClientError: asyncpg reusing a connection its server dropped mid-operation;
     # older SQLAlchemy 2.0 releases let it through untranslated (engine.py discards it).
-    except (sa_exc.DBAPIError, InternalClientError, OSError, TimeoutError) as exc:
+    # PostgresError: a server refusal while connecting (no such database), which SQLAlchemy
+    # 2.0.10 with asyncpg 0.29 also lets through untranslated.
+    except (sa_exc.DBAPIError, InternalClientError, PostgresError, OSError, TimeoutError) as exc:
         detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig else exc
         first_line = str(detail).splitlines()[0] if str(detail) else ""
         if _POOLER_WAIT_TIMEOUT in first_line:

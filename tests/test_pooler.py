@@ -366,6 +366,12 @@ async def test_pgbouncer_restarted_under_load_keeps_every_acknowledged_write(
 async def test_exhausted_server_connections_give_storage_timeout_and_write_nothing(
     own: tuple[SessionRepository, AsyncEngine, PgBouncerServer],
 ) -> None:
+    if tuple(int(part) for part in asyncpg.__version__.split(".")[:2]) < (0, 32):
+        pytest.xfail(
+            "asyncpg before 0.32 reports PgBouncer's query_wait_timeout only as a closed "
+            "connection, which cannot be told from a lost one (StorageError, not "
+            "StorageTimeoutError)"
+        )
     repo, check, bouncer = own
     sid = (await repo.create_session("exhausted", user_id="u")).session_id
     holders = []
