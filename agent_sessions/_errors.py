@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from asyncpg.exceptions import InternalClientError, PostgresError
+from asyncpg.exceptions import (
+    IntegrityConstraintViolationError,
+    InterfaceError,
+    InternalClientError,
+    PostgresError,
+)
 from sqlalchemy import exc as sa_exc
 
 from agent_sessions.errors import StorageError, StorageTimeoutError
@@ -17,6 +23,20 @@ _POOLER_WAIT_TIMEOUT = "query_wait_timeout"
 # PostgreSQL refusing a connection before any statement ran: no such database, bad user or
 # password, too many connections, server starting or shutting down.
 _REFUSED_SQLSTATES = frozenset({"3D000", "28000", "28P01", "53300", "57P03"})
+
+
+# The drivers' own errors: raised untranslated by the hot path (``_driver``), which runs
+# statements on the driver's connection, and by SQLAlchemy in a few cases: asyncpg's
+# InternalClientError when a connection its server dropped mid-operation is used again (older
+# SQLAlchemy 2.0 releases; engine.py discards it), and a server refusal while connecting (no such
+# database) with SQLAlchemy 2.0.10 and asyncpg 0.29.
+DRIVER_ERRORS = (sqlite3.Error, PostgresError, InterfaceError, InternalClientError)
+# A unique index refusing a row, through SQLAlchemy or from the driver.
+INTEGRITY_ERRORS = (
+    sa_exc.IntegrityError,
+    sqlite3.IntegrityError,
+    IntegrityConstraintViolationError,
+)
 
 
 def describe(error: BaseException) -> str:
@@ -48,11 +68,7 @@ def storage_errors(operation: str) -> Iterator[None]:
             f"{operation}: no database connection became free in time ({exc}); lower the "
             "number of concurrent callers or raise the engine's pool_size/max_overflow"
         ) from exc
-    # InternalClientError: asyncpg reusing a connection its server dropped mid-operation;
-    # older SQLAlchemy 2.0 releases let it through untranslated (engine.py discards it).
-    # PostgresError: a server refusal while connecting (no such database), which SQLAlchemy
-    # 2.0.10 with asyncpg 0.29 also lets through untranslated.
-    except (sa_exc.DBAPIError, InternalClientError, PostgresError, OSError, TimeoutError) as exc:
+    except (sa_exc.DBAPIError, *DRIVER_ERRORS, OSError, TimeoutError) as exc:
         detail = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig else exc
         first_line = str(detail).splitlines()[0] if str(detail) else ""
         if _POOLER_WAIT_TIMEOUT in first_line:

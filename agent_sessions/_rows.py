@@ -10,8 +10,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func
-
 from agent_sessions.models import AgentSession, SessionCheckpoint, SessionState
 from agent_sessions.tables import checkpoints_table, sessions_table
 
@@ -70,10 +68,3 @@ def checkpoint_values(sid: uuid.UUID, cp: SessionCheckpoint) -> dict[str, Any]:
     """The checkpoints table's values for storing ``cp`` in session ``sid``."""
     return {"session_id": sid, "seq": cp.seq, "name": cp.name, "data": cp.data,
             "created_at": cp.timestamp}  # fmt: skip
-
-
-def context_with_failure_reason(dialect: str) -> Any:
-    """``context`` with ``failure_reason = "heartbeat_timeout"`` merged in, done by the database."""
-    if dialect == "postgresql":
-        return S.context.op("||")(func.jsonb_build_object("failure_reason", "heartbeat_timeout"))
-    return func.json_set(S.context, "$.failure_reason", "heartbeat_timeout")

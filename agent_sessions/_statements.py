@@ -22,6 +22,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     true,
     tuple_,
@@ -96,12 +97,11 @@ ID_BY_KEY = select(S.id).where(
     S.agent_type == _AGENT, S.user_id == _USER, S.key == _KEY, S.state != DELETED
 )
 
-INSERT_SESSION = insert(sessions_table)
 INSERT_CHECKPOINT = insert(checkpoints_table)
 
 HEARTBEAT = _scoped(
     update(sessions_table)
-    .where(S.id == _SID, S.state.in_(LIVE_STATES))
+    .where(S.id == _SID, or_(*(S.state == state for state in LIVE_STATES)))
     .values(last_heartbeat=_NOW)
     .returning(S.id)
 )
@@ -192,25 +192,30 @@ def _append_in_one(scoped: bool) -> Any:
 
 APPEND_IN_ONE = {False: _append_in_one(False), True: _append_in_one(True)}
 
-_created = (
-    insert(sessions_table)
-    .values(
-        id=_SID,
-        agent_type=_AGENT,
-        user_id=_USER,
-        key=_KEY,
-        state="active",
-        context=bindparam("b_context", type_=JsonType),
-        metadata=bindparam("b_metadata", type_=JsonType),
-        checkpoint_count=1,
-        version=1,
-        created_at=_NOW,
-        updated_at=_NOW,
-        last_heartbeat=_NOW,
-    )
-    .returning(S.id)
-    .cte("created")
+_new_session = insert(sessions_table).values(
+    id=_SID,
+    agent_type=_AGENT,
+    user_id=_USER,
+    key=_KEY,
+    state="active",
+    context=bindparam("b_context", type_=JsonType),
+    metadata=bindparam("b_metadata", type_=JsonType),
+    checkpoint_count=1,
+    version=1,
+    created_at=_NOW,
+    updated_at=_NOW,
+    last_heartbeat=_NOW,
 )
+# SQLite: the session's row, then its first checkpoint.
+INSERT_SESSION_ROW = _new_session
+INSERT_ONE_CHECKPOINT = insert(checkpoints_table).values(
+    session_id=_SID,
+    seq=bindparam("b_seq", type_=Integer()),
+    name=_CP_NAME,
+    data=_CP_DATA,
+    created_at=_AT,
+)
+_created = _new_session.returning(S.id).cte("created")
 CREATE_IN_ONE = insert(checkpoints_table).from_select(
     _CHECKPOINT_COLUMN_NAMES,
     select(_created.c.id, literal(1, Integer()), _CP_NAME, _CP_DATA, _NOW),

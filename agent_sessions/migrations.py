@@ -25,7 +25,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from agent_sessions._errors import storage_errors
 from agent_sessions.engine import create_engine
@@ -139,21 +139,21 @@ def check_connection(connection: Connection) -> None:
 
 
 class SchemaGate:
-    """Checks once, on first use, that the schema is at head; remembers the dialect."""
+    """Checks once, on first use, that the schema is at head."""
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
-        self.dialect: str | None = None
+        self.passed = False
 
-    async def pass_through(self, session: AsyncSession) -> str:
-        """Return the dialect's name; raise ``SchemaOutOfDateError`` the first time if behind."""
-        if self.dialect is None:
-            async with self._lock:
-                if self.dialect is None:
-                    conn = await session.connection()
-                    await conn.run_sync(check_connection)
-                    self.dialect = conn.dialect.name
-        return self.dialect
+    async def pass_through(self, runner: AsyncConnection | AsyncSession) -> None:
+        """Raise ``SchemaOutOfDateError`` the first time if the schema is behind; then nothing."""
+        if self.passed:
+            return
+        async with self._lock:
+            if not self.passed:
+                conn = await runner.connection() if isinstance(runner, AsyncSession) else runner
+                await conn.run_sync(check_connection)
+                self.passed = True
 
 
 async def _with_connection(

@@ -7,7 +7,6 @@ back from our own database are not validated a second time.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import logging
@@ -15,14 +14,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, Executable, Result, and_, delete, func, select, update
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import CursorResult, and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from agent_sessions import _cursor, _invalidation, telemetry
+from agent_sessions import _cursor
 from agent_sessions import _statements as sql
 from agent_sessions._arguments import (
     MAX_BATCH_SIZE,
@@ -37,7 +35,9 @@ from agent_sessions._arguments import (
     checked_now,
     parse_id,
 )
-from agent_sessions._errors import storage_errors
+from agent_sessions._calls import Call, Database
+from agent_sessions._dialects import Dialect, Shape
+from agent_sessions._errors import INTEGRITY_ERRORS
 from agent_sessions._rows import (
     CHECKPOINT_COLUMNS,
     C,
@@ -45,17 +45,14 @@ from agent_sessions._rows import (
     checkpoint_from_row,
     checkpoint_values,
     checkpoints_from_json,
-    context_with_failure_reason,
     session_from_row,
 )
-from agent_sessions._settle import run_to_end
 from agent_sessions._validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     check_json_object,
     check_payload_size,
     check_text,
 )
-from agent_sessions.engine import behind_transaction_pooler
 from agent_sessions.errors import (
     ConcurrentUpdateError,
     InvalidStateTransitionError,
@@ -63,7 +60,6 @@ from agent_sessions.errors import (
     SessionNotFoundError,
     SessionValidationError,
 )
-from agent_sessions.migrations import SchemaGate
 from agent_sessions.models import (
     AgentSession,
     SessionCheckpoint,
@@ -80,58 +76,6 @@ from agent_sessions.tables import checkpoints_table, sessions_table
 __all__ = ["SessionRepository"]
 
 logger = logging.getLogger(__name__)
-
-_Mode = Literal["read", "statement", "write"]
-_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
-
-
-class _Db:
-    """The session a call runs its statements in, and how a cancellation meets a statement.
-
-    SQLite: each statement runs to its end. The driver cannot stop a statement its thread has
-    started, and a cursor abandoned halfway keeps the database's write lock for as long as
-    anything references it; a SQLite statement waits at most the busy timeout, so finishing
-    it delays a cancellation by little.
-
-    PostgreSQL: a cancellation goes into the statement, and asyncpg cancels it on the server
-    (a statement waiting on a lock, a long sweep, a Ctrl-C must not wait for it). The
-    statement then either finished or was stopped: the caller rolls back and releases the
-    connection to the end, and treats the call's outcome as unknown.
-    """
-
-    __slots__ = ("finish_statements", "session")
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-        self.finish_statements = session.get_bind().dialect.name == "sqlite"
-
-    async def execute(self, statement: Executable, params: Any = None) -> Result[Any]:
-        if self.finish_statements:
-            return await run_to_end(self.session.execute(statement, params))
-        return await self.session.execute(statement, params)
-
-    async def scalar(self, statement: Executable, params: Any = None) -> Any:
-        if self.finish_statements:
-            return await run_to_end(self.session.scalar(statement, params))
-        return await self.session.scalar(statement, params)
-
-
-def _outcome_unknown(exc: BaseException) -> bool:
-    """Whether a call that raised ``exc`` may have changed the database.
-
-    Our own verdicts are raised after a statement that changed nothing; anything else
-    (cancellation, a driver or connection error, a bug) may come after the server applied it.
-    """
-    return not isinstance(exc, _VERDICTS)
-
-
-_VERDICTS = (
-    ConcurrentUpdateError,
-    InvalidStateTransitionError,
-    SessionExistsError,
-    SessionNotFoundError,
-    SessionValidationError,
-)
 
 
 class SessionRepository:
@@ -174,8 +118,7 @@ class SessionRepository:
         self._cache = cache
         self._max_payload = max_payload_bytes
         self._clock = clock
-        self._gate = SchemaGate()
-        self._write_lock = asyncio.Lock()
+        self._db = Database(session_factory)
         self._bound: AsyncSession | None = None
 
     @property
@@ -206,91 +149,31 @@ class SessionRepository:
         bound._bound = session
         return bound
 
-    @asynccontextmanager
-    async def _transaction(
-        self, operation: str, session_id: uuid.UUID | None = None, *, mode: _Mode = "write"
-    ) -> AsyncIterator[tuple[_Db, str]]:
-        """Where ``operation`` runs its statements, and the dialect's name.
+    def _call(
+        self,
+        operation: str,
+        session_id: uuid.UUID | None = None,
+        shape: Shape = "transaction",
+        *,
+        hot: bool = False,
+    ) -> contextlib.AbstractAsyncContextManager[Call]:
+        """Where ``operation`` runs its statements: see ``_calls`` for how it opens and settles.
 
-        Bound: the caller's session. Otherwise a new one: for ``"write"`` in a transaction
-        committed at the end; for ``"read"`` (reads needing no common snapshot) and
-        ``"statement"`` (one writing statement) in autocommit mode, which saves the BEGIN and
-        COMMIT round trips, except behind a transaction pooler (see ``_needs_transaction``).
-
-        Cancellation: the commit, the rollback and the release of the connection run to their
-        end (``run_to_end``), and so does each statement on SQLite (see ``_Db``), so a
-        cancellation takes effect between statements, where a rollback undoes what the call
-        did so far, or after the last one, when the call has happened. Then the caller gets
-        its ``CancelledError``. A call that ends with
-        anything but a result or one of our own verdicts (not found, conflict, bad
-        transition) may have been applied or not (a connection lost while committing), so
-        after the rollback and release the keys it may have changed are invalidated:
-        ``session_id``'s and those registered so far. Forgetting a key that did not change
-        costs one cache miss; keeping a stale one would serve it until the ttl.
+        ``hot``: the call runs its statements with ``Call.fetch`` only (see ``_driver``).
         """
-        # The span wraps storage_errors, so it records the library's error, not the driver's.
-        sid = None if session_id is None else str(session_id)
-        with (
-            telemetry.span(operation, session_id=sid, bound=self._bound is not None),
-            storage_errors(operation),
-        ):
-            if self._bound is not None:
-                db = _Db(self._bound)
-                try:
-                    yield db, await self._dialect(db)
-                except BaseException as exc:
-                    if mode != "read" and session_id is not None and _outcome_unknown(exc):
-                        self._invalidate_on_commit(db, [session_id])  # in case it commits
-                    raise
-                return
-            async with self._sqlite_writer(mode):
-                db = _Db(self._factory())
-                try:
-                    in_transaction = _needs_transaction(db.session, mode)
-                    if in_transaction:
-                        await db.session.begin()
-                    else:
-                        await run_to_end(db.session.connection(execution_options=_AUTOCOMMIT))
-                    yield db, await self._dialect(db)
-                    if in_transaction:
-                        await run_to_end(db.session.commit())  # invalidates after the COMMIT
-                    else:
-                        await _invalidation.run_pending(db.session)
-                except BaseException as exc:
-                    unknown = mode != "read" and _outcome_unknown(exc)
-                    await run_to_end(self._abandon(db.session, session_id if unknown else None))
-                    raise
-                await run_to_end(db.session.close())
+        return self._db.call(
+            operation,
+            session_id,
+            shape,
+            cache=self._cache,
+            model=AgentSession,
+            bound=self._bound,
+            hot=hot,
+        )
 
-    async def _dialect(self, db: _Db) -> str:
-        if self._gate.dialect is not None:
-            return self._gate.dialect
-        return await run_to_end(self._gate.pass_through(db.session))
-
-    async def _abandon(self, session: AsyncSession, maybe_changed: uuid.UUID | None) -> None:
-        """Roll back and release ``session``; then forget what its write may have changed."""
-        pending = _invalidation.take(session) if maybe_changed is not None else {}
-        if maybe_changed is not None and self._cache is not None:
-            _invalidation.add(pending, self._cache, AgentSession, [str(maybe_changed)])
-        try:
-            await session.rollback()
-        except Exception:  # the connection is broken: closing it below discards it
-            logger.debug("rollback after a failed call failed", exc_info=True)
-        finally:
-            await session.close()
-        await _invalidation.invalidate(pending)
-
-    def _sqlite_writer(self, mode: _Mode) -> contextlib.AbstractAsyncContextManager[Any]:
-        # SQLite has one writer at a time; writers that wait on its lock sleep in the busy
-        # handler and a crowd of them collapses to a few dozen writes a second. Queueing this
-        # process's writers on an asyncio lock instead keeps them at full speed.
-        if mode == "read" or self._gate.dialect != "sqlite":
-            return contextlib.nullcontext()
-        return self._write_lock
-
-    def _invalidate_on_commit(self, db: _Db, ids: Sequence[uuid.UUID]) -> None:
-        if self._cache is not None and ids:
-            _invalidation.on_commit(db.session, self._cache, AgentSession, [str(i) for i in ids])
+    @property
+    def _dialect(self) -> Dialect:
+        return self._db.dialect if self._bound is None else self._db.dialect_of(self._bound)
 
     def _check_sizes(self, **payloads: dict[str, Any]) -> None:
         try:
@@ -351,45 +234,17 @@ class SessionRepository:
             raise validation_error(exc, "session") from exc
         self._check_sizes(context=session.context, metadata=session.metadata)
         sid = uuid.UUID(session.session_id)
-        first = session.checkpoints[0]
-        if self._gate.dialect == "postgresql":
-            params = {"b_sid": sid, "b_agent": session.agent_type, "b_user": session.user_id,
-                      "b_context": session.context, "b_metadata": session.metadata,
-                      "b_now": now, "b_name": first.name, "b_data": first.data,
-                      "b_key": session.key}  # fmt: skip
-            async with (
-                self._transaction("create_session", sid, mode="statement") as (db, _),
-                self._key_is_free(session),
-            ):
-                await db.execute(sql.CREATE_IN_ONE, params)
-            return session
+        dialect = self._dialect
         async with (
-            self._transaction("create_session", sid) as (db, _),
-            self._key_is_free(session),
+            self._call("create_session", sid, dialect.append_shape, hot=True) as db,
+            self._key_is_free(db, session),
         ):
-            await db.execute(
-                sql.INSERT_SESSION,
-                {
-                    "id": sid,
-                    "agent_type": session.agent_type,
-                    "user_id": session.user_id,
-                    "state": session.state.value,
-                    "context": session.context,
-                    "metadata": session.metadata,
-                    "checkpoint_count": 1,
-                    "version": 1,
-                    "created_at": now,
-                    "updated_at": now,
-                    "last_heartbeat": now,
-                    "key": session.key,
-                },
-            )
-            await db.execute(sql.INSERT_CHECKPOINT, checkpoint_values(sid, first))
+            await dialect.create(db, session)
         logger.debug("created session %s (%s)", session.session_id, session.agent_type)
         return session
 
     @asynccontextmanager
-    async def _key_is_free(self, session: AgentSession) -> AsyncIterator[None]:
+    async def _key_is_free(self, db: Call, session: AgentSession) -> AsyncIterator[None]:
         """Turn the unique index's refusal of a taken key into ``SessionExistsError``."""
         if session.key is None:
             yield
@@ -397,11 +252,11 @@ class SessionRepository:
         # On PostgreSQL a failed statement aborts the whole transaction: inside a caller's
         # transaction, a savepoint keeps the refusal from taking the caller's work with it.
         savepoint = None
-        if self._bound is not None and self._gate.dialect == "postgresql":
-            savepoint = await self._bound.begin_nested()
+        if db.bound is not None and db.dialect.savepoint_for_refusals:
+            savepoint = await db.bound.begin_nested()
         try:
             yield
-        except sa_exc.IntegrityError as exc:
+        except INTEGRITY_ERRORS as exc:
             if savepoint is not None:
                 await savepoint.rollback()
             raise SessionExistsError(session.agent_type, session.user_id, session.key) from exc
@@ -472,18 +327,17 @@ class SessionRepository:
         params: dict[str, Any] = {"b_agent": agent_type, "b_user": user_id, "b_key": key}
         if self._read_cache is None:  # one statement: the session, found through its key
             params["b_recent"] = recent
-            async with self._transaction("get_session_by_key", mode="read") as (db, dialect):
-                load = sql.LOAD_BY_KEY["postgresql" if dialect == "postgresql" else "sqlite"]
-                row = (await db.execute(load, params)).first()
-            return None if row is None else session_from_row(row, checkpoints_from_json(row.recent))
+            async with self._call("get_session_by_key", shape="read", hot=True) as db:
+                rows = await db.fetch(db.dialect.load_by_key, params)
+            return (
+                session_from_row(rows[0], checkpoints_from_json(rows[0].recent)) if rows else None
+            )
         # The key is resolved by the database on every call, never cached: a key is reused
         # after a delete, by a session with another id, and the cache is keyed by id. A
         # session's key is fixed at creation, so whatever is cached for this id has this key.
-        async with self._transaction("get_session_by_key", mode="read") as (db, _):
-            sid = (await db.execute(sql.ID_BY_KEY, params)).scalar()
-        if sid is None:
-            return None
-        return await self._load_window(str(sid), recent)
+        async with self._call("get_session_by_key", shape="read", hot=True) as db:
+            rows = await db.fetch(sql.ID_BY_KEY, params)
+        return await self._load_window(str(rows[0].id), recent) if rows else None
 
     def _window(self, recent_checkpoints: int | None) -> int:
         if recent_checkpoints is None:
@@ -505,12 +359,9 @@ class SessionRepository:
     async def _load(self, session_id: str, recent: int | None = None) -> AgentSession | None:
         sid = uuid.UUID(session_id)
         params = {"b_sid": sid, "b_recent": self._recent if recent is None else recent}
-        async with self._transaction("get_session", sid, mode="read") as (db, dialect):
-            load = sql.LOAD["postgresql" if dialect == "postgresql" else "sqlite"]
-            row = (await db.execute(load, params)).first()
-        if row is None:
-            return None
-        return session_from_row(row, checkpoints_from_json(row.recent))
+        async with self._call("get_session", sid, shape="read", hot=True) as db:
+            rows = await db.fetch(db.dialect.load, params)
+        return _session(rows)
 
     async def get_active_sessions(
         self, agent_type: str | None = None, user_id: str | None = None, *, limit: int = 100
@@ -560,7 +411,7 @@ class SessionRepository:
         stmt = sql.list_page(
             agent_type is not None, user_id is not None, wanted is not None, cursor is not None
         )
-        async with self._transaction("list_sessions", mode="read") as (db, _):
+        async with self._call("list_sessions", shape="read") as db:
             rows = (await db.execute(stmt, params)).all()
         items = [session_from_row(r, []) for r in rows[:limit]]
         next_cursor = None
@@ -612,7 +463,7 @@ class SessionRepository:
         if since is not None:
             stmt = stmt.where(C.created_at >= since)
         stmt = stmt.limit(limit)
-        async with self._transaction("list_checkpoints", sid, mode="read") as (db, _):
+        async with self._call("list_checkpoints", sid, shape="read") as db:
             rows = (await db.execute(stmt)).all()
             if not rows and (await db.execute(owner)).first() is None:
                 raise SessionNotFoundError(str(session_id))
@@ -661,8 +512,8 @@ class SessionRepository:
             "b_added": len(pending),
         }
         # Without new checkpoints the update is one statement: no transaction needed.
-        mode: _Mode = "write" if pending else "statement"
-        async with self._transaction("update_session", sid, mode=mode) as (db, _):
+        shape: Shape = "transaction" if pending else "one statement"
+        async with self._call("update_session", sid, shape) as db:
             row = (await db.execute(sql.UPDATE, params)).first()
             if row is None:
                 await self._explain_failed_update(db, sid, session, target)
@@ -673,7 +524,7 @@ class SessionRepository:
                 await db.execute(
                     sql.INSERT_CHECKPOINT, [checkpoint_values(sid, cp) for cp in stored]
                 )
-            self._invalidate_on_commit(db, [sid])
+            db.invalidate_on_commit([sid])
         kept = [cp for cp in session.checkpoints if cp.seq is not None] + stored
         return AgentSession.model_construct(
             **{
@@ -720,7 +571,7 @@ class SessionRepository:
         return target, pending
 
     async def _explain_failed_update(
-        self, db: _Db, sid: uuid.UUID, session: AgentSession, target: SessionState
+        self, db: Call, sid: uuid.UUID, session: AgentSession, target: SessionState
     ) -> None:
         stored = (
             await db.execute(select(S.version, S.state, S.user_id).where(S.id == sid))
@@ -753,11 +604,10 @@ class SessionRepository:
         params = {"b_sid": sid, "b_now": checked_now(self._clock), "b_user": user_id}
         if hard:
             return await self._hard_delete(sid, params)
-        async with self._transaction("delete_session", sid, mode="statement") as (db, _):
-            stmt = sql.DELETE[user_id is not None]
-            deleted = (await db.execute(stmt, params)).first() is not None
+        async with self._call("delete_session", sid, shape="one statement", hot=True) as db:
+            deleted = bool(await db.fetch(sql.DELETE[user_id is not None], params))
             if deleted:
-                self._invalidate_on_commit(db, [sid])
+                db.invalidate_on_commit([sid])
         return deleted
 
     async def heartbeat(self, session_id: str, *, user_id: str | None = None) -> bool:
@@ -775,11 +625,10 @@ class SessionRepository:
         if sid is None:
             return False
         params = {"b_sid": sid, "b_now": checked_now(self._clock), "b_user": user_id}
-        async with self._transaction("heartbeat", sid, mode="statement") as (db, _):
-            row = (await db.execute(sql.HEARTBEAT[user_id is not None], params)).first()
-            alive = row is not None
+        async with self._call("heartbeat", sid, shape="one statement", hot=True) as db:
+            alive = bool(await db.fetch(sql.HEARTBEAT[user_id is not None], params))
             if alive:
-                self._invalidate_on_commit(db, [sid])
+                db.invalidate_on_commit([sid])
         return alive
 
     async def add_checkpoint(
@@ -818,22 +667,13 @@ class SessionRepository:
             raise SessionNotFoundError(str(session_id))
         params = {"b_sid": sid, "b_now": now, "b_at": cp.timestamp, "b_user": user_id,
                   "b_name": cp.name, "b_data": cp.data}  # fmt: skip
-        if self._gate.dialect == "postgresql":
-            async with self._transaction("add_checkpoint", sid, mode="statement") as (db, _):
-                stmt = sql.APPEND_IN_ONE[user_id is not None]
-                seq = (await db.execute(stmt, params)).scalar()
-                if seq is None:
-                    raise SessionNotFoundError(str(session_id))
-                self._invalidate_on_commit(db, [sid])
-            cp.seq = seq
-            return cp
-        async with self._transaction("add_checkpoint", sid) as (db, _):
-            seq = (await db.execute(sql.APPEND[user_id is not None], params)).scalar()
+        dialect = self._dialect
+        async with self._call("add_checkpoint", sid, dialect.append_shape, hot=True) as db:
+            seq = await dialect.append(db, params, cp)
             if seq is None:
                 raise SessionNotFoundError(str(session_id))
-            cp.seq = seq
-            await db.execute(sql.INSERT_CHECKPOINT, checkpoint_values(sid, cp))
-            self._invalidate_on_commit(db, [sid])
+            db.invalidate_on_commit([sid])
+        cp.seq = seq
         return cp
 
     async def add_checkpoints(
@@ -872,27 +712,12 @@ class SessionRepository:
             raise SessionNotFoundError(str(session_id))
         params: dict[str, Any] = {"b_sid": sid, "b_now": now, "b_at": at, "b_user": user_id,
                                   "b_added": len(batch)}  # fmt: skip
-        if self._gate.dialect == "postgresql":
-            params["b_items"] = [{"name": cp.name, "data": cp.data} for cp in batch]
-            async with self._transaction("add_checkpoints", sid, mode="statement") as (db, _):
-                stmt = sql.APPEND_MANY_IN_ONE[user_id is not None]
-                seqs = (await db.execute(stmt, params)).scalars().all()
-                if not seqs:
-                    raise SessionNotFoundError(str(session_id))
-                self._invalidate_on_commit(db, [sid])
-            first = min(seqs)
-        else:
-            async with self._transaction("add_checkpoints", sid) as (db, _):
-                count = (await db.execute(sql.APPEND_MANY[user_id is not None], params)).scalar()
-                if count is None:
-                    raise SessionNotFoundError(str(session_id))
-                first = count - len(batch) + 1
-                for i, cp in enumerate(batch):
-                    cp.seq = first + i
-                await db.execute(
-                    sql.INSERT_CHECKPOINT, [checkpoint_values(sid, cp) for cp in batch]
-                )
-                self._invalidate_on_commit(db, [sid])
+        dialect = self._dialect
+        async with self._call("add_checkpoints", sid, dialect.append_shape) as db:
+            first = await dialect.append_many(db, params, batch)
+            if first is None:
+                raise SessionNotFoundError(str(session_id))
+            db.invalidate_on_commit([sid])
         for i, cp in enumerate(batch):
             cp.seq = first + i
         return batch
@@ -935,14 +760,14 @@ class SessionRepository:
         if sid is None:
             raise SessionNotFoundError(str(session_id))
         params = {"b_sid": sid, "b_now": checked_now(self._clock), "b_user": user_id}
-        async with self._transaction("pop_checkpoint", sid) as (db, _):
+        async with self._call("pop_checkpoint", sid) as db:
             # The session's row lock, taken first, orders pops and appends on this session.
             count = (await db.execute(sql.POP[user_id is not None], params)).scalar()
             if count is None:
                 await self._check_live(db, session_id, params)
                 return None
             row = (await db.execute(sql.POPPED, {"b_sid": sid, "b_seq": count + 1})).one()
-            self._invalidate_on_commit(db, [sid])
+            db.invalidate_on_commit([sid])
         return checkpoint_from_row(row)
 
     async def truncate_checkpoints(
@@ -968,27 +793,27 @@ class SessionRepository:
             "b_user": user_id,
             "b_after": after_seq,
         }
-        async with self._transaction("truncate_checkpoints", sid) as (db, _):
+        async with self._call("truncate_checkpoints", sid) as db:
             if (await db.execute(sql.TRUNCATE[user_id is not None], params)).first() is None:
                 await self._check_live(db, session_id, params)
                 return 0
             result = cast("CursorResult[Any]", await db.execute(sql.TRUNCATED, params))
-            self._invalidate_on_commit(db, [sid])
+            db.invalidate_on_commit([sid])
         return result.rowcount
 
-    async def _check_live(self, db: _Db, session_id: str, params: dict[str, Any]) -> None:
+    async def _check_live(self, db: Call, session_id: str, params: dict[str, Any]) -> None:
         if (await db.execute(sql.LIVE[params["b_user"] is not None], params)).first() is None:
             raise SessionNotFoundError(str(session_id))
 
     async def _hard_delete(self, sid: uuid.UUID, params: dict[str, Any]) -> bool:
-        async with self._transaction("delete_session", sid) as (db, _):
+        async with self._call("delete_session", sid) as db:
             stmt = sql.HARD_DELETE[params["b_user"] is not None]
             deleted = (await db.execute(stmt, params)).first() is not None
             if deleted:
                 # Explicitly, not only by ON DELETE CASCADE: SQLite enforces foreign keys only
                 # when the host's engine turned them on.
                 await db.execute(sql.HARD_DELETE_CHECKPOINTS, params)
-                self._invalidate_on_commit(db, [sid])
+                db.invalidate_on_commit([sid])
         return deleted
 
     # -- shared state ---------------------------------------------------------------------
@@ -1005,7 +830,7 @@ class SessionRepository:
             SessionValidationError: an ``agent_type`` or ``user_id`` no state can have.
         """
         params = _scope(agent_type, user_id)
-        async with self._transaction("get_shared_state", mode="read") as (db, _):
+        async with self._call("get_shared_state", shape="read") as db:
             state = (await db.execute(sql.SHARED_STATE, params)).scalar()
         return {} if state is None else dict(state)
 
@@ -1043,17 +868,9 @@ class SessionRepository:
             raise SessionValidationError(str(exc)) from None
         gone = _removed_keys(remove, changes)
         self._check_sizes(changes=changes)
-        params |= {"b_changes": changes, "b_remove": gone, "b_now": checked_now(self._clock)}
-        async with self._transaction("update_shared_state") as (db, dialect):
-            if dialect == "postgresql":
-                state = (await db.execute(sql.SHARED_UPSERT_PG, params)).scalar_one()
-            else:
-                # The upsert takes SQLite's write lock before the read: no writer can come
-                # in between the read and the write below, in this process or another.
-                stored = (await db.execute(sql.SHARED_UPSERT_SQLITE, params)).scalar_one()
-                state = {k: v for k, v in stored.items() if k not in gone} | changes
-                params["b_changes"] = state
-                await db.execute(sql.SHARED_SET, params)
+        params["b_now"] = checked_now(self._clock)
+        async with self._call("update_shared_state") as db:
+            state = await db.dialect.merge_shared_state(db, params, changes, gone)
             # Checked after the merge, inside the transaction: a refused update is rolled back.
             self._check_sizes(**{"shared state": state})
         return dict(state)
@@ -1080,32 +897,10 @@ class SessionRepository:
         stale = and_(S.state == SessionState.ACTIVE.value, S.last_heartbeat < cutoff)
         total = 0
         while True:
-            async with self._transaction("cleanup_stale_sessions") as (db, dialect):
-                batch = select(S.id).where(stale).order_by(S.last_heartbeat).limit(batch_size)
-                if dialect == "postgresql":
-                    # Rows another sweeper holds are skipped, not waited for. Chosen once, in a
-                    # materialized CTE: as a subquery the planner may run the LIMIT again for
-                    # each row, and each run skips the rows this statement just locked, so one
-                    # batch would grow past batch_size.
-                    chosen = (
-                        batch.with_for_update(skip_locked=True)
-                        .cte("batch")
-                        .prefix_with("MATERIALIZED", dialect="postgresql")
-                    )
-                    batch = select(chosen.c.id)
-                stmt = (
-                    update(sessions_table)
-                    .where(S.id.in_(batch.scalar_subquery()), stale)
-                    .values(
-                        state=SessionState.FAILED.value,
-                        context=context_with_failure_reason(dialect),
-                        version=S.version + 1,
-                        updated_at=now,
-                    )
-                    .returning(S.id)
-                )
-                ids = (await db.execute(stmt)).scalars().all()
-                self._invalidate_on_commit(db, ids)
+            async with self._call("cleanup_stale_sessions") as db:
+                sweep = db.dialect.stale_sweep(stale, batch_size, now)
+                ids = (await db.execute(sweep)).scalars().all()
+                db.invalidate_on_commit(ids)
             total += len(ids)
             if len(ids) < batch_size:
                 break
@@ -1137,7 +932,7 @@ class SessionRepository:
         )
         total = 0
         while True:
-            async with self._transaction("purge_deleted_sessions") as (db, _):
+            async with self._call("purge_deleted_sessions") as db:
                 ids = (await db.execute(doomed)).scalars().all()
                 if ids:
                     # Explicitly, not by ON DELETE CASCADE: SQLite enforces foreign keys only
@@ -1153,7 +948,7 @@ class SessionRepository:
 
     async def stats(self) -> SessionStats:
         """Counts by state and agent type, the oldest ACTIVE heartbeat, the checkpoint total."""
-        async with self._transaction("stats", mode="read") as (db, _):
+        async with self._call("stats", shape="read") as db:
             by_state = (
                 await db.execute(select(S.state, func.count().label("n")).group_by(S.state))
             ).all()
@@ -1176,15 +971,11 @@ class SessionRepository:
         )
 
 
-def _needs_transaction(session: AsyncSession, mode: _Mode) -> bool:
-    """Whether ``mode`` must run in a real transaction on this session's engine.
-
-    Always for ``"write"``. Behind a transaction pooler (an engine marked with
-    ``engine.TRANSACTION_POOLING``) for every mode: there a server connection is ours only
-    from BEGIN to COMMIT, and an autocommit statement's prepare and execute may reach two
-    different server connections ("prepared statement ... does not exist").
-    """
-    return mode == "write" or behind_transaction_pooler(session.get_bind())
+def _session(loaded: list[Any]) -> AgentSession | None:
+    """The session a load statement found (a row with its ``recent`` checkpoints), if any."""
+    if not loaded:
+        return None
+    return session_from_row(loaded[0], checkpoints_from_json(loaded[0].recent))
 
 
 def _scope(agent_type: object, user_id: object) -> dict[str, Any]:
