@@ -193,6 +193,21 @@ class Database:
         self._direct = self._engine is not None and not pooled
         self._dialect = dialect
 
+    def _driver_allowed(self) -> bool:
+        """Whether the hot path may skip SQLAlchemy's execution layer right now.
+
+        Not while anything watches the engine's statements (``echo``, a
+        ``before_cursor_execute``/``after_cursor_execute`` listener such as a tracing
+        instrumentation or a query counter): they would miss the hot path's, which do not go
+        through SQLAlchemy's cursor. Checked on every call, as listeners come and go.
+        """
+        if not self._direct:
+            return False
+        assert self._engine is not None
+        engine = self._engine.sync_engine
+        dispatch = engine.dispatch
+        return not (engine.echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+
     def _prepare(self, statement: Executable) -> Prepared:
         # Keyed by identity: the hot statements are module constants, built once.
         prepared = self._compiled.get(id(statement))
@@ -244,7 +259,7 @@ class Database:
             dialect = self.dialect
             queued = dialect.queue_writers and shape != "read"
             async with self._writers if queued else contextlib.nullcontext():
-                if hot and self._direct and self._gate.passed:
+                if hot and self._gate.passed and self._driver_allowed():
                     async with self._on_driver(dialect, shape, sid, cache, model) as db:
                         yield db
                     return
@@ -293,14 +308,17 @@ class Database:
             unknown = shape != "read" and _outcome_unknown(exc)
             if unknown and sid is not None:
                 db.invalidate_on_commit([sid])
-            # A verdict leaves the connection as good as new; anything else (a cancelled or
-            # failed statement, a lost connection) may not: it is discarded, not pooled.
-            broken = not isinstance(exc, _VERDICTS)
+            # On PostgreSQL only a verdict leaves the connection as good as new; after anything
+            # else (a statement cancelled on the server, a lost connection) it is discarded,
+            # not pooled. SQLite's statements always ran to their end: a rollback will do.
+            broken = not dialect.finish_statements and not isinstance(exc, _VERDICTS)
             await run_to_end(
-                _settle_driver(dialect, raw, db.pending if unknown else {}, broken=broken)
+                _settle_driver(
+                    dialect, raw, db.pending if unknown else {}, failed=True, broken=broken
+                )
             )
             raise
-        await run_to_end(_settle_driver(dialect, raw, db.pending, broken=False))
+        await run_to_end(_settle_driver(dialect, raw, db.pending, failed=False, broken=False))
 
     async def _open(self, autocommit: bool) -> AsyncConnection | AsyncSession:
         """A connection from the pool (a session from the factory if there is no engine)."""
@@ -344,12 +362,21 @@ async def _checkout(engine: AsyncEngine, into: list[PoolProxiedConnection]) -> N
 
 
 async def _settle_driver(
-    dialect: Dialect, raw: PoolProxiedConnection, pending: _invalidation.Pending, *, broken: bool
+    dialect: Dialect,
+    raw: PoolProxiedConnection,
+    pending: _invalidation.Pending,
+    *,
+    failed: bool,
+    broken: bool,
 ) -> None:
-    """Give the hot path's connection back (discard it if ``broken``); then invalidate."""
+    """Give the hot path's connection back (discard it if ``broken``); then invalidate.
+
+    A call that failed is rolled back here, not left to the pool's reset on return, which
+    the host's engine may have turned off.
+    """
     try:
         try:
-            if not broken:
+            if failed and not broken:
                 await dialect.driver_rollback(raw.driver_connection)
         except Exception:  # the connection is broken after all
             logger.debug("rollback after a failed call failed", exc_info=True)

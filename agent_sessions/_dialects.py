@@ -31,7 +31,6 @@ from sqlalchemy import Executable, Result, Select, func, select, update
 
 from agent_sessions import _statements as sql
 from agent_sessions._rows import S, checkpoint_values
-from agent_sessions._settle import run_to_end
 from agent_sessions.models import AgentSession, SessionCheckpoint, SessionState
 from agent_sessions.tables import sessions_table
 
@@ -187,15 +186,18 @@ class Sqlite(Dialect):
     savepoint_for_refusals = False
     append_shape: ClassVar[Shape] = "transaction"
 
+    # aiosqlite runs each of these as one function on the connection's thread, to its end
+    # whatever happens to the awaiting caller, and queues later calls (the rollback of a
+    # cancelled call) behind it: no statement is ever left halfway, so none is run_to_end.
     async def driver_fetch(self, driver: Any, statement: str, arguments: list[Any]) -> list[Any]:
-        rows: list[Any] = await run_to_end(driver.execute_fetchall(statement, arguments))
+        rows: list[Any] = await driver.execute_fetchall(statement, arguments)
         return rows
 
     async def driver_commit(self, driver: Any) -> None:
-        await run_to_end(driver.commit())
+        await driver.commit()
 
     async def driver_rollback(self, driver: Any) -> None:
-        await run_to_end(driver.rollback())
+        await driver.rollback()
 
     async def create(self, db: Runner, session: AgentSession) -> None:
         first = session.checkpoints[0]

@@ -19,9 +19,15 @@ import pytest
 from pydantic import BaseModel
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from sqlalchemy import String, text, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy import String, event, text, update
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.util import await_only
 
 from agent_sessions import (
     ModelCache,
@@ -388,26 +394,28 @@ async def test_per_user_check_holds_for_cached_reads(
 
 
 class Gate:
-    """Holds the next ``execute`` of a session, right after it returned its rows."""
+    """Holds the next statement an engine runs, right after it ran (its rows are read)."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine: AsyncEngine) -> None:
         self.armed = False
         self.loaded = asyncio.Event()
         self.release = asyncio.Event()
+        self._engine = engine.sync_engine
 
-    def factory(self, db: Backend) -> async_sessionmaker[AsyncSession]:
-        gate = self
+    def __enter__(self) -> Gate:
+        # A statement listener: it also keeps the repository on SQLAlchemy's execution path,
+        # where the listener runs in the greenlet of the awaiting call and may await.
+        event.listen(self._engine, "after_cursor_execute", self._ran)
+        return self
 
-        class GatedSession(AsyncSession):
-            async def execute(self, *args: Any, **kwargs: Any) -> Any:
-                result = await super().execute(*args, **kwargs)
-                if gate.armed:
-                    gate.armed = False
-                    gate.loaded.set()
-                    await gate.release.wait()
-                return result
+    def __exit__(self, *exc_info: object) -> None:
+        event.remove(self._engine, "after_cursor_execute", self._ran)
 
-        return async_sessionmaker(db.engine, class_=GatedSession, expire_on_commit=False)
+    def _ran(self, *args: Any) -> None:
+        if self.armed:
+            self.armed = False
+            self.loaded.set()
+            await_only(self.release.wait())
 
 
 async def test_reader_that_loaded_before_a_write_cannot_store_its_copy(
@@ -417,23 +425,22 @@ async def test_reader_that_loaded_before_a_write_cannot_store_its_copy(
     # writer's commit, and which only gets round to storing it after the writer returned.
     reader_cache = RedisCache(redis_client, namespace=namespace, timeout=GENEROUS)
     writer_cache = RedisCache(redis_client, namespace=namespace, timeout=GENEROUS)
-    gate = Gate()
-    reader = SessionRepository(gate.factory(db), clock=clock, cache=reader_cache)
+    reader = SessionRepository(db.factory, clock=clock, cache=reader_cache)
     writer = SessionRepository(db.factory, clock=clock, cache=writer_cache)
     sid = (await writer.create_session("planner", context={"v": 1})).session_id
     await reader.get_session(sid)  # the schema check is done; nothing is cached from it
     await writer.add_checkpoint(sid, "clears the cache")
 
-    gate.armed = True
-    slow_read = asyncio.create_task(reader.get_session(sid))
-    await gate.loaded.wait()
-    session = await writer.get_session(sid)
-    assert session is not None
-    session.context["v"] = 2
-    await writer.update_session(session)
-    gate.release.set()
-
-    old = await slow_read
+    with Gate(db.engine) as gate:
+        gate.armed = True
+        slow_read = asyncio.create_task(reader.get_session(sid))
+        await gate.loaded.wait()
+        session = await writer.get_session(sid)
+        assert session is not None
+        session.context["v"] = 2
+        await writer.update_session(session)
+        gate.release.set()
+        old = await slow_read
     assert old is not None and old.context == {"v": 1}  # the interleaving really happened
     assert reader_cache.stats.stale_sets_rejected == 1
     for repo in (reader, writer):
