@@ -196,17 +196,18 @@ class Database:
     def _driver_allowed(self) -> bool:
         """Whether the hot path may skip SQLAlchemy's execution layer right now.
 
-        Not while anything watches the engine's statements (``echo``, a
+        Not while anything watches or intercepts the engine's statements (``echo``, a
         ``before_cursor_execute``/``after_cursor_execute`` listener such as a tracing
-        instrumentation or a query counter): they would miss the hot path's, which do not go
-        through SQLAlchemy's cursor. Checked on every call, as listeners come and go.
+        instrumentation or a query counter, a dialect's ``do_execute`` hook): they would miss
+        the hot path's, which do not go through SQLAlchemy's cursor. Checked on every call, as
+        listeners come and go.
         """
         if not self._direct:
             return False
         assert self._engine is not None
         engine = self._engine.sync_engine
-        dispatch = engine.dispatch
-        return not (engine.echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+        watched = engine.dispatch.before_cursor_execute or engine.dispatch.after_cursor_execute
+        return not (engine.echo or watched or engine.dialect.dispatch.do_execute)
 
     def _prepare(self, statement: Executable) -> Prepared:
         # Keyed by identity: the hot statements are module constants, built once.
