@@ -174,7 +174,9 @@ class Database:
         return self._dialect
 
     def _learn(self) -> None:
-        bind = self._factory.kw.get("bind")
+        # An async_sessionmaker names its engine; any other callable returning sessions (a
+        # wrapper, a test double) is used as it is, a session per call.
+        bind = getattr(self._factory, "kw", {}).get("bind")
         if isinstance(bind, AsyncEngine):
             self._engine = bind
             sync_bind: Any = bind.sync_engine

@@ -36,8 +36,9 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.util import await_only
 
 from agent_sessions import (
     ConcurrentUpdateError,
@@ -408,32 +409,32 @@ async def run_processes(
 # -- the read/write race of a read-through cache, interleaved by hand --------------------------
 
 
-class PausingFactory:
-    """A session factory whose next session, once armed, waits after it closes.
+class PauseAfterRelease:
+    """Once armed, the next connection given back to the engine's pool waits there.
 
-    The repository reads in a session it closes at the end; pausing after the close means the
-    read is done and its value is on its way into the cache.
+    A repository read gives its connection back when its rows are read: pausing there means the
+    read is done and its value is on its way into the cache. (The pool's check-in runs in
+    SQLAlchemy's greenlet, where a listener may await.)
     """
 
-    def __init__(self, factory: async_sessionmaker[AsyncSession]) -> None:
-        self._factory = factory
+    def __init__(self, engine: AsyncEngine) -> None:
         self.armed = False
         self.paused = asyncio.Event()
         self.release = asyncio.Event()
+        self._pool = engine.sync_engine.pool
 
-    def __call__(self) -> AsyncSession:
-        session = self._factory()
+    def __enter__(self) -> PauseAfterRelease:
+        event.listen(self._pool, "checkin", self._checked_in)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        event.remove(self._pool, "checkin", self._checked_in)
+
+    def _checked_in(self, *args: Any) -> None:
         if self.armed:
             self.armed = False
-            close = session.close
-
-            async def close_then_pause() -> None:
-                await close()
-                self.paused.set()
-                await self.release.wait()
-
-            session.close = close_then_pause  # type: ignore[method-assign]
-        return session
+            self.paused.set()
+            await_only(self.release.wait())
 
 
 @pytest.fixture
@@ -445,23 +446,23 @@ def redis_cache(redis_client: Redis, namespace: str) -> Callable[[], RedisCache]
 async def test_read_loaded_before_a_write_is_not_cached_after_it(
     db: Backend, redis_cache: Callable[[], RedisCache], writer_cache: str
 ) -> None:
-    pausing = PausingFactory(db.factory)
     reader_cache = redis_cache()
-    reader = SessionRepository(pausing, cache=reader_cache)  # type: ignore[arg-type]
+    reader = SessionRepository(db.factory, cache=reader_cache)
     writer = SessionRepository(
         db.factory, cache=reader_cache if writer_cache == "same RedisCache" else redis_cache()
     )
     created = await writer.create_session("planner", context={"v": 1})
 
-    pausing.armed = True
-    slow_read = asyncio.create_task(reader.get_session(created.session_id))
-    await pausing.paused.wait()  # it has read version 1 and is about to cache it
-    copy = await SessionRepository(db.factory).get_session(created.session_id)
-    assert copy is not None
-    copy.context["v"] = 2
-    written = await writer.update_session(copy)  # acknowledged: version 2
-    pausing.release.set()
-    early = await slow_read
+    with PauseAfterRelease(db.engine) as pausing:
+        pausing.armed = True
+        slow_read = asyncio.create_task(reader.get_session(created.session_id))
+        await pausing.paused.wait()  # it has read version 1 and is about to cache it
+        copy = await SessionRepository(db.factory).get_session(created.session_id)
+        assert copy is not None
+        copy.context["v"] = 2
+        written = await writer.update_session(copy)  # acknowledged: version 2
+        pausing.release.set()
+        early = await slow_read
     assert early is not None and early.version == 1  # began before the write: may return it...
 
     after = await reader.get_session(created.session_id)  # ... but must not have cached it
@@ -473,22 +474,22 @@ async def test_read_loaded_before_a_write_is_not_cached_after_it(
 async def test_read_starting_after_a_write_does_not_join_a_load_from_before_it(
     db: Backend, redis_cache: Callable[[], RedisCache]
 ) -> None:
-    pausing = PausingFactory(db.factory)
     cache = redis_cache()
-    repo = SessionRepository(pausing, cache=cache)  # type: ignore[arg-type]
+    repo = SessionRepository(db.factory, cache=cache)
     created = await repo.create_session("planner", context={"v": 1})
 
-    pausing.armed = True
-    slow_read = asyncio.create_task(repo.get_session(created.session_id))
-    await pausing.paused.wait()
-    copy = await SessionRepository(db.factory).get_session(created.session_id)
-    assert copy is not None
-    copy.context["v"] = 2
-    await repo.update_session(copy)  # acknowledged: version 2; invalidates
-    late_read = asyncio.create_task(repo.get_session(created.session_id))
-    late = await late_read  # must not wait for, nor share, the load that began before the write
-    pausing.release.set()
-    early = await slow_read
+    with PauseAfterRelease(db.engine) as pausing:
+        pausing.armed = True
+        slow_read = asyncio.create_task(repo.get_session(created.session_id))
+        await pausing.paused.wait()
+        copy = await SessionRepository(db.factory).get_session(created.session_id)
+        assert copy is not None
+        copy.context["v"] = 2
+        await repo.update_session(copy)  # acknowledged: version 2; invalidates
+        late_read = asyncio.create_task(repo.get_session(created.session_id))
+        late = await late_read  # must not wait for, nor share, the load from before the write
+        pausing.release.set()
+        early = await slow_read
     assert early is not None and early.version == 1
     assert late is not None and late.version == 2 and late.context == {"v": 2}
 
