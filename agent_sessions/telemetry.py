@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -46,6 +46,7 @@ class _Instruments(NamedTuple):
     tracer: Tracer
     duration: Histogram
     cache_events: Counter
+    tracing: Callable[[], bool]  # whether the host has set a tracer provider (yet)
 
 
 @functools.cache
@@ -59,7 +60,13 @@ def _instruments() -> _Instruments | None:
 
     # The API hands out proxies that follow whatever provider the host sets, even later on.
     meter = metrics.get_meter(INSTRUMENTATION_NAME, __version__)
+    def tracing() -> bool:
+        # Until a provider is set, the API's proxy makes spans that record nothing, at the
+        # cost of a context switch around every call.
+        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
     return _Instruments(
+        tracing=tracing,
         tracer=trace.get_tracer(INSTRUMENTATION_NAME, __version__),
         duration=meter.create_histogram(
             "agent_sessions.operation.duration",
@@ -104,9 +111,12 @@ def span(operation: str, **attributes: AttributeValue | None) -> Iterator[None]:
     metric_attributes: dict[str, AttributeValue] = {"agent_sessions.operation": operation}
     started = time.perf_counter()
     try:
-        with instruments.tracer.start_as_current_span(
-            f"agent_sessions.{operation}", attributes=_attributes(attributes)
-        ):
+        if instruments.tracing():
+            with instruments.tracer.start_as_current_span(
+                f"agent_sessions.{operation}", attributes=_attributes(attributes)
+            ):
+                yield
+        else:
             yield
     except BaseException as exc:
         metric_attributes["error.type"] = type(exc).__qualname__
