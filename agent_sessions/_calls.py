@@ -305,8 +305,8 @@ class Database:
         db = Call(None, dialect, cache, model, driver=raw.driver_connection, prepared=self._prepare)
         try:
             yield db
-            if shape != "read":
-                await run_to_end(dialect.driver_commit(db.driver))
+            if shape != "read":  # see Dialect.driver_commit: nothing to cut in half here
+                await dialect.driver_commit(db.driver)
         except BaseException as exc:
             unknown = shape != "read" and _outcome_unknown(exc)
             if unknown and sid is not None:

@@ -74,7 +74,11 @@ class Dialect:
         raise NotImplementedError
 
     async def driver_commit(self, driver: Any) -> None:
-        """Commit what the hot path's statements did (nothing to do where they autocommit)."""
+        """Commit what the hot path's statements did (nothing to do where they autocommit).
+
+        Awaited as it is: a caller cancelled meanwhile treats the call as in doubt (the
+        commit may have happened) and the rollback that follows changes nothing either way.
+        """
 
     async def driver_rollback(self, driver: Any) -> None:
         """Roll back what the hot path's statements did (nothing where they autocommit)."""
