@@ -20,6 +20,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# The tasks ``run_to_end`` runs steps in. Nobody can cancel one (run_to_end keeps it to itself),
+# so a step nested inside another one is awaited in place, without a task of its own.
+_STEPS: set[asyncio.Task[Any]] = set()
+
 
 async def run_to_end(step: Coroutine[Any, Any, T]) -> T:
     """Await ``step`` to its end, even if the caller is cancelled meanwhile; then re-raise that.
@@ -27,7 +31,11 @@ async def run_to_end(step: Coroutine[Any, Any, T]) -> T:
     Without a cancellation this is ``await step``. With one, the step still finishes, and the
     caller then gets the ``CancelledError`` (the step's own error, if any, as its cause).
     """
+    if asyncio.current_task() in _STEPS:
+        return await step
     task = asyncio.ensure_future(step)
+    _STEPS.add(task)
+    task.add_done_callback(_STEPS.discard)
     cancelled: asyncio.CancelledError | None = None
     while True:
         try:
