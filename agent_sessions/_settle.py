@@ -20,8 +20,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# The tasks ``run_to_end`` runs steps in. Nobody can cancel one (run_to_end keeps it to itself),
-# so a step nested inside another one is awaited in place, without a task of its own.
+# The tasks ``run_to_end`` runs steps in. Nobody cancels one (run_to_end keeps it to itself),
+# so a step nested inside another one is awaited in place, saving a task per level (a write's
+# cache invalidation is three levels deep). A step must therefore never cancel itself around a
+# nested step (no ``asyncio.timeout`` around a ``run_to_end``): bound the inner step instead.
 _STEPS: set[asyncio.Task[Any]] = set()
 
 

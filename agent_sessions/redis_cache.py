@@ -167,9 +167,9 @@ class RedisCache:
     Implements ``ModelCache``. Values are JSON (never pickle) under keys namespaced by
     ``namespace``, so applications sharing one Redis never see each other's entries. The cache
     keeps its own time limits, whatever the client's timeouts and retries: a fetch waits on
-    Redis at most ``timeout`` in all (its load not counted), an invalidation at most ``timeout``
-    plus 0.1 ms per key. A Redis that is down, slow or refusing connections only turns reads
-    into database reads; it never makes a call fail.
+    Redis at most ``timeout`` (its load not counted; a store after it gets its own ``timeout``),
+    an invalidation at most ``timeout`` plus 0.1 ms per key. A Redis that is down, slow or
+    refusing connections only turns reads into database reads; it never makes a call fail.
 
     How it stays coherent:
 
@@ -177,12 +177,18 @@ class RedisCache:
       cluster slot). A miss reads the generation before loading and stores with a script that
       writes only if the generation is unchanged; ``invalidate`` sets a new random generation,
       then deletes the value. A reader that loaded before a write cannot store after it.
+    - **Stored after returning.** A miss returns its value once loaded; the store runs in a
+      task the cache tracks (``drain()`` waits for them), within ``timeout``, whatever happens
+      to the callers. The generation check above is what makes the delay safe: a store that
+      comes after an invalidation is refused, however late it runs.
     - **Single flight.** Concurrent misses on one key share one load in this process.
       ``invalidate`` detaches that load, so a caller arriving after a write made here never
       joins it. A write made in another process is seen here only through Redis, so a caller
       that arrives after the load's first read went out keeps its result only if the load
       then stored it with the generation unchanged (no invalidation in between, so none
-      before this caller began either); otherwise it reads again on its own.
+      before this caller began either); otherwise it reads again on its own. This includes
+      callers arriving while the value is being stored: they wait for that store and get
+      their own copy, rebuilt from the stored JSON (counted as hits).
     - **Unusable values are misses.** A stored value carries a format tag, the model's schema
       fingerprint and the namespace epoch; a corrupt one, one of another format or schema, one
       whose id field is not its key, or one of another epoch is dropped and loaded again.

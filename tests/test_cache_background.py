@@ -17,6 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from agent_sessions import RedisCache
+from agent_sessions._settle import run_to_end
 from agent_sessions.redis_cache import _STORE_SCRIPT, _keys
 from tests.conftest import cache_server_url
 from tests.test_cache import GENEROUS, Source, Widget, fetch
@@ -168,3 +169,32 @@ def test_loop_closing_with_a_store_pending_leaves_no_warning_or_error(
     thread.join(timeout=30)
     assert not thread.is_alive() and failures == []
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_nested_step_runs_in_place_and_to_its_end_when_the_caller_is_cancelled() -> None:
+    # A write's invalidation is a run_to_end step inside the settling step of its connection.
+    started, release = asyncio.Event(), asyncio.Event()
+    ran: list[tuple[str, asyncio.Task[Any] | None]] = []
+
+    async def inner() -> int:
+        started.set()
+        await release.wait()
+        ran.append(("inner", asyncio.current_task()))
+        return 1
+
+    async def outer() -> int:
+        value = await run_to_end(inner())
+        ran.append(("outer", asyncio.current_task()))
+        return value
+
+    caller = asyncio.create_task(run_to_end(outer()))
+    await started.wait()
+    caller.cancel()
+    for _ in range(3):
+        await asyncio.sleep(0)  # the cancellation reaches the caller; the steps go on
+    assert not caller.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert [name for name, _ in ran] == ["inner", "outer"]
+    assert ran[0][1] is ran[1][1] and ran[0][1] is not caller  # one task for both steps
