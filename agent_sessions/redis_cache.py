@@ -337,6 +337,10 @@ class RedisCache:
                 self._detach(flight_key, flight)
                 flight.task.cancel()
             raise
+        if after and (stored is None or stored.done()):
+            # Leave it now, not only from the store's done callback: a caller looping on
+            # fetch (which then never waits) would otherwise keep joining it for ever.
+            self._detach(flight_key, flight)
         # Only a late caller waits for the store (a cancellation leaves the store running).
         if late and (stored is None or not await asyncio.shield(stored)):
             # A write acknowledged (in another process) after that read went out and before

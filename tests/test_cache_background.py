@@ -28,12 +28,16 @@ class GatedRedis(Redis):
 
     release: asyncio.Event | None = None
     reached = asyncio.Event()  # a store came to the gate
+    after_store: asyncio.Event | None = None  # set once a store has its reply
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         if self.release is not None and sha == self.register_script(_STORE_SCRIPT).sha:
             self.reached.set()
             await self.release.wait()
-        return await super().evalsha(sha, numkeys, *keys_and_args)
+        reply = await super().evalsha(sha, numkeys, *keys_and_args)
+        if self.after_store is not None and sha == self.register_script(_STORE_SCRIPT).sha:
+            self.after_store.set()
+        return reply
 
     def gate(self) -> asyncio.Event:
         self.release, self.reached = asyncio.Event(), asyncio.Event()
@@ -198,3 +202,32 @@ async def test_nested_step_runs_in_place_and_to_its_end_when_the_caller_is_cance
         await caller
     assert [name for name, _ in ran] == ["inner", "outer"]
     assert ran[0][1] is ran[1][1] and ran[0][1] is not caller  # one task for both steps
+
+
+async def test_a_loop_of_fetches_does_not_keep_joining_a_finished_store(
+    cache: RedisCache, gated: GatedRedis
+) -> None:
+    # Joining a finished store does not wait, so the flight must be left then and there: a
+    # caller looping on fetch would otherwise never yield to the callback that leaves it.
+    source = Source(a="first")
+    stored = gated.after_store = asyncio.Event()
+    stop = False
+
+    async def reader() -> int:
+        await stored.wait()  # resumes in the loop turn the store ended in, before that callback
+        fetches = 0
+        while not stop and fetches < 50:
+            assert await fetch(cache, source, "a") == Widget(widget_id="a", name="first")
+            fetches += 1
+        return fetches
+
+    async def stopper() -> None:
+        nonlocal stop
+        await stored.wait()  # runnable as soon as the reader yields once
+        stop = True
+
+    looping, stopping = asyncio.create_task(reader()), asyncio.create_task(stopper())
+    await fetch(cache, source, "a")
+    assert await looping < 50
+    await stopping
+    assert source.loads == 1
