@@ -20,6 +20,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# The tasks ``run_to_end`` runs steps in. Nobody cancels one (run_to_end keeps it to itself),
+# so a step nested inside another one is awaited in place, saving a task per level (a write's
+# cache invalidation is three levels deep). A step must therefore never cancel itself around a
+# nested step (no ``asyncio.timeout`` around a ``run_to_end``): bound the inner step instead.
+_STEPS: set[asyncio.Task[Any]] = set()
+
 
 async def run_to_end(step: Coroutine[Any, Any, T]) -> T:
     """Await ``step`` to its end, even if the caller is cancelled meanwhile; then re-raise that.
@@ -27,7 +33,11 @@ async def run_to_end(step: Coroutine[Any, Any, T]) -> T:
     Without a cancellation this is ``await step``. With one, the step still finishes, and the
     caller then gets the ``CancelledError`` (the step's own error, if any, as its cause).
     """
+    if asyncio.current_task() in _STEPS:
+        return await step
     task = asyncio.ensure_future(step)
+    _STEPS.add(task)
+    task.add_done_callback(_STEPS.discard)
     cancelled: asyncio.CancelledError | None = None
     while True:
         try:

@@ -14,10 +14,10 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from pydantic import BaseModel, PydanticUserError
 from redis.asyncio import Redis, RedisCluster
@@ -86,7 +86,7 @@ class CacheStats:
     """
 
     hits: int = 0
-    """Fetches answered from Redis."""
+    """Fetches answered with a cached value: from Redis, or one this cache was storing."""
     misses: int = 0
     """Fetches answered by a load: nothing usable cached, Redis failed, or the circuit was open."""
     loads: int = 0
@@ -143,7 +143,10 @@ class _Unavailable(Exception):
 class _Found(NamedTuple):
     value: BaseModel | None
     hit: bool  # from Redis, not loaded
-    confirmed: bool  # stored, with no invalidation between the read before the load and the store
+    # The store of a loaded value, running after the fetch returned: ``True`` once stored with no
+    # invalidation between the read before the load and the store. ``None``: nothing is stored.
+    stored: asyncio.Task[bool] | None = None
+    body: bytes = b""  # the JSON being stored, for callers who join once the value is handed out
 
 
 class _Flight:
@@ -164,9 +167,9 @@ class RedisCache:
     Implements ``ModelCache``. Values are JSON (never pickle) under keys namespaced by
     ``namespace``, so applications sharing one Redis never see each other's entries. The cache
     keeps its own time limits, whatever the client's timeouts and retries: a fetch waits on
-    Redis at most ``timeout`` in all (its load not counted), an invalidation at most ``timeout``
-    plus 0.1 ms per key. A Redis that is down, slow or refusing connections only turns reads
-    into database reads; it never makes a call fail.
+    Redis at most ``timeout`` (its load not counted; a store after it gets its own ``timeout``),
+    an invalidation at most ``timeout`` plus 0.1 ms per key. A Redis that is down, slow or
+    refusing connections only turns reads into database reads; it never makes a call fail.
 
     How it stays coherent:
 
@@ -174,12 +177,18 @@ class RedisCache:
       cluster slot). A miss reads the generation before loading and stores with a script that
       writes only if the generation is unchanged; ``invalidate`` sets a new random generation,
       then deletes the value. A reader that loaded before a write cannot store after it.
+    - **Stored after returning.** A miss returns its value once loaded; the store runs in a
+      task the cache tracks (``drain()`` waits for them), within ``timeout``, whatever happens
+      to the callers. The generation check above is what makes the delay safe: a store that
+      comes after an invalidation is refused, however late it runs.
     - **Single flight.** Concurrent misses on one key share one load in this process.
       ``invalidate`` detaches that load, so a caller arriving after a write made here never
       joins it. A write made in another process is seen here only through Redis, so a caller
       that arrives after the load's first read went out keeps its result only if the load
       then stored it with the generation unchanged (no invalidation in between, so none
-      before this caller began either); otherwise it reads again on its own.
+      before this caller began either); otherwise it reads again on its own. This includes
+      callers arriving while the value is being stored: they wait for that store and get
+      their own copy, rebuilt from the stored JSON (counted as hits).
     - **Unusable values are misses.** A stored value carries a format tag, the model's schema
       fingerprint and the namespace epoch; a corrupt one, one of another format or schema, one
       whose id field is not its key, or one of another epoch is dropped and loaded again.
@@ -267,6 +276,7 @@ class RedisCache:
         self._lost = 0  # invalidations that did not reach Redis, ever
         self._covered = 0  # of those, how many a new epoch has covered since
         self._repairing: asyncio.Task[None] | None = None
+        self._stores: set[asyncio.Task[bool]] = set()  # stores running after their fetch returned
         self._quiet_until = float("-inf")  # no failure warning before this (monotonic) time
 
     @property
@@ -316,22 +326,33 @@ class RedisCache:
             task = asyncio.create_task(self._fill(model, key, load, id_field))
             flight = self._flights[flight_key] = _Flight(task)
         late = flight.sent  # its read went out before this call began
+        after = flight.task.done()  # its value is handed out already: it may have been changed
         flight.callers += 1
         flight.waiting += 1
         try:
-            value, hit, confirmed = await asyncio.shield(flight.task)
+            value, hit, stored, body = await asyncio.shield(flight.task)
         except asyncio.CancelledError:
             flight.waiting -= 1
             if flight.waiting == 0 and not flight.task.done():  # nobody wants it any more
                 self._detach(flight_key, flight)
                 flight.task.cancel()
             raise
-        if late and not confirmed:
+        if after and (stored is None or stored.done()):
+            # Leave it now, not only from the store's done callback: a caller looping on
+            # fetch (which then never waits) would otherwise keep joining it for ever.
+            self._detach(flight_key, flight)
+        # Only a late caller waits for the store (a cancellation leaves the store running).
+        if late and (stored is None or not await asyncio.shield(stored)):
             # A write acknowledged (in another process) after that read went out and before
             # this call began may be missing from it: read again, without joining anyone.
-            value, hit, _ = await self._read_or_load(model, key, load, id_field)
+            value, hit, *_ = await self._read_or_load(model, key, load, id_field)
             self._count("hits" if hit else "misses")
             return cast("M | None", value)
+        if value is not None and after:
+            # Joined while the value was being stored, and the store is confirmed: a hit on
+            # that value, rebuilt from the stored JSON (the loaded object is another caller's).
+            self._count("hits")
+            return model.model_validate_json(body)
         self._count("hits" if hit else "misses")
         if value is not None and flight.callers > 1:
             # Models are mutable: callers sharing one load must not share one object.
@@ -354,6 +375,17 @@ class RedisCache:
         # To its end even if the caller is cancelled: a write that happened must be forgotten.
         if await run_to_end(self._forget_within(model, unique, limit)):
             self._count("invalidations", len(unique))
+
+    async def drain(self) -> None:
+        """Wait until the stores still running after their fetch returned have ended.
+
+        A miss returns as soon as its value is loaded; storing it in Redis goes on in the
+        background (within ``timeout``, refused if the key was invalidated meanwhile). Call this
+        before reading Redis directly, or before closing the client, to see every store through.
+        Never raises because of Redis.
+        """
+        while self._stores:
+            await asyncio.wait(set(self._stores))
 
     async def repair(self) -> bool:
         """Set a new namespace epoch now if invalidations were lost; ``True`` when none are.
@@ -403,57 +435,85 @@ class RedisCache:
         self, model: type[BaseModel], key: str, load: Callable[[], Awaitable[BaseModel | None]],
         id_field: str,
     ) -> _Found:  # fmt: skip
-        """The flight's body: read Redis, else load and store."""
+        """The flight's body: read Redis, else load (and store after returning)."""
         flight_key = (model, key)
         flight = self._flights.get(flight_key)
-        if flight is not None and flight.task is asyncio.current_task():
+        if flight is None or flight.task is not asyncio.current_task():
+            flight = None  # detached already (invalidated, or abandoned by its callers)
+        else:
             flight.sent = True  # callers from now on may arrive after a write it cannot see
         try:
-            return await self._read_or_load(model, key, load, id_field)
-        finally:
-            # Leave before finishing, so nobody joins a finished flight and shares its object.
-            current = self._flights.get(flight_key)
-            if current is not None and current.task is asyncio.current_task():
-                del self._flights[flight_key]
+            found = await self._read_or_load(model, key, load, id_field)
+        except BaseException:
+            if flight is not None:
+                self._detach(flight_key, flight)
+            raise
+        if flight is not None:
+            if found.stored is None:
+                self._detach(flight_key, flight)
+            else:
+                # Callers arriving while the value is being stored join it as late callers
+                # (they keep it only if the store is confirmed) instead of loading it again.
+                found.stored.add_done_callback(lambda _: self._detach(flight_key, flight))
+        return found
 
     async def _read_or_load(
         self, model: type[BaseModel], key: str, load: Callable[[], Awaitable[BaseModel | None]],
         id_field: str,
     ) -> _Found:  # fmt: skip
         keys = _keys(self._namespace, model, key)
-        loop = asyncio.get_running_loop()
-        began = loop.time()
         try:
             epoch, gen, raw = await self._call("read", lambda: self._read(keys), self._timeout)
         except _Unavailable:
-            return _Found(await self._load(load), hit=False, confirmed=False)
-        spent = loop.time() - began
+            return _Found(await self._load(load), hit=False)
         if raw is not None:
             found, problem = self._decode(raw, model, key, id_field, epoch)
             if found is not None:
-                return _Found(found, hit=True, confirmed=False)
+                return _Found(found, hit=True)
             self._count("discarded")
             logger.debug("cache %r: dropping %s %s: %s", self._namespace, model.__name__, key,
                          problem)  # fmt: skip
         value = await self._load(load)
-        budget = self._timeout - spent  # one time limit for all of this fetch's Redis calls
-        if self._lost > self._covered or budget <= 0:
-            return _Found(value, hit=False, confirmed=False)  # a new epoch must come first
-        stored = False
+        if value is None or getattr(value, id_field) != key:
+            if raw is not None:  # the dropped value must not stay
+                self._later(self._remove(keys))
+            return _Found(value, hit=False)
+        # Stored after returning: the caller does not wait on Redis a second time. The store
+        # still checks the generation read above, so it cannot put back what a write replaced.
+        header, body = self._encode(value, epoch)
+        stored = self._later(self._store_checked(model, key, keys, gen, header + body))
+        return _Found(value, hit=False, stored=stored, body=body)
+
+    def _later(self, step: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
+        """Run ``step`` in a task the cache tracks (see ``drain``), whoever awaits it or not."""
+        task = asyncio.get_running_loop().create_task(step)
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
+        return task
+
+    async def _store_checked(
+        self, model: type[BaseModel], key: str, keys: _Keys, gen: bytes, payload: bytes
+    ) -> bool:
+        if self._lost > self._covered:  # a new epoch must come before anything is stored
+            return False
         try:
-            if value is None or getattr(value, id_field) != key:
-                if raw is not None:  # the dropped value must not stay
-                    await self._call("remove", lambda: self._client.delete(keys.value), budget)
-            else:
-                payload = self._encode(value, epoch)
-                stored = await self._call("store", lambda: self._store(keys, gen, payload), budget)
-                if not stored:
-                    self._count("stale_sets_rejected")
-                    logger.debug("cache %r: %s %s changed while loading; not stored",
-                                 self._namespace, model.__name__, key)  # fmt: skip
+            stored = await self._call(
+                "store", lambda: self._store(keys, gen, payload), self._timeout
+            )
         except _Unavailable:
-            pass
-        return _Found(value, hit=False, confirmed=stored)
+            return False
+        if not stored:
+            self._count("stale_sets_rejected")
+            logger.debug("cache %r: %s %s changed while loading; not stored",
+                         self._namespace, model.__name__, key)  # fmt: skip
+        return stored
+
+    async def _remove(self, keys: _Keys) -> bool:
+        try:
+            await self._call("remove", lambda: self._client.delete(keys.value), self._timeout)
+        except _Unavailable:
+            return False
+        return True
 
     async def _load(self, load: Callable[[], Awaitable[BaseModel | None]]) -> BaseModel | None:
         self._count("loads")
@@ -507,14 +567,20 @@ class RedisCache:
     async def _read(self, keys: _Keys) -> tuple[bytes, bytes, bytes | None]:
         """Epoch, generation and value in one round trip (the epoch may live on another node)."""
         covered = self._lost if self._lost > self._covered else 0
-        pipe = self._client.pipeline(transaction=False)
-        if covered:  # invalidations were lost: a new epoch before anything is served
-            pipe.set(self._epoch_key, secrets.token_hex(8))
-        for name in (self._epoch_key, keys.gen, keys.value):
-            pipe.execute_command("GET", name, **_RAW)
-        *_, epoch, gen, raw = await pipe.execute()
-        if covered:
-            self._epoch_set(covered)
+        epoch: bytes | None
+        if not covered and self._forget_script is not None:
+            # Standalone: one MGET, which costs the client far less than a pipeline of three.
+            names = (self._epoch_key, keys.gen, keys.value)
+            epoch, gen, raw = await self._client.execute_command("MGET", *names, **_RAW)
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            if covered:  # invalidations were lost: a new epoch before anything is served
+                pipe.set(self._epoch_key, secrets.token_hex(8))
+            for name in (self._epoch_key, keys.gen, keys.value):
+                pipe.execute_command("GET", name, **_RAW)
+            *_, epoch, gen, raw = await pipe.execute()
+            if covered:
+                self._epoch_set(covered)
         if epoch is None:  # first use, or Redis lost it: values of any older epoch are misses
             pipe = self._client.pipeline(transaction=False)
             pipe.set(self._epoch_key, secrets.token_hex(8), nx=True)
@@ -576,9 +642,10 @@ class RedisCache:
             found = self._fingerprints[model] = _schema_fingerprint(model)
         return found
 
-    def _encode(self, value: BaseModel, epoch: bytes) -> bytes:
-        header = b" ".join((_FORMAT, epoch, self._fingerprint(type(value))))
-        return header + b"\n" + value.model_dump_json(by_alias=True, round_trip=True).encode()
+    def _encode(self, value: BaseModel, epoch: bytes) -> tuple[bytes, bytes]:
+        """The stored value's header (with its newline) and JSON body."""
+        header = b" ".join((_FORMAT, epoch, self._fingerprint(type(value)))) + b"\n"
+        return header, value.model_dump_json(by_alias=True, round_trip=True).encode()
 
     def _decode(
         self, raw: bytes, model: type[BaseModel], key: str, id_field: str, epoch: bytes

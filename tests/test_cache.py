@@ -154,6 +154,7 @@ async def test_values_are_json_behind_a_format_header(
     cache: RedisCache, redis_client: Redis, namespace: str
 ) -> None:
     await fetch(cache, Source(a="first"), "a")
+    await cache.drain()
     header, _, body = (await _stored(redis_client, namespace, "a")).partition(b"\n")
     assert header.split(b" ")[0] == b"as1"
     assert Widget.model_validate_json(body) == Widget(widget_id="a", name="first")
@@ -232,6 +233,7 @@ async def test_unusable_value_is_a_miss_and_is_replaced(
         cache = RedisCache(client, namespace=namespace, timeout=GENEROUS)
         source = Source(a="first")
         await fetch(cache, source, "a")
+        await cache.drain()
         good = await _stored(raw_client, namespace, "a")
         await raw_client.set(_keys(namespace, Widget, "a").value, damage(good))
         source.rows["a"] = Widget(widget_id="a", name="second")
@@ -249,6 +251,7 @@ async def test_value_stored_under_another_id_is_never_served(
 ) -> None:
     source = Source(a="mine", b="someone else's")
     await fetch(cache, source, "b")
+    await cache.drain()
     await redis_client.set(
         _keys(namespace, Widget, "a").value, await _stored(redis_client, namespace, "b")
     )
@@ -262,6 +265,7 @@ async def test_unusable_value_is_removed_when_the_key_no_longer_loads(
     key = _keys(namespace, Widget, "a").value
     await redis_client.set(key, b"garbage")
     assert await fetch(cache, Source(), "a") is None
+    await cache.drain()  # the removal runs after the fetch returned
     assert await redis_client.exists(key) == 0
 
 
@@ -271,6 +275,7 @@ async def test_loaded_value_whose_id_is_not_the_key_is_not_stored(
     source = Source(a="first")
     source.rows["A"] = source.rows["a"]  # a host whose load normalizes ids
     assert await fetch(cache, source, "A") == Widget(widget_id="a", name="first")
+    await cache.drain()
     assert await redis_client.exists(_keys(namespace, Widget, "A").value) == 0
 
 
@@ -442,6 +447,7 @@ async def test_reader_that_loaded_before_a_write_cannot_store_its_copy(
         gate.release.set()
         old = await slow_read
     assert old is not None and old.context == {"v": 1}  # the interleaving really happened
+    await reader_cache.drain()  # the store runs after the read returned
     assert reader_cache.stats.stale_sets_rejected == 1
     for repo in (reader, writer):
         now = await repo.get_session(sid)
@@ -459,6 +465,7 @@ async def test_load_invalidated_while_in_flight_is_not_stored(
     await cache.invalidate(Widget, ["a"])
     source.hold.set()
     assert await pending == Widget(widget_id="a", name="old")
+    await cache.drain()
     assert cache.stats.stale_sets_rejected == 1
     assert await redis_client.exists(_keys(namespace, Widget, "a").value) == 0
     assert await fetch(cache, source, "a") == Widget(widget_id="a", name="new")
@@ -639,6 +646,7 @@ async def test_paused_redis_costs_one_time_limit_then_reads_the_database(
     repo = SessionRepository(db.factory, clock=clock, cache=fragile_cache)
     sid = (await repo.create_session("planner", context={"v": 1})).session_id
     await repo.get_session(sid)
+    await fragile_cache.drain()  # stored before the pause
     errors = fragile_cache.stats.errors
     own_redis.pause()
     try:
@@ -713,6 +721,7 @@ async def test_write_while_the_circuit_is_open_is_not_served_stale_afterwards(
     sid = (await repo.create_session("planner", context={"v": 1})).session_id
     session = await repo.get_session(sid)
     assert session is not None
+    await fragile_cache.drain()  # stored before the circuit opens
     await _trip(fragile_cache, own_redis)  # Redis is back, but the circuit is open
     session.context["v"] = 2
     await repo.update_session(session)  # its invalidation never reaches Redis
@@ -766,6 +775,7 @@ async def test_write_while_redis_was_down_is_not_served_stale_after_it_returns_w
         sid = (await writer.create_session("planner", context={"v": 1})).session_id
         session = await writer.get_session(sid)
         assert session is not None
+        await writer_cache.drain()
         snapshot = await _snapshot(own_client, namespace)
         assert any(key.endswith(b":val") for key, _ in snapshot)
         own_redis.kill()

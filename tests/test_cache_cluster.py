@@ -77,6 +77,7 @@ async def test_cluster_rejects_a_stale_set(cluster_cache: RedisCache) -> None:
     await cluster_cache.invalidate(Widget, ["a"])
     source.hold.set()
     assert await pending == Widget(widget_id="a", name="old")
+    await cluster_cache.drain()  # the store runs after the fetch returned
     assert cluster_cache.stats.stale_sets_rejected == 1
     assert await fetch(cluster_cache, source, "a") == Widget(widget_id="a", name="new")
 
@@ -123,6 +124,7 @@ async def test_cluster_lost_invalidation_is_caught_by_a_new_epoch(
     sid = (await repo.create_session("planner", context={"v": 1})).session_id
     session = await repo.get_session(sid)
     assert session is not None
+    await cache.drain()  # stored before the writes are held
     session.context["v"] = 2
     for admin in cluster_admins:
         await admin.client_pause(30_000, all=False)  # writes only

@@ -1,0 +1,233 @@
+"""The store after a miss runs after the fetch returned: what that must and must not change.
+
+A miss hands its value back as soon as it is loaded; the store (generation-checked, as before)
+goes on in a task the cache tracks. A gate in front of the real Redis client's store script
+holds that store, so each interleaving below is made on purpose, not hoped for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import pytest
+from redis.asyncio import Redis
+
+from agent_sessions import RedisCache
+from agent_sessions._settle import run_to_end
+from agent_sessions.redis_cache import _STORE_SCRIPT, _keys
+from tests.conftest import cache_server_url
+from tests.test_cache import GENEROUS, Source, Widget, fetch
+
+
+class GatedRedis(Redis):
+    """A real client whose store script, once ``gate()`` is called, waits for ``release``."""
+
+    release: asyncio.Event | None = None
+    reached = asyncio.Event()  # a store came to the gate
+    after_store: asyncio.Event | None = None  # set once a store has its reply
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        if self.release is not None and sha == self.register_script(_STORE_SCRIPT).sha:
+            self.reached.set()
+            await self.release.wait()
+        reply = await super().evalsha(sha, numkeys, *keys_and_args)
+        if self.after_store is not None and sha == self.register_script(_STORE_SCRIPT).sha:
+            self.after_store.set()
+        return reply
+
+    def gate(self) -> asyncio.Event:
+        self.release, self.reached = asyncio.Event(), asyncio.Event()
+        return self.release
+
+
+def _gated(url: str) -> GatedRedis:
+    return cast("GatedRedis", GatedRedis.from_url(url))
+
+
+@pytest.fixture
+def redis_url(cache_server: str, request: pytest.FixtureRequest) -> str:
+    return cache_server_url(cache_server, request)
+
+
+@pytest.fixture
+async def gated(redis_url: str) -> AsyncIterator[GatedRedis]:
+    client = _gated(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def cache(gated: GatedRedis, namespace: str) -> RedisCache:
+    return RedisCache(gated, namespace=namespace, timeout=GENEROUS)
+
+
+async def test_miss_returns_before_its_store_and_drain_waits_for_it(
+    cache: RedisCache, gated: GatedRedis, redis_client: Redis, namespace: str
+) -> None:
+    release = gated.gate()
+    assert await fetch(cache, Source(a="first"), "a") == Widget(widget_id="a", name="first")
+    value_key = _keys(namespace, Widget, "a").value
+    assert await redis_client.exists(value_key) == 0  # returned; the store is held
+    release.set()
+    await cache.drain()
+    assert await redis_client.exists(value_key) == 1
+
+
+async def test_store_that_loses_the_race_with_an_invalidation_is_not_stored(
+    cache: RedisCache, gated: GatedRedis, redis_client: Redis, namespace: str
+) -> None:
+    release = gated.gate()
+    source = Source(a="old")
+    assert await fetch(cache, source, "a") == Widget(widget_id="a", name="old")
+    await gated.reached.wait()
+    source.rows["a"] = Widget(widget_id="a", name="new")
+    await cache.invalidate(Widget, ["a"])  # a write committed after the load
+    release.set()
+    await cache.drain()
+    assert cache.stats.stale_sets_rejected == 1
+    assert await redis_client.exists(_keys(namespace, Widget, "a").value) == 0
+    assert await fetch(cache, source, "a") == Widget(widget_id="a", name="new")
+
+
+async def test_caller_arriving_during_the_store_gets_the_value_once_it_is_stored(
+    cache: RedisCache, gated: GatedRedis
+) -> None:
+    release = gated.gate()
+    source = Source(a="first")
+    first = await fetch(cache, source, "a")
+    assert first is not None
+    first.name = "changed by its caller"  # the value handed out is the caller's to change
+    joiner = asyncio.create_task(fetch(cache, source, "a"))
+    await gated.reached.wait()
+    release.set()
+    assert await joiner == Widget(widget_id="a", name="first")
+    assert (source.loads, cache.stats.hits, cache.stats.misses) == (1, 1, 1)
+
+
+async def test_caller_arriving_during_a_store_another_process_made_stale_reads_again(
+    cache: RedisCache, gated: GatedRedis, redis_client: Redis, namespace: str
+) -> None:
+    release = gated.gate()
+    source = Source(a="old")
+    assert await fetch(cache, source, "a") == Widget(widget_id="a", name="old")
+    await gated.reached.wait()
+    # Another process writes and invalidates: this cache's flight is not detached by it.
+    source.rows["a"] = Widget(widget_id="a", name="new")
+    await RedisCache(redis_client, namespace=namespace).invalidate(Widget, ["a"])
+    joiner = asyncio.create_task(fetch(cache, source, "a"))  # began after that write
+    for _ in range(5):
+        await asyncio.sleep(0)  # let it join the flight and wait for the held store
+    assert not joiner.done()
+    release.set()
+    assert await joiner == Widget(widget_id="a", name="new")
+    assert cache.stats.stale_sets_rejected == 1 and source.loads == 2
+
+
+async def test_cancelling_a_caller_waiting_for_a_store_leaves_the_store_running(
+    cache: RedisCache, gated: GatedRedis, redis_client: Redis, namespace: str
+) -> None:
+    release = gated.gate()
+    source = Source(a="first")
+    await fetch(cache, source, "a")
+    joiner = asyncio.create_task(fetch(cache, source, "a"))
+    for _ in range(5):
+        await asyncio.sleep(0)  # it waits for the held store
+    joiner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await joiner
+    release.set()
+    await cache.drain()
+    assert await redis_client.exists(_keys(namespace, Widget, "a").value) == 1
+    assert await fetch(cache, source, "a") == Widget(widget_id="a", name="first")
+    assert source.loads == 1
+
+
+def test_loop_closing_with_a_store_pending_leaves_no_warning_or_error(
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An application that exits without ``drain()``: asyncio.run cancels the held store.
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+
+    async def run() -> None:
+        client = _gated(redis_url)
+        client.gate()
+        cache = RedisCache(client, namespace=namespace, timeout=GENEROUS)
+        await fetch(cache, Source(a="first"), "a")
+        await client.reached.wait()
+        await client.aclose()
+
+    failures: list[BaseException] = []
+
+    def in_thread() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and failures == []
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_nested_step_runs_in_place_and_to_its_end_when_the_caller_is_cancelled() -> None:
+    # A write's invalidation is a run_to_end step inside the settling step of its connection.
+    started, release = asyncio.Event(), asyncio.Event()
+    ran: list[tuple[str, asyncio.Task[Any] | None]] = []
+
+    async def inner() -> int:
+        started.set()
+        await release.wait()
+        ran.append(("inner", asyncio.current_task()))
+        return 1
+
+    async def outer() -> int:
+        value = await run_to_end(inner())
+        ran.append(("outer", asyncio.current_task()))
+        return value
+
+    caller = asyncio.create_task(run_to_end(outer()))
+    await started.wait()
+    caller.cancel()
+    for _ in range(3):
+        await asyncio.sleep(0)  # the cancellation reaches the caller; the steps go on
+    assert not caller.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert [name for name, _ in ran] == ["inner", "outer"]
+    assert ran[0][1] is ran[1][1] and ran[0][1] is not caller  # one task for both steps
+
+
+async def test_a_loop_of_fetches_does_not_keep_joining_a_finished_store(
+    cache: RedisCache, gated: GatedRedis
+) -> None:
+    # Joining a finished store does not wait, so the flight must be left then and there: a
+    # caller looping on fetch would otherwise never yield to the callback that leaves it.
+    source = Source(a="first")
+    stored = gated.after_store = asyncio.Event()
+    stop = False
+
+    async def reader() -> int:
+        await stored.wait()  # resumes in the loop turn the store ended in, before that callback
+        fetches = 0
+        while not stop and fetches < 50:
+            assert await fetch(cache, source, "a") == Widget(widget_id="a", name="first")
+            fetches += 1
+        return fetches
+
+    async def stopper() -> None:
+        nonlocal stop
+        await stored.wait()  # runnable as soon as the reader yields once
+        stop = True
+
+    looping, stopping = asyncio.create_task(reader()), asyncio.create_task(stopper())
+    await fetch(cache, source, "a")
+    assert await looping < 50
+    await stopping
+    assert source.loads == 1
