@@ -60,6 +60,7 @@ def _instruments() -> _Instruments | None:
 
     # The API hands out proxies that follow whatever provider the host sets, even later on.
     meter = metrics.get_meter(INSTRUMENTATION_NAME, __version__)
+
     def tracing() -> bool:
         # Until a provider is set, the API's proxy makes spans that record nothing, at the
         # cost of a context switch around every call.
