@@ -146,6 +146,7 @@ async def test_cancelling_a_caller_waiting_for_a_store_leaves_the_store_running(
     assert source.loads == 1
 
 
+@pytest.mark.closes_clients_under_stores
 def test_loop_closing_with_a_store_pending_leaves_no_warning_or_error(
     redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
