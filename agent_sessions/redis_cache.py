@@ -86,7 +86,7 @@ class CacheStats:
     """
 
     hits: int = 0
-    """Fetches answered with a cached value: from Redis, or one this cache was storing."""
+    """Fetches answered with a cached value from Redis."""
     misses: int = 0
     """Fetches answered by a load: nothing usable cached, Redis failed, or the circuit was open."""
     loads: int = 0
@@ -146,7 +146,6 @@ class _Found(NamedTuple):
     # The store of a loaded value, running after the fetch returned: ``True`` once stored with no
     # invalidation between the read before the load and the store. ``None``: nothing is stored.
     stored: asyncio.Task[bool] | None = None
-    body: bytes = b""  # the JSON being stored, for callers who join once the value is handed out
 
 
 class _Flight:
@@ -186,9 +185,10 @@ class RedisCache:
       joins it. A write made in another process is seen here only through Redis, so a caller
       that arrives after the load's first read went out keeps its result only if the load
       then stored it with the generation unchanged (no invalidation in between, so none
-      before this caller began either); otherwise it reads again on its own. This includes
-      callers arriving while the value is being stored: they wait for that store and get
-      their own copy, rebuilt from the stored JSON (counted as hits).
+      before this caller began either); otherwise it reads again on its own. A caller
+      arriving once the value is loaded, while it is being stored, does not join: it reads on
+      its own (a store vouches for the generation only, not for the epoch a lost
+      invalidation's repair sets).
     - **Unusable values are misses.** A stored value carries a format tag, the model's schema
       fingerprint and the namespace epoch; a corrupt one, one of another format or schema, one
       whose id field is not its key, or one of another epoch is dropped and loaded again.
@@ -326,21 +326,16 @@ class RedisCache:
             task = asyncio.create_task(self._fill(model, key, load, id_field))
             flight = self._flights[flight_key] = _Flight(task)
         late = flight.sent  # its read went out before this call began
-        after = flight.task.done()  # its value is handed out already: it may have been changed
         flight.callers += 1
         flight.waiting += 1
         try:
-            value, hit, stored, body = await asyncio.shield(flight.task)
+            value, hit, stored = await asyncio.shield(flight.task)
         except asyncio.CancelledError:
             flight.waiting -= 1
             if flight.waiting == 0 and not flight.task.done():  # nobody wants it any more
                 self._detach(flight_key, flight)
                 flight.task.cancel()
             raise
-        if after and (stored is None or stored.done()):
-            # Leave it now, not only from the store's done callback: a caller looping on
-            # fetch (which then never waits) would otherwise keep joining it for ever.
-            self._detach(flight_key, flight)
         # Only a late caller waits for the store (a cancellation leaves the store running).
         if late and (stored is None or not await asyncio.shield(stored)):
             # A write acknowledged (in another process) after that read went out and before
@@ -348,11 +343,6 @@ class RedisCache:
             value, hit, *_ = await self._read_or_load(model, key, load, id_field)
             self._count("hits" if hit else "misses")
             return cast("M | None", value)
-        if value is not None and after:
-            # Joined while the value was being stored, and the store is confirmed: a hit on
-            # that value, rebuilt from the stored JSON (the loaded object is another caller's).
-            self._count("hits")
-            return model.model_validate_json(body)
         self._count("hits" if hit else "misses")
         if value is not None and flight.callers > 1:
             # Models are mutable: callers sharing one load must not share one object.
@@ -449,12 +439,12 @@ class RedisCache:
                 self._detach(flight_key, flight)
             raise
         if flight is not None:
-            if found.stored is None:
-                self._detach(flight_key, flight)
-            else:
-                # Callers arriving while the value is being stored join it as late callers
-                # (they keep it only if the store is confirmed) instead of loading it again.
-                found.stored.add_done_callback(lambda _: self._detach(flight_key, flight))
+            # Left as soon as the value is loaded, before its store ends: a caller arriving
+            # during the store reads on its own. Were it to join, the store's success would
+            # vouch for the value, and a store succeeds whenever the generation is unchanged —
+            # also after an invalidation that was lost while Redis was frozen, which only the
+            # new epoch set afterwards repairs, and which a read checks but a store does not.
+            self._detach(flight_key, flight)
         return found
 
     async def _read_or_load(
@@ -482,7 +472,7 @@ class RedisCache:
         # still checks the generation read above, so it cannot put back what a write replaced.
         header, body = self._encode(value, epoch)
         stored = self._later(self._store_checked(model, key, keys, gen, header + body))
-        return _Found(value, hit=False, stored=stored, body=body)
+        return _Found(value, hit=False, stored=stored)
 
     def _later(self, step: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
         """Run ``step`` in a task the cache tracks (see ``drain``), whoever awaits it or not."""
