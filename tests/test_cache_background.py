@@ -134,13 +134,17 @@ async def test_cancelling_a_caller_waiting_for_a_store_leaves_the_store_running(
 ) -> None:
     release = gated.gate()
     source = Source(a="first")
-    await fetch(cache, source, "a")
-    joiner = asyncio.create_task(fetch(cache, source, "a"))
-    for _ in range(5):
-        await asyncio.sleep(0)  # it waits for the held store
-    joiner.cancel()
+    source.hold = asyncio.Event()
+    first = asyncio.create_task(fetch(cache, source, "a"))
+    await source.started.wait()  # its read went out; its load is held
+    late = asyncio.create_task(fetch(cache, source, "a"))
+    await asyncio.sleep(0)  # it joins the load as a late caller
+    source.hold.set()
+    await gated.reached.wait()  # the store is held; the late caller waits for it
+    late.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await joiner
+        await late
+    assert await first == Widget(widget_id="a", name="first")
     release.set()
     await cache.drain()
     assert await redis_client.exists(_keys(namespace, Widget, "a").value) == 1

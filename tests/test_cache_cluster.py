@@ -46,6 +46,7 @@ async def test_cluster_value_and_generation_share_a_slot_and_hit(
     assert redis_cluster_client.keyslot(keys.gen) == redis_cluster_client.keyslot(keys.value)
     source = Source(**{key: "first"})
     assert await fetch(cluster_cache, source, key) == Widget(widget_id=key, name="first")
+    await cluster_cache.drain()  # the miss stores after returning
     assert await fetch(cluster_cache, source, key) == Widget(widget_id=key, name="first")
     assert (cluster_cache.stats.hits, cluster_cache.stats.errors, source.loads) == (1, 0, 1)
 
