@@ -128,6 +128,7 @@ async def _stored(redis_client: Redis, namespace: str, key: str) -> bytes:
 async def test_second_fetch_is_a_hit_and_does_not_load(cache: RedisCache) -> None:
     source = Source(a="first")
     assert await fetch(cache, source, "a") == Widget(widget_id="a", name="first")
+    await cache.drain()  # the miss stores after returning
     assert await fetch(cache, source, "a") == Widget(widget_id="a", name="first")
     assert source.loads == 1
     stats = cache.stats
@@ -285,6 +286,7 @@ async def test_namespaces_do_not_see_each_others_values(
     ours = RedisCache(redis_client, namespace=namespace, timeout=GENEROUS)
     theirs = RedisCache(redis_client, namespace=f"{namespace}-other", timeout=GENEROUS)
     await fetch(ours, Source(a="ours"), "a")
+    await ours.drain()
     assert await fetch(theirs, Source(a="theirs"), "a") == Widget(widget_id="a", name="theirs")
     await theirs.invalidate(Widget, ["a"])
     assert await fetch(ours, Source(a="changed"), "a") == Widget(widget_id="a", name="ours")
@@ -348,6 +350,7 @@ async def test_read_after_any_write_returns_the_new_state(
 ) -> None:
     sid = (await cached_repo.create_session("planner", "u1", {"step": 1})).session_id
     before = await cached_repo.get_session(sid)
+    await cache.drain()  # the miss stores after returning
     assert await cached_repo.get_session(sid) == before
     assert cache.stats.hits == 1  # it is cached, so a missing invalidation would show
     await write(cached_repo, sid, db, clock)
@@ -362,6 +365,7 @@ async def test_rolled_back_bound_write_invalidates_nothing(
     sid = (await cached_repo.create_session("planner")).session_id
     before = await cached_repo.get_session(sid)
     assert before is not None
+    await cache.drain()
     async with db.factory() as session:
         await session.begin()
         await cached_repo.bind(session).add_checkpoint(sid, "abandoned")
@@ -390,6 +394,7 @@ async def test_per_user_check_holds_for_cached_reads(
 ) -> None:
     sid = (await cached_repo.create_session("planner", "alice")).session_id
     assert await cached_repo.get_session(sid, user_id="alice") is not None
+    await cache.drain()
     assert await cached_repo.get_session(sid, user_id="mallory") is None
     assert await cached_repo.get_session(sid, user_id="") is None
     assert cache.stats.hits == 2  # the refusals were cached reads
@@ -507,6 +512,7 @@ async def test_reads_racing_writes_never_go_back_behind_a_finished_write(
     for _ in range(2):
         final = await repos[0].get_session(sid)
         assert final is not None and final.version == finished
+        await caches[0].drain()  # a miss stores after returning
     assert caches[0].stats.hits > before  # the cache was in play, not bypassed
 
 
@@ -552,6 +558,7 @@ async def test_invalidate_detaches_the_load_in_flight(cache: RedisCache) -> None
     assert source.loads == 2 and not early.done()
     hold.set()
     assert await early == Widget(widget_id="a", name="old")  # it overlapped the write
+    await cache.drain()
     assert await fetch(cache, source, "a") == Widget(widget_id="a", name="new")
     assert cache.stats.hits == 1
 
@@ -695,6 +702,7 @@ async def test_repeated_failures_open_the_circuit_and_a_probe_closes_it(
     assert fragile_cache.stats.circuit == "open"
     monotonic.advance(0.1)
     await fetch(fragile_cache, source, "a")  # the probe succeeds and stores
+    await fragile_cache.drain()  # (after returning, on a connection opened anew)
     assert await fetch(fragile_cache, source, "a") is not None
     recovered = fragile_cache.stats
     assert (recovered.circuit, recovered.hits, source.loads) == ("closed", 1, 7)
@@ -889,6 +897,7 @@ async def test_readme_read_through_example(
         cache = RedisCache(redis_client, namespace=namespace, timeout=GENEROUS)
         widgets = WidgetRepository(factory, cache)
         assert await widgets.get_widget("w1") == Widget(widget_id="w1", name="sprocket")
+        await cache.drain()  # the miss stores after returning
         assert await widgets.get_widget("w1") == Widget(widget_id="w1", name="sprocket")
         assert (cache.stats.misses, cache.stats.hits) == (1, 1)
         await widgets.rename("w1", "gear")

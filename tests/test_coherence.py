@@ -58,6 +58,7 @@ async def test_a_rolled_back_transaction_still_invalidates_nothing(
     repo = SessionRepository(db.factory, cache=cache)
     created = await repo.create_session("planner")
     await repo.get_session(created.session_id)
+    await cache.drain()  # the miss stores after returning
     with contextlib.suppress(Refused):
         async with db.factory() as s, s.begin():
             await repo.bind(s).add_checkpoint(created.session_id, "undone")

@@ -401,6 +401,7 @@ class CachedSetup:
             if self.cache.stats.circuit == "closed":
                 break
         await self.fresh(session_id)  # stored again, if the probe's read was a miss
+        await self.cache.drain()  # the store runs after the read returns
         hits = self.cache.stats.hits
         await self.fresh(session_id)
         assert self.cache.stats.hits == hits + 1, f"the cache is not used again: {self.cache.stats}"
@@ -435,6 +436,7 @@ async def work_through_the_fault(setup: CachedSetup, session: AgentSession) -> A
 async def cached_session(setup: CachedSetup) -> AgentSession:
     created = await setup.repo.create_session("planner", f"u-{uuid.uuid4().hex[:6]}")
     await setup.fresh(created.session_id)
+    await setup.cache.drain()  # the miss stores after returning
     hits = setup.cache.stats.hits
     await setup.fresh(created.session_id)
     assert setup.cache.stats.hits == hits + 1  # cached in Redis now

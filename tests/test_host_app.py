@@ -168,6 +168,7 @@ async def test_the_cache_is_used_when_a_redis_url_is_given(
         assert cache.namespace == host.CACHE_NAMESPACE
         session = await host.start_conversation(application, "acme")
         await application.sessions.get_session(session.session_id)
+        await cache.drain()  # the miss stores after returning
         await application.sessions.get_session(session.session_id)
         assert (cache.stats.misses, cache.stats.hits) == (1, 1)
         await host.handle_bill_request(application, session.session_id, 10)

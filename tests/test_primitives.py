@@ -132,6 +132,8 @@ async def test_hard_delete_and_recreate_under_one_key_never_serves_the_old_sessi
 async def test_reads_by_key_use_the_cache_and_see_every_write(repo: SessionRepository) -> None:
     created = await repo.create_session("planner", "u1", key="k")
     await repo.get_session_by_key("planner", "k", user_id="u1")
+    if isinstance(repo.cache, RedisCache):
+        await repo.cache.drain()  # the miss stores after returning
     hits = repo.cache.stats.hits if isinstance(repo.cache, RedisCache) else 0
     await repo.get_session_by_key("planner", "k", user_id="u1")
     if isinstance(repo.cache, RedisCache):
