@@ -13,21 +13,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydantic import BaseModel
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from sqlalchemy import String, event, text, update
+from sqlalchemy import String, text, update
 from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.util import await_only
 
 from agent_sessions import (
     ModelCache,
@@ -38,6 +35,7 @@ from agent_sessions import (
 from agent_sessions._circuit import CircuitBreaker, Permit
 from agent_sessions.redis_cache import _keys
 from tests.conftest import CACHE_SERVERS, Backend, FakeClock, cache_server_url, unavailable
+from tests.pausing import after_statement
 from tests.servers import RedisServer, ServerUnavailable
 
 GENEROUS = timedelta(seconds=2)  # for tests that count hits: a busy machine is not a failure
@@ -403,31 +401,6 @@ async def test_per_user_check_holds_for_cached_reads(
 # -- the stale-set race ------------------------------------------------------------------------
 
 
-class Gate:
-    """Holds the next statement an engine runs, right after it ran (its rows are read)."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.armed = False
-        self.loaded = asyncio.Event()
-        self.release = asyncio.Event()
-        self._engine = engine.sync_engine
-
-    def __enter__(self) -> Gate:
-        # A statement listener: it also keeps the repository on SQLAlchemy's execution path,
-        # where the listener runs in the greenlet of the awaiting call and may await.
-        event.listen(self._engine, "after_cursor_execute", self._ran)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        event.remove(self._engine, "after_cursor_execute", self._ran)
-
-    def _ran(self, *args: Any) -> None:
-        if self.armed:
-            self.armed = False
-            self.loaded.set()
-            await_only(self.release.wait())
-
-
 async def test_reader_that_loaded_before_a_write_cannot_store_its_copy(
     db: Backend, clock: FakeClock, redis_client: Redis, namespace: str
 ) -> None:
@@ -441,10 +414,10 @@ async def test_reader_that_loaded_before_a_write_cannot_store_its_copy(
     await reader.get_session(sid)  # the schema check is done; nothing is cached from it
     await writer.add_checkpoint(sid, "clears the cache")
 
-    with Gate(db.engine) as gate:
+    with after_statement(db.engine) as gate:
         gate.armed = True
         slow_read = asyncio.create_task(reader.get_session(sid))
-        await gate.loaded.wait()
+        await gate.reached.wait()
         session = await writer.get_session(sid)
         assert session is not None
         session.context["v"] = 2

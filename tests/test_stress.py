@@ -36,9 +36,8 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import event, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.util import await_only
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agent_sessions import (
     ConcurrentUpdateError,
@@ -49,6 +48,7 @@ from agent_sessions import (
 from agent_sessions.engine import behind_transaction_pooler
 from agent_sessions.tables import sessions_table
 from tests.conftest import Backend, FakeClock, unavailable
+from tests.pausing import after_checkin
 from tests.servers import RedisServer, ServerUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -409,34 +409,6 @@ async def run_processes(
 # -- the read/write race of a read-through cache, interleaved by hand --------------------------
 
 
-class PauseAfterRelease:
-    """Once armed, the next connection given back to the engine's pool waits there.
-
-    A repository read gives its connection back when its rows are read: pausing there means the
-    read is done and its value is on its way into the cache. (The pool's check-in runs in
-    SQLAlchemy's greenlet, where a listener may await.)
-    """
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.armed = False
-        self.paused = asyncio.Event()
-        self.release = asyncio.Event()
-        self._pool = engine.sync_engine.pool
-
-    def __enter__(self) -> PauseAfterRelease:
-        event.listen(self._pool, "checkin", self._checked_in)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        event.remove(self._pool, "checkin", self._checked_in)
-
-    def _checked_in(self, *args: Any) -> None:
-        if self.armed:
-            self.armed = False
-            self.paused.set()
-            await_only(self.release.wait())
-
-
 @pytest.fixture
 def redis_cache(redis_client: Redis, namespace: str) -> Callable[[], RedisCache]:
     return lambda: RedisCache(redis_client, namespace=namespace, timeout=timedelta(seconds=10))
@@ -453,10 +425,10 @@ async def test_read_loaded_before_a_write_is_not_cached_after_it(
     )
     created = await writer.create_session("planner", context={"v": 1})
 
-    with PauseAfterRelease(db.engine) as pausing:
+    with after_checkin(db.engine) as pausing:
         pausing.armed = True
         slow_read = asyncio.create_task(reader.get_session(created.session_id))
-        await pausing.paused.wait()  # it has read version 1 and is about to cache it
+        await pausing.reached.wait()  # it has read version 1 and is about to cache it
         copy = await SessionRepository(db.factory).get_session(created.session_id)
         assert copy is not None
         copy.context["v"] = 2
@@ -479,10 +451,10 @@ async def test_read_starting_after_a_write_does_not_join_a_load_from_before_it(
     repo = SessionRepository(db.factory, cache=cache)
     created = await repo.create_session("planner", context={"v": 1})
 
-    with PauseAfterRelease(db.engine) as pausing:
+    with after_checkin(db.engine) as pausing:
         pausing.armed = True
         slow_read = asyncio.create_task(repo.get_session(created.session_id))
-        await pausing.paused.wait()
+        await pausing.reached.wait()
         copy = await SessionRepository(db.factory).get_session(created.session_id)
         assert copy is not None
         copy.context["v"] = 2
