@@ -127,6 +127,17 @@ class SessionRepository:
         return self._cache
 
     @property
+    def session_factory(self) -> async_sessionmaker[AsyncSession]:
+        """The ``async_sessionmaker`` the repository was built with.
+
+        For code that runs several calls in one transaction of its own with :meth:`bind`::
+
+            async with repo.session_factory() as db, db.begin():
+                await repo.bind(db).add_checkpoint(session_id, "step")
+        """
+        return self._factory
+
+    @property
     def _read_cache(self) -> ModelCache | None:
         # A bound repository reads inside the caller's transaction, which may hold
         # uncommitted changes: those must neither be served from nor put into the cache.

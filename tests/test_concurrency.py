@@ -97,8 +97,9 @@ async def test_bind_writes_inside_the_callers_transaction_and_rolls_back(
 
 
 async def test_bind_commits_with_the_caller(repo: SessionRepository, db: Backend) -> None:
+    assert repo.session_factory is db.factory  # what a caller opens its transaction with
     kept = await repo.create_session("planner")
-    async with db.factory() as s, s.begin():
+    async with repo.session_factory() as s, s.begin():
         bound = repo.bind(s)
         current = await bound.get_session(kept.session_id)
         assert current is not None

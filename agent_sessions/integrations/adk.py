@@ -111,7 +111,7 @@ class AgentSessionsService(BaseSessionService):
         session_factory: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self.repository = repository
-        self._factory = session_factory or _factory_of(repository)
+        self._factory = session_factory or repository.session_factory
         self._engine: AsyncEngine | None = None
         self._cache: RedisCache | None = None
         self._redis: Redis | None = None
@@ -411,13 +411,6 @@ _STALE = (
     "The session has been modified in storage since it was loaded. "
     "Please reload the session before appending more events."
 )
-
-
-def _factory_of(repository: SessionRepository) -> async_sessionmaker[AsyncSession]:
-    # The repository does not expose its session factory publicly (reported as a core-API
-    # gap); this is the one place the integration reads a private attribute.
-    factory: async_sessionmaker[AsyncSession] = repository._factory
-    return factory
 
 
 async def _together(*calls: Awaitable[Any]) -> list[Any]:
