@@ -346,9 +346,17 @@ class SessionRepository:
         # The key is resolved by the database on every call, never cached: a key is reused
         # after a delete, by a session with another id, and the cache is keyed by id. A
         # session's key is fixed at creation, so whatever is cached for this id has this key.
-        async with self._call("get_session_by_key", shape="read", hot=True) as db:
-            rows = await db.fetch(sql.ID_BY_KEY, params)
-        return await self._load_window(str(rows[0].id), recent) if rows else None
+        for _ in range(2):
+            async with self._call("get_session_by_key", shape="read", hot=True) as db:
+                rows = await db.fetch(sql.ID_BY_KEY, params)
+            if not rows:
+                return None
+            session = await self._load_window(str(rows[0].id), recent)
+            if session is not None:
+                return session
+            # Deleted between the two reads: the key may already name a new session (a
+            # delete and a re-create in between), so it is resolved once more.
+        return None
 
     def _window(self, recent_checkpoints: int | None) -> int:
         if recent_checkpoints is None:

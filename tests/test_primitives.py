@@ -23,6 +23,7 @@ from agent_sessions import (
 )
 from agent_sessions.tables import checkpoints_table, sessions_table, shared_state_table
 from tests.conftest import Backend, FakeClock
+from tests.pausing import after_statement
 
 
 async def count_rows(db: Backend) -> tuple[int, int, int]:
@@ -127,6 +128,25 @@ async def test_hard_delete_and_recreate_under_one_key_never_serves_the_old_sessi
         assert found is not None and found.session_id == new.session_id
         assert found.context == {"gen": "new"} and found.checkpoint_count == 1
     assert await repo.get_session(old.session_id) is None
+
+
+async def test_a_read_by_key_overtaken_by_a_delete_and_recreate_finds_the_new_session(
+    repo: SessionRepository, db: Backend
+) -> None:
+    old = await repo.create_session("planner", "u1", {"gen": "old"}, key="k")
+    with after_statement(db.engine) as pause:
+        pause.armed = True
+        reading = asyncio.create_task(repo.get_session_by_key("planner", "k", user_id="u1"))
+        await pause.reached.wait()  # its first statement ran: the key named the old session
+        assert await repo.delete_session(old.session_id, hard=True)
+        new = await repo.create_session("planner", "u1", {"gen": "new"}, key="k")
+        pause.release.set()
+        found = await reading
+    assert found is not None
+    if repo.cache is None:  # one statement, which read the old session whole before the delete
+        assert (found.session_id, found.context) == (old.session_id, {"gen": "old"})
+    else:  # the key, then the session by id (cached): the old one was gone, so the key again
+        assert (found.session_id, found.context) == (new.session_id, {"gen": "new"})
 
 
 async def test_reads_by_key_use_the_cache_and_see_every_write(repo: SessionRepository) -> None:
