@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    Update,
     Uuid,
     and_,
     bindparam,
@@ -121,26 +122,38 @@ DELETE = _scoped(
     .returning(S.id)
 )
 
-# Compare-and-set on (owner, version, a state the new one may follow).
-UPDATE = (
-    update(sessions_table)
-    .where(
-        S.id == _SID,
-        S.user_id == bindparam("b_owner", type_=String()),
-        S.version == bindparam("b_version", type_=Integer()),
-        S.state.in_(bindparam("b_sources", expanding=True, type_=String())),
+
+@functools.cache
+def update_from(sources: tuple[str, ...]) -> Update:
+    """Compare-and-set on (owner, version, one of ``sources``); one statement per source set.
+
+    The states are part of the statement (``state = ... OR ...``, each a fixed parameter),
+    not an expanding ``IN``, so each statement compiles once and can run on the driver's
+    connection.
+    """
+    return (
+        update(sessions_table)
+        .where(
+            S.id == _SID,
+            S.user_id == bindparam("b_owner", type_=String()),
+            S.version == bindparam("b_version", type_=Integer()),
+            or_(*(S.state == state for state in sources)),
+        )
+        .values(
+            context=bindparam("b_context", type_=JsonType),
+            metadata=bindparam("b_metadata", type_=JsonType),
+            state=bindparam("b_state", type_=String()),
+            version=S.version + 1,
+            updated_at=_NOW,
+            last_heartbeat=_NOW,
+            checkpoint_count=S.checkpoint_count + bindparam("b_added", type_=Integer()),
+        )
+        .returning(S.checkpoint_count, S.created_at)
     )
-    .values(
-        context=bindparam("b_context", type_=JsonType),
-        metadata=bindparam("b_metadata", type_=JsonType),
-        state=bindparam("b_state", type_=String()),
-        version=S.version + 1,
-        updated_at=_NOW,
-        last_heartbeat=_NOW,
-        checkpoint_count=S.checkpoint_count + bindparam("b_added", type_=Integer()),
-    )
-    .returning(S.checkpoint_count, S.created_at)
-)
+
+
+# Why an update changed nothing: the stored version, state and owner.
+STORED_FOR_UPDATE = select(S.version, S.state, S.user_id).where(S.id == _SID)
 
 
 @functools.cache

@@ -523,20 +523,21 @@ class SessionRepository:
             "b_sid": sid,
             "b_owner": session.user_id,
             "b_version": session.version,
-            "b_sources": [s.value for s in allowed_sources(target)],
             "b_context": session.context,
             "b_metadata": session.metadata,
             "b_state": target.value,
             "b_now": now,
             "b_added": len(pending),
         }
+        update = sql.update_from(tuple(sorted(s.value for s in allowed_sources(target))))
         # Without new checkpoints the update is one statement: no transaction needed.
         shape: Shape = "transaction" if pending else "one statement"
-        async with self._call("update_session", sid, shape) as db:
-            row = (await db.execute(sql.UPDATE, params)).first()
-            if row is None:
+        async with self._call("update_session", sid, shape, hot=not pending) as db:
+            rows = await db.fetch(update, params)
+            if not rows:
                 await self._explain_failed_update(db, sid, session, target)
                 raise AssertionError("unreachable")  # pragma: no cover
+            row = rows[0]
             first_seq = row.checkpoint_count - len(pending) + 1
             stored = [cp.model_copy(update={"seq": first_seq + i}) for i, cp in enumerate(pending)]
             if stored:
@@ -592,9 +593,8 @@ class SessionRepository:
     async def _explain_failed_update(
         self, db: Call, sid: uuid.UUID, session: AgentSession, target: SessionState
     ) -> None:
-        stored = (
-            await db.execute(select(S.version, S.state, S.user_id).where(S.id == sid))
-        ).first()
+        rows = await db.fetch(sql.STORED_FOR_UPDATE, {"b_sid": sid})
+        stored = rows[0] if rows else None
         if stored is None or stored.state == sql.DELETED or stored.user_id != session.user_id:
             raise SessionNotFoundError(session.session_id)
         if stored.version != session.version:

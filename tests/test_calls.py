@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from agent_sessions import SessionRepository
+from agent_sessions import AgentSessionsError, SessionRepository
 from agent_sessions.errors import SessionExistsError
 from tests.conftest import Backend
 
@@ -23,9 +23,24 @@ async def _every_hot_call(repo: SessionRepository) -> dict[str, Any]:
     cp = await repo.add_checkpoint(
         made.session_id, "step", {"deep": {"x": "y"}}, timestamp=datetime(2026, 1, 2, tzinfo=UTC)
     )
+    alive = await repo.heartbeat(made.session_id)
+    copy = await repo.get_session(made.session_id)
+    assert copy is not None
+    copy.context["n"] = 3
+    copy.pause()
+    paused = await repo.update_session(copy)
+    done = await repo.update_session(paused.model_copy(update={"state": "completed"}))
+    refused = []
+    for bad in (copy, done.model_copy(update={"state": "active"})):  # stale; no way back
+        try:
+            await repo.update_session(bad)
+        except AgentSessionsError as exc:
+            refused.append(f"{type(exc).__name__}: {exc}".replace(made.session_id, "<id>"))
     return {
         "cp": (cp.name, cp.data, cp.timestamp, cp.seq),
-        "alive": await repo.heartbeat(made.session_id),
+        "alive": alive,
+        "updated": [(u.version, u.state, u.context) for u in (paused, done)],
+        "refused": refused,
         "got": await repo.get_session(made.session_id),
         "by_key": await repo.get_session_by_key("planner", "k1", user_id="u1"),
         "deleted": await repo.delete_session(made.session_id),
