@@ -15,10 +15,17 @@ lost or ignored.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# Python 3.12+ can start a task eagerly: it runs at once, in its own task, up to its first
+# suspension. A step that does not suspend (a pooled connection handed out or given back
+# without I/O) then finishes before ``run_to_end`` would have scheduled it, at a twentieth of
+# the cost of a task that goes through the event loop.
+_EAGER = sys.version_info >= (3, 12)
 
 # The tasks ``run_to_end`` runs steps in. Nobody cancels one (run_to_end keeps it to itself),
 # so a step nested inside another one is awaited in place, saving a task per level (a write's
@@ -35,9 +42,13 @@ async def run_to_end(step: Coroutine[Any, Any, T]) -> T:
     """
     if asyncio.current_task() in _STEPS:
         return await step
-    task = asyncio.ensure_future(step)
-    _STEPS.add(task)
-    task.add_done_callback(_STEPS.discard)
+    if _EAGER:
+        loop = asyncio.get_running_loop()
+        task = asyncio.Task(_as_step(step), loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        if task.done():  # it did not suspend: nothing could have cancelled it
+            return task.result()
+    else:
+        task = asyncio.ensure_future(_as_step(step))
     cancelled: asyncio.CancelledError | None = None
     while True:
         try:
@@ -50,3 +61,14 @@ async def run_to_end(step: Coroutine[Any, Any, T]) -> T:
         failure = None if task.cancelled() else task.exception()
         raise cancelled from failure
     return task.result()
+
+
+async def _as_step(step: Coroutine[Any, Any, T]) -> T:
+    # Registered from inside: an eager task runs its first part before its constructor returns.
+    task = asyncio.current_task()
+    assert task is not None
+    _STEPS.add(task)
+    try:
+        return await step
+    finally:
+        _STEPS.discard(task)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -209,6 +210,28 @@ async def test_nested_step_runs_in_place_and_to_its_end_when_the_caller_is_cance
         await caller
     assert [name for name, _ in ran] == ["inner", "outer"]
     assert ran[0][1] is ran[1][1] and ran[0][1] is not caller  # one task for both steps
+
+
+async def test_a_step_that_never_suspends_costs_no_turn_of_the_event_loop_on_312() -> None:
+    # Handing out or giving back a pooled connection rarely waits on I/O: on Python 3.12+ the
+    # step's task starts eagerly and is done before run_to_end would have scheduled it.
+    order: list[str] = []
+
+    async def step() -> str:
+        order.append("step")
+        return "done"
+
+    async def other() -> None:
+        order.append("other task")
+
+    waiting = asyncio.create_task(other())  # runs at the caller's next turn of the loop
+    assert await run_to_end(step()) == "done"
+    order.append("caller")
+    await waiting
+    if sys.version_info >= (3, 12):
+        assert order == ["step", "caller", "other task"]
+    else:
+        assert order == ["other task", "step", "caller"]
 
 
 async def test_a_loop_of_fetches_does_not_keep_joining_a_finished_store(
