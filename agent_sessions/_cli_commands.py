@@ -1,4 +1,5 @@
-"""The commands of ``agent-sessions``: each takes the parsed arguments and returns an exit code.
+"""The commands of ``agent-sessions``: each takes its :class:`~agent_sessions._cli_context.Context`
+and returns an exit code.
 
 The parser and the entry point are in :mod:`agent_sessions.cli`; text and JSON rendering in
 :mod:`agent_sessions._cli_format`.
@@ -6,211 +7,36 @@ The parser and the entry point are in :mod:`agent_sessions.cli`; text and JSON r
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from alembic.script import ScriptDirectory
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import ColumnElement, Connection, and_, func, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from agent_sessions import _cli_context, _cli_redis, legacy, migrations
 from agent_sessions import _cli_format as fmt
-from agent_sessions import _cli_redis, legacy, migrations
 from agent_sessions._arguments import parse_id
-from agent_sessions._errors import describe, storage_errors
-from agent_sessions.engine import DEFAULT_URL, create_engine
+from agent_sessions._cli_context import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_SCHEMA,
+    EXIT_USAGE,
+    CliError,
+    Context,
+)
+from agent_sessions._errors import storage_errors
 from agent_sessions.errors import SessionNotFoundError, StorageError
 from agent_sessions.models import SessionState
-from agent_sessions.redis_cache import RedisCache
-from agent_sessions.repository import SessionRepository
 from agent_sessions.tables import sessions_table
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_SCHEMA = 3
-EXIT_NOT_FOUND = 4
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped with Ctrl-C
-EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: stdout closed early (`| head`), as for other Unix tools
-
-URL_ENV = "AGENT_SESSIONS_DATABASE_URL"
-REDIS_URL_ENV = "AGENT_SESSIONS_REDIS_URL"
-REDIS_NAMESPACE_ENV = "AGENT_SESSIONS_REDIS_NAMESPACE"
-DEFAULT_REDIS_NAMESPACE = "agent_sessions"  # RedisCache's default
-CONNECT_TIMEOUT = 10.0  # seconds; asyncpg would otherwise wait a minute for a dead host
-
-
-class CliError(Exception):
-    """An expected failure: print the message, exit with the code, no traceback."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass
-class Context:
-    args: argparse.Namespace
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-    _engine: AsyncEngine | None = None
-    _redis: Redis | None = None
-    _cache: RedisCache | None = None
-    _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
-
-    @property
-    def raw_url(self) -> str:
-        return getattr(self.args, "url", None) or os.environ.get(URL_ENV) or DEFAULT_URL
-
-    @property
-    def url(self) -> URL:
-        try:
-            return make_url(self.raw_url)
-        except sa_exc.ArgumentError:
-            # Not echoed: the string may hold a password.
-            raise CliError(
-                "cannot parse the database URL (from --url or $AGENT_SESSIONS_DATABASE_URL); "
-                "expected e.g. postgresql+asyncpg://user:password@host:5432/db or "
-                "sqlite+aiosqlite:///path/to/sessions.db",
-                EXIT_USAGE,
-            ) from None
-
-    @property
-    def shown_url(self) -> str:
-        return self.url.render_as_string(hide_password=True)
-
-    def sqlite_path(self) -> Path | None:
-        """The file of a SQLite URL (``None`` for another database, memory or a ``file:`` URI)."""
-        url = self.url
-        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-            return None
-        if url.database.startswith("file:") or url.query.get("uri"):
-            return None
-        return Path(url.database)
-
-    def missing_sqlite_file(self) -> Path | None:
-        path = self.sqlite_path()
-        return None if path is None or path.exists() else path
-
-    def engine(self, *, allow_missing_file: bool = False) -> AsyncEngine:
-        """The engine for the URL (checked first); a missing SQLite file is refused unless asked."""
-        if self._engine is None:
-            self._engine = self._create_engine()
-            self._closers.append(self._engine.dispose)
-        path = self.sqlite_path()
-        if path is not None and not path.parent.is_dir():
-            # SQLite creates a missing file but not a missing directory.
-            raise CliError(
-                f"cannot open the SQLite database {path}: the directory {path.parent} does not "
-                f"exist; create it (mkdir -p {path.parent}) or correct --url",
-                EXIT_ERROR,
-            )
-        missing = None if allow_missing_file else self.missing_sqlite_file()
-        if missing is not None:
-            # Opening it would create an empty file; say what to do instead.
-            raise CliError(
-                f"there is no SQLite database at {missing}: create it with "
-                f"`agent-sessions db upgrade --url {self.shown_url}`",
-                EXIT_SCHEMA,
-            )
-        return self._engine
-
-    def _create_engine(self) -> AsyncEngine:
-        url = self.url
-        if url.get_backend_name() not in ("postgresql", "sqlite"):
-            raise CliError(
-                f"unsupported database {url.get_backend_name()!r} in {self.shown_url}: "
-                "agent_sessions runs on PostgreSQL (postgresql+asyncpg://...) and SQLite "
-                "(sqlite+aiosqlite:///...)",
-                EXIT_USAGE,
-            )
-        kwargs: dict[str, Any] = {}
-        if url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg":
-            kwargs["connect_args"] = {"timeout": CONNECT_TIMEOUT}
-        pooling = bool(getattr(self.args, "transaction_pooling", False))
-        try:
-            return create_engine(self.raw_url, transaction_pooling=pooling, **kwargs)
-        except ValueError as exc:  # transaction pooling on SQLite, a bad URL flag
-            raise CliError(f"{exc} (database: {self.shown_url})", EXIT_USAGE) from None
-        except (sa_exc.ArgumentError, sa_exc.InvalidRequestError, ImportError) as exc:
-            raise CliError(
-                f"cannot use the driver of {self.shown_url} ({exc}); use an async driver: "
-                "postgresql+asyncpg://... or sqlite+aiosqlite:///...",
-                EXIT_USAGE,
-            ) from None
-
-    @property
-    def redis_url(self) -> str | None:
-        return getattr(self.args, "redis_url", None) or os.environ.get(REDIS_URL_ENV) or None
-
-    @property
-    def redis_namespace(self) -> str:
-        return (
-            getattr(self.args, "redis_namespace", None)
-            or os.environ.get(REDIS_NAMESPACE_ENV)
-            or DEFAULT_REDIS_NAMESPACE
-        )
-
-    def redis(self) -> Redis | None:
-        """The Redis client when a Redis URL is configured."""
-        if self._redis is None and self.redis_url:
-            try:
-                self._redis = _cli_redis.open_client(self.redis_url)
-            except ValueError as exc:
-                raise CliError(
-                    f"cannot use the Redis URL {_cli_redis.shown(self.redis_url)} ({exc}); "
-                    "expected e.g. redis://localhost:6379/0",
-                    EXIT_USAGE,
-                ) from None
-            self._closers.append(self._redis.aclose)
-        return self._redis
-
-    def cache(self) -> RedisCache | None:
-        """The applications' cache, so that this command's writes invalidate their copies."""
-        client = self.redis()
-        if client is not None and self._cache is None:
-            try:
-                self._cache = _cli_redis.open_cache(client, self.redis_namespace)
-            except ValueError as exc:
-                raise CliError(f"bad --redis-namespace: {exc}", EXIT_USAGE) from None
-        return self._cache
-
-    async def redis_trouble(self) -> str | None:
-        """Why the Redis given could not be used by this command; ``None`` when it could (or none).
-
-        A cache operation that failed during the command counts, and so does a Redis that does
-        not answer a final ping (a command that had nothing to invalidate still says so).
-        """
-        if self._cache is None or self._redis is None:
-            return None
-        if self._cache.stats.errors:
-            return f"{self._cache.stats.errors} Redis operation(s) failed"
-        try:
-            await self._redis.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
-            return describe(exc)
-        return None
-
-    def repository(self, *, recent_checkpoints: int = 20) -> SessionRepository:
-        factory = async_sessionmaker(self.engine(), expire_on_commit=False)
-        return SessionRepository(factory, recent_checkpoints=recent_checkpoints, cache=self.cache())
-
-    def print(self, text: str = "") -> None:
-        print(text, file=self.out)
-
-    async def close(self) -> None:
-        for close in reversed(self._closers):
-            await close()
-
 
 # -- db ---------------------------------------------------------------------------------------
 
@@ -555,7 +381,7 @@ def _source_engine(ctx: Context) -> AsyncEngine:
         raise CliError(f"there is no SQLite database at {path} (--from-url)", EXIT_USAGE)
     kwargs: dict[str, Any] = {}
     if url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg":
-        kwargs["connect_args"] = {"timeout": CONNECT_TIMEOUT}
+        kwargs["connect_args"] = {"timeout": _cli_context.CONNECT_TIMEOUT}
     try:
         # Not the library's create_engine: it would switch a SQLite file to WAL, and the old
         # database is only read.

@@ -28,19 +28,6 @@ from agent_sessions import _cli_format as fmt
 from agent_sessions import legacy
 from agent_sessions._arguments import MAX_BATCH_SIZE, MAX_PAGE_SIZE
 from agent_sessions._cli_commands import (
-    DEFAULT_REDIS_NAMESPACE,
-    EXIT_ERROR,
-    EXIT_INTERRUPTED,
-    EXIT_NOT_FOUND,
-    EXIT_OK,
-    EXIT_PIPE_CLOSED,
-    EXIT_SCHEMA,
-    EXIT_USAGE,
-    REDIS_NAMESPACE_ENV,
-    REDIS_URL_ENV,
-    URL_ENV,
-    CliError,
-    Context,
     cleanup,
     db_check,
     db_current,
@@ -55,6 +42,21 @@ from agent_sessions._cli_commands import (
     sessions_list,
     sessions_show,
     stats,
+)
+from agent_sessions._cli_context import (
+    DEFAULT_REDIS_NAMESPACE,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_PIPE_CLOSED,
+    EXIT_SCHEMA,
+    EXIT_USAGE,
+    REDIS_NAMESPACE_ENV,
+    REDIS_URL_ENV,
+    URL_ENV,
+    CliError,
+    Context,
 )
 from agent_sessions._errors import describe
 from agent_sessions.engine import DEFAULT_URL

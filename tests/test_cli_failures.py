@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from agent_sessions import SessionRepository, SessionState, _cli_commands, create_engine, migrations
+from agent_sessions import SessionRepository, SessionState, _cli_context, create_engine, migrations
 from agent_sessions._cli_format import MAX_DURATION, duration
 from agent_sessions.cli import EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, main
 from agent_sessions.tables import VERSION_TABLE
@@ -219,7 +219,7 @@ def silent_port() -> Iterator[int]:
 def test_a_connect_timeout_says_it_timed_out(
     silent_port: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(_cli_commands, "CONNECT_TIMEOUT", 0.2)
+    monkeypatch.setattr(_cli_context, "CONNECT_TIMEOUT", 0.2)
     url = f"postgresql+asyncpg://u@127.0.0.1:{silent_port}/x"
     result = in_process(capsys, "sessions", "list", "--url", url)
     assert result.code == 1, result.err
