@@ -123,9 +123,8 @@ DELETE = _scoped(
 )
 
 
-@functools.cache
 def update_from(sources: tuple[str, ...]) -> Update:
-    """Compare-and-set on (owner, version, one of ``sources``); one statement per source set.
+    """Compare-and-set on (owner, version, one of ``sources``); build it once per source set.
 
     The states are part of the statement (``state = ... OR ...``, each a fixed parameter),
     not an expanding ``IN``, so each statement compiles once and can run on the driver's

@@ -77,6 +77,13 @@ __all__ = ["SessionRepository"]
 
 logger = logging.getLogger(__name__)
 
+# update_session's compare-and-set, one statement per target state (the states it may be written
+# from are fixed by the state machine), built once.
+_UPDATE_TO = {
+    target: sql.update_from(tuple(sorted(s.value for s in allowed_sources(target))))
+    for target in SessionState
+}
+
 
 class SessionRepository:
     """Create, read, update and sweep agent sessions.
@@ -529,11 +536,10 @@ class SessionRepository:
             "b_now": now,
             "b_added": len(pending),
         }
-        update = sql.update_from(tuple(sorted(s.value for s in allowed_sources(target))))
         # Without new checkpoints the update is one statement: no transaction needed.
         shape: Shape = "transaction" if pending else "one statement"
         async with self._call("update_session", sid, shape, hot=not pending) as db:
-            rows = await db.fetch(update, params)
+            rows = await db.fetch(_UPDATE_TO[target], params)
             if not rows:
                 await self._explain_failed_update(db, sid, session, target)
                 raise AssertionError("unreachable")  # pragma: no cover
