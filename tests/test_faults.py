@@ -29,7 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from agent_sessions import (
     AgentSession,
+    ConcurrentUpdateError,
     RedisCache,
+    SessionCheckpoint,
     SessionRepository,
     StorageError,
     StorageTimeoutError,
@@ -175,18 +177,34 @@ async def test_postgres_restart_fails_in_flight_calls_with_storage_error_and_los
         blocker.terminate()
         observer.terminate()
 
-    outcomes = await guarded(asyncio.gather(*in_flight, return_exceptions=True))
-    for outcome in outcomes:
-        assert isinstance(outcome, StorageError), f"in-flight call ended with {outcome!r}"
-        assert "rolled back" in str(outcome)
+    updated, appended = await guarded(asyncio.gather(*in_flight, return_exceptions=True))
+    # Each call failed whole or happened whole. Almost always both fail with the server; but a
+    # fast shutdown signals its backends one at a time, so on a loaded machine the blocker's can
+    # end (releasing the row) before a waiter's is told to stop, and that waiter may commit.
+    for outcome in (updated, appended):
+        if isinstance(outcome, StorageError):
+            assert "rolled back" in str(outcome)
+    assert isinstance(appended, StorageError | SessionCheckpoint), f"append ended: {appended!r}"
+    assert isinstance(updated, StorageError | AgentSession | ConcurrentUpdateError), f"{updated!r}"
+    if isinstance(updated, ConcurrentUpdateError):  # only an append committed first outdates it
+        assert isinstance(appended, SessionCheckpoint)
+    if isinstance(updated, AgentSession):
+        ledger.saved(updated)
+    if isinstance(appended, SessionCheckpoint):
+        assert appended.seq is not None
+        ledger.names[target][appended.seq] = appended.name
 
     # The same repository and engine work again at once: the pool drops the dead connections.
     stored = await guarded(repo.get_session(target))
     assert stored is not None
-    assert stored.version == ledger.versions[target] and "in_flight" not in stored.context
-    assert await ledger.assert_all_present(repo) == 3 * 4
+    assert stored.version == ledger.versions[target] + isinstance(appended, SessionCheckpoint)
+    assert ("in_flight" in stored.context) == isinstance(updated, AgentSession)
+    assert await ledger.assert_all_present(repo) == 3 * 4 + sum(
+        isinstance(outcome, AgentSession | SessionCheckpoint) for outcome in (updated, appended)
+    )
     names = {cp.name for cp in await repo.list_checkpoints(target)}
-    assert not names & {"in-flight-update", "in-flight-append"}, "a failed call was applied"
+    assert ("in-flight-update" in names) == isinstance(updated, AgentSession)
+    assert ("in-flight-append" in names) == isinstance(appended, SessionCheckpoint)
     stored.context["after"] = True
     ledger.saved(await guarded(repo.update_session(stored)))
 
