@@ -1,13 +1,13 @@
-"""Alembic environment for agent_sessions' own tables (async; SQLite and PostgreSQL).
+"""Alembic environment for agent_session_store's own tables (async; SQLite and PostgreSQL).
 
 The database comes from, in order: ``config.attributes["connection"]``,
-``config.attributes["url"]``, ``-x url=...``, ``AGENT_SESSIONS_DATABASE_URL``, then
+``config.attributes["url"]``, ``-x url=...``, ``AGENT_SESSION_STORE_DATABASE_URL``, then
 ``sqlalchemy.url`` in alembic.ini. The version table is ``agent_sessions_alembic_version`` and
 only tables named ``agent_sessions_*`` are looked at, so a host application's own tables and its
 own ``alembic_version`` are never touched.
 
-``config.attributes["connection"]`` may hold what tools hand over (``agent_sessions.migrations``,
-pytest-alembic, a host's own scripts):
+``config.attributes["connection"]`` may hold what tools hand over
+(``agent_session_store.migrations``, pytest-alembic, a host's own scripts):
 
 - a ``Connection``: used as is; the caller owns its transaction and commits;
 - an ``AsyncConnection``: only from inside ``await connection.run_sync(...)``, where its
@@ -47,8 +47,8 @@ except ImportError:  # the first SQLAlchemy 2.0 releases have no in_greenlet
         return bool(marked) or type(current).__name__ == "_AsyncIoGreenlet"
 
 
-from agent_sessions.engine import create_engine
-from agent_sessions.tables import TABLE_PREFIX, VERSION_TABLE, metadata
+from agent_session_store.engine import create_engine
+from agent_session_store.tables import TABLE_PREFIX, VERSION_TABLE, metadata
 
 # Two processes migrating one PostgreSQL database at once: the second waits for this lock,
 # then finds the schema at head and does nothing. (Any constant; "agent_se" in ASCII.)
@@ -59,10 +59,12 @@ config = context.config
 
 def _url() -> str:
     url = config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
-    url = url or os.environ.get("AGENT_SESSIONS_DATABASE_URL")
+    url = url or os.environ.get("AGENT_SESSION_STORE_DATABASE_URL")
     url = url or config.get_main_option("sqlalchemy.url")
     if not url:
-        raise SystemExit("no database URL: pass -x url=..., or set AGENT_SESSIONS_DATABASE_URL")
+        raise SystemExit(
+            "no database URL: pass -x url=..., or set AGENT_SESSION_STORE_DATABASE_URL"
+        )
     return url
 
 
@@ -84,7 +86,7 @@ def _configure(**kwargs: Any) -> None:
 
 
 def run_migrations_offline() -> None:
-    """Emit SQL, don't run it (``alembic upgrade --sql``, ``agent-sessions db sql``)."""
+    """Emit SQL, don't run it (``alembic upgrade --sql``, ``agent-session-store db sql``)."""
     _configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
         context.run_migrations()
@@ -131,7 +133,7 @@ def _run_in_own_loop(make: Callable[[], Awaitable[None]]) -> None:
         asyncio.run(main())
         return
     # Called synchronously from async code: this thread's loop cannot be re-entered.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-sessions-env") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-session-store-env") as pool:
         pool.submit(asyncio.run, main()).result()
 
 
@@ -162,7 +164,7 @@ def _run_with(connectable: object) -> None:
 
 
 async def _migrate_with_url(url: str) -> None:
-    # agent_sessions' create_engine understands ?transaction_pooling=true in the URL.
+    # agent_session_store's create_engine understands ?transaction_pooling=true in the URL.
     engine = create_engine(url)
     try:
         await _migrate_with_engine(engine)

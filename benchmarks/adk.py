@@ -1,8 +1,8 @@
-"""ADK's session interface on agent_sessions vs ADK's own DatabaseSessionService.
+"""ADK's session interface on agent_session_store vs ADK's own DatabaseSessionService.
 
 ``python -m benchmarks.adk [--quick] [--backend sqlite|postgres] [--postgres-url URL]``
 
-The same workload goes through ``BaseSessionService`` on both: ``AgentSessionsService`` (without
+The same workload goes through ``BaseSessionService`` on both: ``SessionStoreService`` (without
 and with the Redis cache) and ``google.adk.sessions.DatabaseSessionService``, each on its own
 fresh database of the same server. Each figure is operations per second, one client (get_N: a
 fifth as many calls per repeat as the other operations); the ratio
@@ -39,7 +39,7 @@ from google.adk.sessions.database_session_service import DatabaseSessionService
 from google.adk.sessions.session import Session
 from google.genai import types
 
-from agent_sessions.integrations.adk import AgentSessionsService
+from agent_session_store.integrations.adk import SessionStoreService
 from benchmarks.databases import Databases
 from benchmarks.timing import Op, Plan, measure, median, paired_ratio
 
@@ -124,8 +124,8 @@ async def bench_backend(
     ours_url = await dbs.create(backend, "adk_ours")
     ours_cached_url = await dbs.create(backend, "adk_ours_cached")
     theirs_url = await dbs.create(backend, "adk_theirs")  # our tables there are unused
-    ours = AgentSessionsService.from_url(ours_url)
-    cached = AgentSessionsService.from_url(
+    ours = SessionStoreService.from_url(ours_url)
+    cached = SessionStoreService.from_url(
         ours_cached_url, redis_url=redis_url, namespace=f"bench-{uuid.uuid4().hex[:8]}"
     )
     theirs = DatabaseSessionService(theirs_url)
@@ -209,7 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     backends = args.backend or ["sqlite", "postgres"]
-    with tempfile.TemporaryDirectory(prefix="agent-sessions-adk-") as tmp, ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="agent-session-store-adk-") as tmp,
+        ExitStack() as stack,
+    ):
         from tests.servers import PostgresServer, RedisServer
 
         postgres_url, redis_url = args.postgres_url, args.redis_url

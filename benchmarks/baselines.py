@@ -20,7 +20,7 @@ import asyncpg
 from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
-from agent_sessions import AgentSession, SessionCheckpoint
+from agent_session_store import AgentSession, SessionCheckpoint
 from benchmarks.seed import CONTEXT
 from benchmarks.timing import Op
 
@@ -89,7 +89,7 @@ class RawPostgres:
         )
 
 
-# The same settings agent_sessions.create_engine gives its SQLite connections.
+# The same settings agent_session_store.create_engine gives its SQLite connections.
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",

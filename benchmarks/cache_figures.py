@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from agent_sessions import AgentSession, ModelCache, SessionRepository, create_engine
+from agent_session_store import AgentSession, ModelCache, SessionRepository, create_engine
 from benchmarks import seed
 from benchmarks.contenders import APPEND_DATA, expect
 from benchmarks.timing import Op, Plan, measure

@@ -1,4 +1,4 @@
-"""One workload, many session stores: agent-sessions, the raw drivers, and the peers' adapters.
+"""One workload, many session stores: agent-session-store, the raw drivers, and the peers' adapters.
 
 A contender maps the four operations of the peer comparison onto its own API (the mapping is
 documented in benchmarks/README.md): ``create`` a session, ``get`` it, ``append`` one item to it,
@@ -15,11 +15,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from agent_sessions import ModelCache, SessionRepository, create_engine
+from agent_session_store import ModelCache, SessionRepository, create_engine
 from benchmarks import seed
 from benchmarks.baselines import Raw, RawPostgres, RawSQLite
 
-OURS = "agent-sessions"
+OURS = "agent-session-store"
 APPEND_DATA = seed.CHECKPOINT_DATA
 
 
@@ -96,7 +96,7 @@ def expect(value: Any, what: str) -> Any:
 
 
 class Ours(Contender):
-    """``SessionRepository`` (no cache unless given one) on ``agent_sessions.create_engine``."""
+    """``SessionRepository`` (no cache unless given one) on ``create_engine``."""
 
     name = OURS
     role = "ours"

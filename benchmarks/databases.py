@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from agent_sessions import migrations
+from agent_session_store import migrations
 
 
 class Databases:

@@ -36,8 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agent_sessions import create_engine
-from agent_sessions.legacy import ImportReport, import_legacy
+from agent_session_store import create_engine
+from agent_session_store.legacy import ImportReport, import_legacy
 from benchmarks.databases import Databases
 
 CHECKPOINTS_PER_ROW = 3

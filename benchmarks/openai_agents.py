@@ -1,4 +1,4 @@
-"""AgentSessionsSession next to the SDK's own SQLAlchemySession, through the Session interface.
+"""SessionStoreSession next to the SDK's own SQLAlchemySession, through the Session interface.
 
     .venv/bin/python -m benchmarks.openai_agents            # both backends, own throwaway servers
     .venv/bin/python -m benchmarks.openai_agents --quick    # seconds
@@ -36,8 +36,8 @@ os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
 from agents.extensions.memory import SQLAlchemySession
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from agent_sessions import SessionRepository, create_engine
-from agent_sessions.integrations.openai_agents import AgentSessionsSession
+from agent_session_store import SessionRepository, create_engine
+from agent_session_store.integrations.openai_agents import SessionStoreSession
 from benchmarks.databases import Databases
 from benchmarks.timing import Op, Plan, measure, median, paired_ratio
 
@@ -110,8 +110,8 @@ async def run_backend(backend: str, dbs: Databases, plan: Plan) -> list[Row]:
         repo = SessionRepository(async_sessionmaker(ours_engine, expire_on_commit=False))
         await SQLAlchemySession("setup", engine=theirs_engine, create_tables=True).get_items()
 
-        def ours(session_id: str) -> AgentSessionsSession:
-            return AgentSessionsSession(session_id, repo)
+        def ours(session_id: str) -> SessionStoreSession:
+            return SessionStoreSession(session_id, repo)
 
         def theirs(session_id: str) -> SQLAlchemySession:
             return SQLAlchemySession(session_id, engine=theirs_engine)
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     backends = args.backend or list(BACKENDS)
     plan = QUICK if args.quick else FULL
-    with tempfile.TemporaryDirectory(prefix="agent-sessions-oa-") as tmp, ExitStack() as stack:
+    with tempfile.TemporaryDirectory(prefix="agent-session-store-oa-") as tmp, ExitStack() as stack:
         postgres_url = args.postgres_url
         if postgres_url is None and "postgres" in backends:
             from tests.servers import PostgresServer

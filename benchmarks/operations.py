@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agent_sessions import AgentSession, SessionRepository
+from agent_session_store import AgentSession, SessionRepository
 from benchmarks import seed
 from benchmarks.baselines import Raw
 from benchmarks.timing import Op, Plan, measure

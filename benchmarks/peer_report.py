@@ -162,7 +162,9 @@ def render(report: PeerReport) -> str:
             cells = "".join(f"{_n(_ops(ops[op].get(name))):>14}" for op in ops)
             lines.append(f"  {name:<40}{cells}")
         lines.append("")
-    lines.append("| op | fastest peer (ops/s) | raw driver | agent-sessions | ÷ peer | ÷ raw |")
+    lines.append(
+        "| op | fastest peer (ops/s) | raw driver | agent-session-store | ÷ peer | ÷ raw |"
+    )
     lines.append("|---|---|---|---|---|---|")
     for row in report.comparisons():
         backend, op = BACKEND_NAMES.get(row["backend"], row["backend"]), row["op"]
@@ -181,7 +183,7 @@ def render(report: PeerReport) -> str:
         lines.append("")
         lines.append(
             f"| op, {tasks} tasks on one pool | raw driver ({tasks} connections) | "
-            "agent-sessions | ÷ raw |"
+            "agent-session-store | ÷ raw |"
         )
         lines.append("|---|---|---|---|")
         for row in report.concurrent():
@@ -193,7 +195,7 @@ def render(report: PeerReport) -> str:
             )
     if report.cache:
         lines.append("")
-        lines.append("| Redis cache | agent-sessions (ops/s) | reference (ops/s) | ratio |")
+        lines.append("| Redis cache | agent-session-store (ops/s) | reference (ops/s) | ratio |")
         lines.append("|---|---|---|---|")
         for row in report.cache_rows():
             backend = BACKEND_NAMES.get(row["backend"], row["backend"])

@@ -1,11 +1,11 @@
 """The peer comparison: ``python -m benchmarks.peers [--quick] [--json out.json]``.
 
-The same single-client workload (sequential awaits) against agent-sessions, the session stores of
-Google ADK, the OpenAI Agents SDK and LangGraph, and the raw drivers, in one process and one run,
-interleaved repeat by repeat; then agent-sessions with 50 tasks on one pool next to the raw
-drivers with 50 connections, and what the Redis cache costs. Peers come from the optional
-``bench`` extra (``pip install -e '.[bench]'``); one that is not installed or fails is left out
-with the reason. Servers as in ``benchmarks.run``. See benchmarks/README.md.
+The same single-client workload (sequential awaits) against agent-session-store, the session
+stores of Google ADK, the OpenAI Agents SDK and LangGraph, and the raw drivers, in one process
+and one run, interleaved repeat by repeat; then agent-session-store with 50 tasks on one pool
+next to the raw drivers with 50 connections, and what the Redis cache costs. Peers come from the
+optional ``bench`` extra (``pip install -e '.[bench]'``); one that is not installed or fails is
+left out with the reason. Servers as in ``benchmarks.run``. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ BACKENDS = ("postgres", "sqlite")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "peers.json"
 PEER_PACKAGES = ("google-adk", "openai-agents", "langgraph-checkpoint-postgres",
                  "langgraph-checkpoint-sqlite", "psycopg")  # fmt: skip
-OUR_PACKAGES = ("agent-sessions", "sqlalchemy", "asyncpg", "aiosqlite", "redis", "pydantic")
+OUR_PACKAGES = ("agent-session-store", "sqlalchemy", "asyncpg", "aiosqlite", "redis", "pydantic")
 
 
 @dataclass(frozen=True)
@@ -306,7 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     sizes = QUICK if args.quick else FULL
     backends = args.backend or list(BACKENDS)
-    with tempfile.TemporaryDirectory(prefix="agent-sessions-peers-") as tmp, ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="agent-session-store-peers-") as tmp,
+        ExitStack() as stack,
+    ):
         from tests.servers import PostgresServer, RedisServer
 
         postgres_url, redis_url = args.postgres_url, args.redis_url

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from agent_sessions import SessionRepository, create_engine
+from agent_session_store import SessionRepository, create_engine
 from benchmarks import seed
 from benchmarks.timing import Op, Plan, measure, paired_ratio
 

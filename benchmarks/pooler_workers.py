@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from agent_sessions import SessionRepository, create_engine, migrations
+from agent_session_store import SessionRepository, create_engine, migrations
 
 _STATEMENT_NAME = re.compile(r'"__asyncpg_[^"]*"')
 WORKERS = 30
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tests.servers import PgBouncerServer, PostgresServer
 
     with (
-        tempfile.TemporaryDirectory(prefix="agent-sessions-pooler-") as tmp,
+        tempfile.TemporaryDirectory(prefix="agent-session-store-pooler-") as tmp,
         PostgresServer.start(Path(tmp) / "pg") as postgres,
         PgBouncerServer.start(
             Path(tmp) / "pgbouncer", postgres.port, pool_size=args.pool_size

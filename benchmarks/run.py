@@ -32,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from agent_sessions import ModelCache, SessionRepository, create_engine
+from agent_session_store import ModelCache, SessionRepository, create_engine
 from benchmarks import baselines, pooler, seed
 from benchmarks.baselines import Raw
 from benchmarks.databases import Databases
@@ -79,8 +79,8 @@ QUICK = Sizes(ops=10, conc_ops=20, sqlite_conc_ops=10, repeats=2, conc_repeats=2
 
 
 def make_cache(client: Redis | None, namespace: str) -> ModelCache | None:
-    """``agent_sessions.RedisCache`` on ``client``, or ``None`` when it is not available."""
-    cache_class: Any = getattr(importlib.import_module("agent_sessions"), "RedisCache", None)
+    """``agent_session_store.RedisCache`` on ``client``, or ``None`` when it is not available."""
+    cache_class: Any = getattr(importlib.import_module("agent_session_store"), "RedisCache", None)
     if client is None or cache_class is None:
         return None
     cache: ModelCache = cache_class(client, namespace=namespace)
@@ -126,7 +126,7 @@ class Runner:
         self.report.meta = _meta(self.sizes, self.caches)
         if "redis" not in self.caches:
             self.report.notes.append(
-                "agent_sessions.RedisCache is not available (or no Redis): cache figures skipped"
+                "RedisCache is not available (or no Redis): cache figures skipped"
             )
         # First: the sweep's peak memory must be its own, not left over from other work.
         for backend in self.backends:
@@ -253,7 +253,7 @@ class Runner:
 
 
 def _meta(sizes: Sizes, caches: list[str]) -> dict[str, Any]:
-    packages = ("sqlalchemy", "asyncpg", "aiosqlite", "redis", "pydantic", "agent-sessions")
+    packages = ("sqlalchemy", "asyncpg", "aiosqlite", "redis", "pydantic", "agent-session-store")
     return {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "sizes": asdict(sizes),
@@ -320,7 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     sizes = QUICK if args.quick else FULL
     backends = args.backend or list(BACKENDS)
-    with tempfile.TemporaryDirectory(prefix="agent-sessions-bench-") as tmp, ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="agent-session-store-bench-") as tmp,
+        ExitStack() as stack,
+    ):
         from tests.servers import PgBouncerServer, PostgresServer, RedisServer
 
         postgres_url, redis_url = args.postgres_url, args.redis_url

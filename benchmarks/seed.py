@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agent_sessions.tables import sessions_table
+from agent_session_store.tables import sessions_table
 
 # About 1 KB as JSON: what an agent typically keeps in its context between steps.
 CONTEXT: dict[str, Any] = {

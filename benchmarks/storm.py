@@ -6,8 +6,8 @@ import asyncio
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agent_sessions import AgentSession, SessionRepository
-from agent_sessions.tables import sessions_table
+from agent_session_store import AgentSession, SessionRepository
+from agent_session_store.tables import sessions_table
 from benchmarks.counting import counting
 
 

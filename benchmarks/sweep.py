@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agent_sessions import AgentSession, SessionRepository, SessionState
-from agent_sessions.tables import sessions_table
+from agent_session_store import AgentSession, SessionRepository, SessionState
+from agent_session_store.tables import sessions_table
 from benchmarks import seed
 from benchmarks.counting import counting
 

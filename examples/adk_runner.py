@@ -1,12 +1,12 @@
-"""An ADK Runner persisting a multi-turn conversation through agent_sessions, offline.
+"""An ADK Runner persisting a multi-turn conversation through agent_session_store, offline.
 
 The agent is a small deterministic ``BaseAgent`` (no model call): it counts the user's turns in
 session state, keeps a per-user tally in ``user:`` state and answers in kind. Run it with:
 
-    pip install 'agent-sessions[adk]'
+    pip install 'agent-session-store[adk]'
     python examples/adk_runner.py            # migrates ./adk_sessions.db first
 
-Set ``AGENT_SESSIONS_DATABASE_URL`` for another database (``postgresql+asyncpg://...``).
+Set ``AGENT_SESSION_STORE_DATABASE_URL`` for another database (``postgresql+asyncpg://...``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from google.adk.events.event_actions import EventActions
 from google.adk.runners import Runner
 from google.genai import types
 
-from agent_sessions import migrations
-from agent_sessions.integrations.adk import AgentSessionsService
+from agent_session_store import migrations
+from agent_session_store.integrations.adk import SessionStoreService
 
-URL = os.environ.get("AGENT_SESSIONS_DATABASE_URL", "sqlite+aiosqlite:///adk_sessions.db")
+URL = os.environ.get("AGENT_SESSION_STORE_DATABASE_URL", "sqlite+aiosqlite:///adk_sessions.db")
 APP = "echo-app"
 
 
@@ -51,7 +51,7 @@ class EchoAgent(BaseAgent):
         )
 
 
-async def converse(service: AgentSessionsService, user_id: str, lines: list[str]) -> str:
+async def converse(service: SessionStoreService, user_id: str, lines: list[str]) -> str:
     """One conversation through an ADK Runner; returns the session id."""
     runner = Runner(agent=EchoAgent(name="echo"), app_name=APP, session_service=service)
     session = await service.create_session(app_name=APP, user_id=user_id)
@@ -66,12 +66,12 @@ async def converse(service: AgentSessionsService, user_id: str, lines: list[str]
 
 
 async def main() -> None:
-    await migrations.upgrade(URL)  # normally your deploy: agent-sessions db upgrade --url ...
-    async with AgentSessionsService.from_url(URL) as service:
+    await migrations.upgrade(URL)  # normally your deploy: agent-session-store db upgrade --url ...
+    async with SessionStoreService.from_url(URL) as service:
         session_id = await converse(service, "alice", ["hello", "how are you", "bye"])
 
     # A new process (a new service) reads the conversation back from the database.
-    async with AgentSessionsService.from_url(URL) as service:
+    async with SessionStoreService.from_url(URL) as service:
         session = await service.get_session(app_name=APP, user_id="alice", session_id=session_id)
         assert session is not None
         print(f"stored: {len(session.events)} events, state {session.state}")

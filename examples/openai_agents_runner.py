@@ -1,13 +1,13 @@
-"""An OpenAI Agents SDK conversation stored by agent-sessions, fully offline.
+"""An OpenAI Agents SDK conversation stored by agent-session-store, fully offline.
 
 ``Runner.run`` drives an agent whose model is a stub (canned replies, one of them a tool call), so
 no API key and no network are needed; the conversation is persisted through
-``AgentSessionsSession`` on the SQLite default. Run it from a checkout:
+``SessionStoreSession`` on the SQLite default. Run it from a checkout:
 
-    pip install 'agent-sessions[openai-agents]'
+    pip install 'agent-session-store[openai-agents]'
     python examples/openai_agents_runner.py
 
-The database URL comes from ``AGENT_SESSIONS_DATABASE_URL`` (default: ``./openai_agents.db``).
+The database URL comes from ``AGENT_SESSION_STORE_DATABASE_URL`` (default: ``./openai_agents.db``).
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from openai.types.responses import (
 )
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from agent_sessions import SessionRepository, create_engine, migrations
-from agent_sessions.integrations.openai_agents import AgentSessionsSession
+from agent_session_store import SessionRepository, create_engine, migrations
+from agent_session_store.integrations.openai_agents import SessionStoreSession
 
-URL = os.environ.get("AGENT_SESSIONS_DATABASE_URL", "sqlite+aiosqlite:///openai_agents.db")
+URL = os.environ.get("AGENT_SESSION_STORE_DATABASE_URL", "sqlite+aiosqlite:///openai_agents.db")
 
 
 class CannedModel(Model):
@@ -130,7 +130,7 @@ async def main() -> None:
     )
     agent = Agent(name="guide", instructions="Answer briefly.", model=model, tools=[get_weather])
     try:
-        session = AgentSessionsSession("trip-planning", repo, user_id="alice")
+        session = SessionStoreSession("trip-planning", repo, user_id="alice")
         await session.clear_session()  # start afresh on every run of the example
         for question in ["What is the capital of France?", "What is the weather there?"]:
             result = await Runner.run(agent, question, session=session)
@@ -138,7 +138,7 @@ async def main() -> None:
             print(f"agent: {result.final_output}")
 
         # Another instance (another request, another process) sees the whole conversation.
-        items = await AgentSessionsSession("trip-planning", repo, user_id="alice").get_items()
+        items = await SessionStoreSession("trip-planning", repo, user_id="alice").get_items()
         kinds = [item.get("type") or item.get("role") for item in items]
         print(f"stored {len(items)} items: {', '.join(str(kind) for kind in kinds)}")
         print(f"the model's last call saw {len(model.inputs[-1])} items of history and input")

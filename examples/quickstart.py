@@ -2,7 +2,7 @@
 
 Run it with `bash scripts/demo` (which migrates the database first), or:
 
-    agent-sessions db upgrade --url sqlite+aiosqlite:///agent_sessions.db
+    agent-session-store db upgrade --url sqlite+aiosqlite:///agent_sessions.db
     python examples/quickstart.py
 """
 
@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from agent_sessions import ConcurrentUpdateError, SessionRepository, create_engine
+from agent_session_store import ConcurrentUpdateError, SessionRepository, create_engine
 
-URL = os.environ.get("AGENT_SESSIONS_DATABASE_URL", "sqlite+aiosqlite:///agent_sessions.db")
+URL = os.environ.get("AGENT_SESSION_STORE_DATABASE_URL", "sqlite+aiosqlite:///agent_sessions.db")
 
 
 class DemoClock:

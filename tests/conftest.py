@@ -5,8 +5,9 @@ PostgreSQL through a PgBouncer in transaction pooling mode, on an engine made wi
 ``transaction_pooling=True``), each without and with the Redis cache (``+redis``);
 test_repository.py adds ``+valkey``, and the cache and fault tests run against both servers
 (``cache_server``). Servers are started here on 127.0.0.1 (see tests/servers.py); set
-``AGENT_SESSIONS_TEST_POSTGRES_URL`` / ``AGENT_SESSIONS_TEST_PGBOUNCER_URL`` /
-``AGENT_SESSIONS_TEST_REDIS_URL`` / ``AGENT_SESSIONS_TEST_VALKEY_URL`` to use running ones.
+``AGENT_SESSION_STORE_TEST_POSTGRES_URL`` / ``AGENT_SESSION_STORE_TEST_PGBOUNCER_URL`` /
+``AGENT_SESSION_STORE_TEST_REDIS_URL`` / ``AGENT_SESSION_STORE_TEST_VALKEY_URL`` to use running
+ones.
 Without the binaries the backend's tests skip locally; with ``CI=true`` they fail instead.
 """
 
@@ -29,8 +30,8 @@ from redis.asyncio import RedisCluster as AsyncRedisCluster
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from agent_sessions import RedisCache, SessionRepository, create_engine, migrations
-from agent_sessions.tables import checkpoints_table, sessions_table, shared_state_table
+from agent_session_store import RedisCache, SessionRepository, create_engine, migrations
+from agent_session_store.tables import checkpoints_table, sessions_table, shared_state_table
 from tests.servers import (
     PgBouncerServer,
     PostgresServer,
@@ -71,14 +72,14 @@ class FakeClock:
 def servers_dir() -> Iterator[Path]:
     # Not under pytest's tmp_path: every new pytest process resets that tree to mode 0700,
     # which would cut a concurrently running server (as the postgres user) off its data.
-    path = Path(tempfile.mkdtemp(prefix="agent-sessions-servers-"))
+    path = Path(tempfile.mkdtemp(prefix="agent-session-store-servers-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def postgres_server(servers_dir: Path) -> Iterator[PostgresServer | None]:
-    if os.environ.get("AGENT_SESSIONS_TEST_POSTGRES_URL"):
+    if os.environ.get("AGENT_SESSION_STORE_TEST_POSTGRES_URL"):
         yield None
         return
     try:
@@ -92,7 +93,7 @@ def postgres_server(servers_dir: Path) -> Iterator[PostgresServer | None]:
 @pytest.fixture(scope="session")
 def postgres_url(postgres_server: PostgresServer | None) -> str:
     if postgres_server is None:
-        return os.environ["AGENT_SESSIONS_TEST_POSTGRES_URL"]
+        return os.environ["AGENT_SESSION_STORE_TEST_POSTGRES_URL"]
     return postgres_server.create_database("agent_sessions_test")
 
 
@@ -101,13 +102,14 @@ def pgbouncer_server(
     servers_dir: Path, postgres_server: PostgresServer | None
 ) -> Iterator[PgBouncerServer | None]:
     """A PgBouncer in transaction pooling mode in front of the test PostgreSQL."""
-    if os.environ.get("AGENT_SESSIONS_TEST_PGBOUNCER_URL"):
+    if os.environ.get("AGENT_SESSION_STORE_TEST_PGBOUNCER_URL"):
         yield None
         return
     if postgres_server is None:
         unavailable(
-            "PgBouncer: with AGENT_SESSIONS_TEST_POSTGRES_URL set, also set "
-            "AGENT_SESSIONS_TEST_PGBOUNCER_URL (a transaction-pooling PgBouncer in front of it)"
+            "PgBouncer: with AGENT_SESSION_STORE_TEST_POSTGRES_URL set, also set "
+            "AGENT_SESSION_STORE_TEST_PGBOUNCER_URL "
+            "(a transaction-pooling PgBouncer in front of it)"
         )
     try:
         server = PgBouncerServer.start(
@@ -125,14 +127,14 @@ def pgbouncer_url(
 ) -> str:
     """An empty database of the test PostgreSQL, reached through PgBouncer."""
     if pgbouncer_server is None or postgres_server is None:
-        return os.environ["AGENT_SESSIONS_TEST_PGBOUNCER_URL"]
+        return os.environ["AGENT_SESSION_STORE_TEST_PGBOUNCER_URL"]
     postgres_server.create_database("agent_sessions_pooled")
     return pgbouncer_server.url("agent_sessions_pooled")
 
 
 @pytest.fixture(scope="session")
 def redis_server(servers_dir: Path) -> Iterator[RedisServer | None]:
-    if os.environ.get("AGENT_SESSIONS_TEST_REDIS_URL"):
+    if os.environ.get("AGENT_SESSION_STORE_TEST_REDIS_URL"):
         yield None
         return
     try:
@@ -146,13 +148,13 @@ def redis_server(servers_dir: Path) -> Iterator[RedisServer | None]:
 @pytest.fixture(scope="session")
 def redis_url(redis_server: RedisServer | None) -> str:
     if redis_server is None:
-        return os.environ["AGENT_SESSIONS_TEST_REDIS_URL"]
+        return os.environ["AGENT_SESSION_STORE_TEST_REDIS_URL"]
     return redis_server.url
 
 
 @pytest.fixture(scope="session")
 def valkey_server(servers_dir: Path) -> Iterator[ValkeyServer | None]:
-    if os.environ.get("AGENT_SESSIONS_TEST_VALKEY_URL"):
+    if os.environ.get("AGENT_SESSION_STORE_TEST_VALKEY_URL"):
         yield None
         return
     try:
@@ -166,7 +168,7 @@ def valkey_server(servers_dir: Path) -> Iterator[ValkeyServer | None]:
 @pytest.fixture(scope="session")
 def valkey_url(valkey_server: ValkeyServer | None) -> str:
     if valkey_server is None:
-        return os.environ["AGENT_SESSIONS_TEST_VALKEY_URL"]
+        return os.environ["AGENT_SESSION_STORE_TEST_VALKEY_URL"]
     return valkey_server.url
 
 
@@ -316,7 +318,7 @@ def user() -> str:
 @pytest.fixture(scope="session")
 def redis_cluster(servers_dir: Path) -> Iterator[RedisCluster | None]:
     """Three cluster-mode redis-servers on 127.0.0.1 (or none with a cluster URL set)."""
-    if os.environ.get("AGENT_SESSIONS_TEST_REDIS_CLUSTER_URL"):
+    if os.environ.get("AGENT_SESSION_STORE_TEST_REDIS_CLUSTER_URL"):
         yield None
         return
     try:
@@ -330,7 +332,7 @@ def redis_cluster(servers_dir: Path) -> Iterator[RedisCluster | None]:
 @pytest.fixture(scope="session")
 def redis_cluster_url(redis_cluster: RedisCluster | None) -> str:
     if redis_cluster is None:
-        return os.environ["AGENT_SESSIONS_TEST_REDIS_CLUSTER_URL"]
+        return os.environ["AGENT_SESSION_STORE_TEST_REDIS_CLUSTER_URL"]
     return redis_cluster.url
 
 

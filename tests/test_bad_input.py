@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from agent_sessions import SessionRepository, SessionValidationError
-from agent_sessions.tables import checkpoints_table, sessions_table
+from agent_session_store import SessionRepository, SessionValidationError
+from agent_session_store.tables import checkpoints_table, sessions_table
 from tests.conftest import Backend
 
 NOT_JSON: list[tuple[str, Any]] = [

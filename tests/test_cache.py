@@ -26,14 +26,14 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from agent_sessions import (
+from agent_session_store import (
     ModelCache,
     RedisCache,
     SessionRepository,
     read_through,
 )
-from agent_sessions._circuit import CircuitBreaker, Permit
-from agent_sessions.redis_cache import _keys
+from agent_session_store._circuit import CircuitBreaker, Permit
+from agent_session_store.redis_cache import _keys
 from tests.conftest import CACHE_SERVERS, Backend, FakeClock, cache_server_url, unavailable
 from tests.pausing import after_statement
 from tests.servers import RedisServer, ServerUnavailable
@@ -782,7 +782,7 @@ async def test_warnings_are_rate_limited_to_one_per_cooldown(
     monotonic: FakeMonotonic,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="agent_sessions.redis_cache")
+    caplog.set_level(logging.DEBUG, logger="agent_session_store.redis_cache")
     source = Source(a="first")
     own_redis.kill()
     for _ in range(3):

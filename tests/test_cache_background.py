@@ -17,9 +17,9 @@ from typing import Any, cast
 import pytest
 from redis.asyncio import Redis
 
-from agent_sessions import RedisCache
-from agent_sessions._settle import run_to_end
-from agent_sessions.redis_cache import _STORE_SCRIPT, _keys
+from agent_session_store import RedisCache
+from agent_session_store._settle import run_to_end
+from agent_session_store.redis_cache import _STORE_SCRIPT, _keys
 from tests.conftest import cache_server_url
 from tests.test_cache import GENEROUS, Source, Widget, fetch
 

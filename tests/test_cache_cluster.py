@@ -14,8 +14,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio import RedisCluster as AsyncRedisCluster
 
-from agent_sessions import RedisCache, SessionRepository
-from agent_sessions.redis_cache import _epoch_key, _keys
+from agent_session_store import RedisCache, SessionRepository
+from agent_session_store.redis_cache import _epoch_key, _keys
 from tests.conftest import Backend, FakeClock
 from tests.test_cache import GENEROUS, Source, Widget, fetch
 

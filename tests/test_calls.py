@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from agent_sessions import AgentSessionsError, SessionRepository
-from agent_sessions.errors import SessionExistsError
+from agent_session_store import AgentSessionStoreError, SessionRepository
+from agent_session_store.errors import SessionExistsError
 from tests.conftest import Backend
 
 
@@ -34,7 +34,7 @@ async def _every_hot_call(repo: SessionRepository) -> dict[str, Any]:
     for bad in (copy, done.model_copy(update={"state": "active"})):  # stale; no way back
         try:
             await repo.update_session(bad)
-        except AgentSessionsError as exc:
+        except AgentSessionStoreError as exc:
             refused.append(f"{type(exc).__name__}: {exc}".replace(made.session_id, "<id>"))
     return {
         "cp": (cp.name, cp.data, cp.timestamp, cp.seq),

@@ -28,8 +28,8 @@ import sqlalchemy
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from agent_sessions import AgentSession, RedisCache, SessionRepository
-from agent_sessions.tables import checkpoints_table, sessions_table
+from agent_session_store import AgentSession, RedisCache, SessionRepository
+from agent_session_store.tables import checkpoints_table, sessions_table
 from tests.cancelling import Outcome, cancel_at
 from tests.conftest import Backend, FakeClock
 

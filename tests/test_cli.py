@@ -1,4 +1,5 @@
-"""The ``agent-sessions`` command, through its real entry point (``python -m agent_sessions.cli``).
+"""The ``agent-session-store`` command, through its real entry point
+(``python -m agent_session_store.cli``).
 
 Subprocess calls cost about a second each, so every command runs once that way and the remaining
 cases (error paths, text vs JSON) call ``main()`` in-process. Data is seeded in-process with the
@@ -22,13 +23,13 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from agent_sessions import SessionRepository, SessionState, create_engine, migrations
-from agent_sessions.cli import build_parser, main
-from agent_sessions.redis_cache import RedisCache
+from agent_session_store import SessionRepository, SessionState, create_engine, migrations
+from agent_session_store.cli import build_parser, main
+from agent_session_store.redis_cache import RedisCache
 from tests.conftest import FakeClock
 from tests.servers import PostgresServer
 
-ENV_VARS = ("AGENT_SESSIONS_DATABASE_URL", "AGENT_SESSIONS_REDIS_URL")
+ENV_VARS = ("AGENT_SESSION_STORE_DATABASE_URL", "AGENT_SESSION_STORE_REDIS_URL")
 
 
 @dataclass
@@ -39,9 +40,9 @@ class Result:
 
 
 async def cli(*args: str, cwd: Path, stderr_tty: bool = False) -> Result:
-    """Run ``python -m agent_sessions.cli ARGS`` in ``cwd`` with no AGENT_SESSIONS_* variables."""
+    """Run ``python -m agent_session_store.cli ARGS`` in ``cwd``, no AGENT_SESSION_STORE_* vars."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
-    command = [sys.executable, "-m", "agent_sessions.cli", *args]
+    command = [sys.executable, "-m", "agent_session_store.cli", *args]
     if not stderr_tty:
         proc = await asyncio.create_subprocess_exec(
             *command, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE,
@@ -129,7 +130,9 @@ def test_every_level_has_help(path: list[str], capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args([*path, "--help"])
     assert exited.value.code == 0
-    assert capsys.readouterr().out.startswith(f"usage: agent-sessions {' '.join(path)}".rstrip())
+    assert capsys.readouterr().out.startswith(
+        f"usage: agent-session-store {' '.join(path)}".rstrip()
+    )
 
 
 @pytest.mark.parametrize(
@@ -163,7 +166,7 @@ async def test_db_check_upgrade_downgrade_on_a_fresh_sqlite_file(tmp_path: Path,
     db_file = tmp_path / "sessions.db"
     behind = await cli("db", "check", "--url", url, cwd=tmp_path)
     assert behind.code == 3
-    assert f"run `agent-sessions db upgrade --url {url}`" in behind.err
+    assert f"run `agent-session-store db upgrade --url {url}`" in behind.err
     assert not db_file.exists()  # checking does not create an empty database
 
     upgraded = await cli("-v", "db", "upgrade", "--url", url, cwd=tmp_path)
@@ -198,7 +201,7 @@ def test_db_current_of_a_missing_file_is_none(
     tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     result = in_process(capsys, "db", "current", "--url", url)
-    assert (result.code, result.out) == (0, "none (no agent_sessions schema)\n")
+    assert (result.code, result.out) == (0, "none (no agent_session_store schema)\n")
     assert not (tmp_path / "sessions.db").exists()
 
 
@@ -259,7 +262,7 @@ async def test_schema_behind_exits_3_naming_the_upgrade_command(tmp_path: Path, 
     sqlite3.connect(tmp_path / "sessions.db").close()  # a database without our tables
     result = await cli("sessions", "list", "--url", url, cwd=tmp_path)
     assert result.code == 3
-    assert f"`agent-sessions db upgrade --url {url}`" in result.err
+    assert f"`agent-session-store db upgrade --url {url}`" in result.err
     assert "Traceback" not in result.err
 
 
@@ -275,7 +278,7 @@ def test_missing_sqlite_file_exits_3_and_is_not_created(
 def test_url_comes_from_the_environment(
     url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("AGENT_SESSIONS_DATABASE_URL", url)
+    monkeypatch.setenv("AGENT_SESSION_STORE_DATABASE_URL", url)
     result = in_process(capsys, "db", "check")
     assert result.code == 3
     assert url in result.err

@@ -1,4 +1,4 @@
-"""The ``agent-sessions`` command when things go wrong: each case a newcomer hit (issue 13).
+"""The ``agent-session-store`` command when things go wrong: each case a newcomer hit (issue 13).
 
 Closed pipes, absurd durations, malformed ids on a broken database, a schema from a newer
 release, missing databases and directories, connect timeouts, Redis down, Ctrl-C mid-sweep.
@@ -23,10 +23,16 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from agent_sessions import SessionRepository, SessionState, _cli_context, create_engine, migrations
-from agent_sessions._cli_format import MAX_DURATION, duration
-from agent_sessions.cli import EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, main
-from agent_sessions.tables import VERSION_TABLE
+from agent_session_store import (
+    SessionRepository,
+    SessionState,
+    _cli_context,
+    create_engine,
+    migrations,
+)
+from agent_session_store._cli_format import MAX_DURATION, duration
+from agent_session_store.cli import EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, main
+from agent_session_store.tables import VERSION_TABLE
 from tests.conftest import FakeClock
 from tests.servers import PostgresServer
 from tests.test_cli import ENV_VARS, Result, cli, in_process
@@ -61,7 +67,7 @@ async def _into_closed_pipe(*args: str, cwd: Path) -> Result:
     os.close(read_end)
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent_sessions.cli", *args, cwd=cwd, env=_env(),
+            sys.executable, "-m", "agent_session_store.cli", *args, cwd=cwd, env=_env(),
             stdout=write_end, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
     finally:
@@ -93,11 +99,11 @@ async def test_a_closed_stdout_ends_the_command_quietly(
 
 async def test_piping_into_head_prints_the_first_line_and_no_error(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
-        "bash", "-c", f"{sys.executable} -m agent_sessions.cli db sql | head -1",
+        "bash", "-c", f"{sys.executable} -m agent_session_store.cli db sql | head -1",
         cwd=tmp_path, env=_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert out.decode().startswith("-- agent_sessions ")
+    assert out.decode().startswith("-- agent_session_store ")
     assert err.decode() == ""
 
 
@@ -145,7 +151,7 @@ def test_a_malformed_id_is_not_found_only_on_a_working_database(
         capsys, "sessions", command, "not-a-uuid", "--url", f"sqlite+aiosqlite:///{bare}"
     )
     assert behind.code == 3, behind.err
-    assert "agent-sessions db upgrade" in behind.err
+    assert "agent-session-store db upgrade" in behind.err
 
     missing = in_process(capsys, "sessions", command, "not-a-uuid", "--url", migrated)
     assert missing.code == 4, missing.err
@@ -166,8 +172,8 @@ def test_db_commands_on_a_newer_schema_exit_3_asking_to_upgrade_the_package(
         db.commit()
     result = in_process(capsys, *args, "--url", migrated)
     assert result.code == 3, result.err
-    assert "at revision f00d_future, which agent_sessions" in result.err
-    assert "upgrade the agent-sessions package" in result.err
+    assert "at revision f00d_future, which agent_session_store" in result.err
+    assert "upgrade the agent-session-store package" in result.err
     assert "Can't locate revision" not in result.err
     with contextlib.closing(
         sqlite3.connect(tmp_path / "sessions.db")
@@ -200,7 +206,7 @@ def test_a_missing_postgres_database_names_the_command_not_internals(
     shown = url.render_as_string(hide_password=False)
     result = in_process(capsys, *command, "--url", shown)
     assert result.code == 1, result.err
-    assert f"agent-sessions {' '.join(command)} failed: could not connect" in result.err
+    assert f"agent-session-store {' '.join(command)} failed: could not connect" in result.err
     assert 'database "no_such_database" does not exist' in result.err
     assert "nothing was done" in result.err
     assert "rolled back" not in result.err
@@ -331,7 +337,7 @@ async def test_ctrl_c_during_cleanup_says_how_many_were_committed(
             await holder.execute(text(f"SELECT pg_advisory_lock({LOCK_KEY})"))
             await holder.commit()
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agent_sessions.cli", "cleanup", "--older-than", "48h",
+                sys.executable, "-m", "agent_session_store.cli", "cleanup", "--older-than", "48h",
                 "--batch-size", "1", "--url", fresh_pg, cwd=tmp_path, env=_env(),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from agent_sessions import RedisCache, SessionRepository
+from agent_session_store import RedisCache, SessionRepository
 from tests.conftest import Backend, unavailable
 from tests.servers import RedisServer, ServerUnavailable
 from tests.test_cache import Source, Widget, fetch

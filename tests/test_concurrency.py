@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from agent_sessions import (
+from agent_session_store import (
     ConcurrentUpdateError,
     SessionRepository,
     SessionState,

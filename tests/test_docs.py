@@ -4,7 +4,7 @@ How each kind of block is checked:
 
 - ``python``: the block is a script, run on its own (``python -c``) in an empty directory, with
   ``examples/`` on ``PYTHONPATH`` (for ``host_app``). It must exit 0.
-- ``bash``: each line that runs ``agent-sessions`` runs through the installed entry point, in
+- ``bash``: each line that runs ``agent-session-store`` runs through the installed entry point, in
   order, in an empty directory, and must exit 0; other lines (``pip install``, ``bash scripts/...``,
   ``alembic upgrade head``) are not run here (scripts/demo and scripts/test have their own tests).
 - ``console``: a transcript. Each ``$`` command runs in order in one sandbox per file (``cd`` is
@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from agent_sessions import SessionRepository, create_engine
+from agent_session_store import SessionRepository, create_engine
 from tests.conftest import FakeClock
 from tests.servers import PostgresServer
 
@@ -90,12 +90,12 @@ def blocks(path: Path) -> list[Block]:
 
 # scripts/test-lowest runs without the agent frameworks (they need newer dependencies than our
 # floors): blocks that use a framework backend are left out there, and run in scripts/test.
-WITHOUT_FRAMEWORKS = os.environ.get("AGENT_SESSIONS_TEST_FRAMEWORKS") == "off"
+WITHOUT_FRAMEWORKS = os.environ.get("AGENT_SESSION_STORE_TEST_FRAMEWORKS") == "off"
 ALL = [
     b
     for path in [*DOCS, HOST_APP_README]
     for b in blocks(path)
-    if not (WITHOUT_FRAMEWORKS and "agent_sessions.integrations" in b.code)
+    if not (WITHOUT_FRAMEWORKS and "agent_session_store.integrations" in b.code)
 ]
 
 
@@ -127,7 +127,7 @@ def _substitute(text: str, substitutions: dict[str, str]) -> str:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_SESSIONS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_SESSION_STORE_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return {**env, **extra}
 
@@ -151,24 +151,24 @@ def test_python_block_runs(block: Block, tmp_path: Path, substitutions: dict[str
 # -- bash -------------------------------------------------------------------------------------
 
 
-def _agent_sessions_lines(block: Block) -> list[str]:
+def _agent_session_store_lines(block: Block) -> list[str]:
     return [
         line.split("  #")[0].strip()
         for line in block.code.splitlines()
-        if line.strip().startswith("agent-sessions ")
+        if line.strip().startswith("agent-session-store ")
     ]
 
 
-BASH = [b for b in _of("bash") if not b.skip and _agent_sessions_lines(b)]
+BASH = [b for b in _of("bash") if not b.skip and _agent_session_store_lines(b)]
 
 
 @pytest.mark.parametrize("block", BASH, ids=lambda b: b.name)
-def test_bash_block_agent_sessions_lines_run(
+def test_bash_block_agent_session_store_lines_run(
     block: Block, tmp_path: Path, substitutions: dict[str, str]
 ) -> None:
     url = substitutions["postgresql+asyncpg://app@db/app"]
-    env = _env(DATABASE_URL=url, AGENT_SESSIONS_DATABASE_URL=url)
-    for line in _agent_sessions_lines(block):
+    env = _env(DATABASE_URL=url, AGENT_SESSION_STORE_DATABASE_URL=url)
+    for line in _agent_session_store_lines(block):
         command = _substitute(line, substitutions)
         result = subprocess.run(
             ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -242,7 +242,7 @@ async def _run_transcripts(
                 continue
             if "..." in command:
                 continue
-            if callable(seed) and not seeded and command.startswith("agent-sessions sessions"):
+            if callable(seed) and not seeded and command.startswith("agent-session-store sessions"):
                 await seed(cwd)
                 seeded = True
             run = _substitute(command, substitutions)

@@ -12,7 +12,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 
-from agent_sessions import SessionRepository, StorageError, create_engine, engine, migrations
+from agent_session_store import SessionRepository, StorageError, create_engine, engine, migrations
 from tests.conftest import unavailable
 from tests.servers import PostgresServer, ServerUnavailable
 

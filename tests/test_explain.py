@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from agent_sessions import SessionRepository, SessionState, create_engine, migrations
+from agent_session_store import SessionRepository, SessionState, create_engine, migrations
 
 pytestmark = pytest.mark.postgres_only
 
@@ -188,7 +188,7 @@ async def test_repository_statements_use_indexes_not_seq_scans(
     seeded: Seeded, operation: str
 ) -> None:
     statements = await _captured(seeded, OPERATIONS[operation])
-    assert statements, f"{operation} sent no statement on the agent_sessions tables"
+    assert statements, f"{operation} sent no statement on the agent_session_store tables"
     for statement, params in statements:
         plan = await _plan(seeded.engine, statement, params)
         assert not SEQ_SCAN.search(plan), f"{operation}:\n{statement}\n{params}\n{plan}"

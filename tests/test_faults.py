@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from agent_sessions import (
+from agent_session_store import (
     AgentSession,
     ConcurrentUpdateError,
     RedisCache,
@@ -38,7 +38,7 @@ from agent_sessions import (
     create_engine,
     migrations,
 )
-from agent_sessions.tables import VERSION_TABLE, checkpoints_table
+from agent_session_store.tables import VERSION_TABLE, checkpoints_table
 from tests.conftest import CACHE_SERVERS, Backend, unavailable
 from tests.servers import PostgresServer, RedisServer, ServerUnavailable
 
@@ -285,7 +285,7 @@ async def test_two_processes_migrating_one_database_at_once_both_succeed(
 ) -> None:
     url = own_postgres.create_database(f"migrate_{uuid.uuid4().hex[:12]}")
     holder = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
-    script = "import asyncio, sys; from agent_sessions import migrations; " \
+    script = "import asyncio, sys; from agent_session_store import migrations; " \
              "asyncio.run(migrations.upgrade(sys.argv[1]))"  # fmt: skip
     children: list[asyncio.subprocess.Process] = []
     try:

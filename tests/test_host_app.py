@@ -1,7 +1,7 @@
 """examples/host_app end to end: both migration histories, autogenerate, one transaction, cache.
 
 Runs on SQLite and PostgreSQL, each on a database of its own (a fresh PostgreSQL database when
-the tests start the server; the shared one when AGENT_SESSIONS_TEST_POSTGRES_URL is given).
+the tests start the server; the shared one when AGENT_SESSION_STORE_TEST_POSTGRES_URL is given).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
 
-from agent_sessions import RedisCache, SessionState, migrations
-from agent_sessions.tables import VERSION_TABLE
+from agent_session_store import RedisCache, SessionState, migrations
+from agent_session_store.tables import VERSION_TABLE
 from tests.servers import PostgresServer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -27,9 +27,9 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from agent_sessions import (
+from agent_session_store import (
     AgentSession,
-    AgentSessionsError,
+    AgentSessionStoreError,
     ConcurrentUpdateError,
     RedisCache,
     SessionExistsError,
@@ -39,7 +39,7 @@ from agent_sessions import (
     SessionValidationError,
     _cursor,
 )
-from agent_sessions.tables import checkpoints_table, sessions_table, shared_state_table
+from agent_session_store.tables import checkpoints_table, sessions_table, shared_state_table
 from tests.conftest import Backend, FakeClock
 
 MiB = 1024 * 1024
@@ -943,7 +943,7 @@ async def test_residual_risk_a_forged_entry_with_the_current_envelope_is_served(
 #
 # Each family draws its inputs from a seeded generator (the same inputs every run) and makes
 # every call on every backend. A call may return anything or raise a library error
-# (AgentSessionsError), and a library error must leave the database as it was; anything else
+# (AgentSessionStoreError), and a library error must leave the database as it was; anything else
 # raised is an escape. The module prints how many inputs were tried and how many escaped.
 
 FUZZ_TALLY: dict[str, int] = {"inputs": 0, "calls": 0, "escaped": 0, "decoder": 0}
@@ -1045,7 +1045,7 @@ FuzzCall = tuple[str, Callable[[], Awaitable[Any]]]
 
 def fuzz_calls(family: str, ctx: Ctx, cursor: str) -> tuple[int, list[FuzzCall]]:
     """The family's inputs (how many) and the calls made with them."""
-    rng = random.Random(f"agent-sessions-fuzz-{family}")
+    rng = random.Random(f"agent-session-store-fuzz-{family}")
     repo, mine = ctx.repo, ctx.mine.session_id
     calls: list[FuzzCall] = []
     if family == "cursors":
@@ -1125,7 +1125,7 @@ async def test_fuzzed_input_gets_an_answer_or_a_library_error(
     for label, call in calls:
         try:
             await call()
-        except AgentSessionsError:
+        except AgentSessionStoreError:
             if await digest(db) != state:
                 escaped.append(f"{label}: a library error after writing something")
         except Exception as exc:

@@ -1,4 +1,4 @@
-"""``import-legacy``: a hand-written session manager's table moved into agent_sessions' tables.
+"""``import-legacy``: a hand-written session manager's table moved into this library's tables.
 
 The old table is built with the old schema (``context``/``checkpoints`` JSONB, naive timestamps
 as ``datetime.utcnow()`` wrote them) in a database of its own on the test PostgreSQL; the target
@@ -36,10 +36,10 @@ from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from agent_sessions import SessionRepository, SessionState, create_engine, migrations
-from agent_sessions.errors import SchemaOutOfDateError, SessionValidationError
-from agent_sessions.legacy import ImportReport, import_batches, import_legacy, session_id_for
-from agent_sessions.tables import checkpoints_table, sessions_table
+from agent_session_store import SessionRepository, SessionState, create_engine, migrations
+from agent_session_store.errors import SchemaOutOfDateError, SessionValidationError
+from agent_session_store.legacy import ImportReport, import_batches, import_legacy, session_id_for
+from agent_session_store.tables import checkpoints_table, sessions_table
 from tests.servers import PostgresServer
 from tests.test_cli import cli
 
@@ -107,7 +107,7 @@ async def source(fresh_pg: Any) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture
 async def target(fresh_pg: Any) -> AsyncIterator[AsyncEngine]:
-    """A fresh, migrated agent_sessions database."""
+    """A fresh, migrated agent_session_store database."""
     engine = create_engine(fresh_pg("target"))
     await migrations.upgrade(engine)
     yield engine
@@ -416,7 +416,7 @@ async def test_an_unmigrated_target_is_refused(source: AsyncEngine, fresh_pg: An
     await fill(source, [row("a")])
     engine = create_engine(fresh_pg("empty"))
     try:
-        with pytest.raises(SchemaOutOfDateError, match="agent-sessions db upgrade"):
+        with pytest.raises(SchemaOutOfDateError, match="agent-session-store db upgrade"):
             await import_legacy(source, engine)
     finally:
         await engine.dispose()
@@ -551,9 +551,9 @@ async def test_cli_ctrl_c_says_how_many_were_imported_and_a_rerun_completes(
                 updated_at=T0.replace(tzinfo=UTC), last_heartbeat=T0.replace(tzinfo=UTC),
             )
         )  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_SESSIONS_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_SESSION_STORE_")}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent_sessions.cli", *args, cwd=tmp_path, env=env,
+            sys.executable, "-m", "agent_session_store.cli", *args, cwd=tmp_path, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted")

@@ -1,4 +1,4 @@
-"""AgentSessionsService held to Google ADK's session-service contract.
+"""SessionStoreService held to Google ADK's session-service contract.
 
 The behaviours are those ``BaseSessionService``'s docstrings and ADK's shared session-service
 tests (tests/unittests/sessions/ in google/adk-python) promise, plus regression tests for the
@@ -35,20 +35,20 @@ from google.genai import types
 from sqlalchemy import event as sa_event
 from sqlalchemy import insert
 
-from agent_sessions import SchemaOutOfDateError, SessionRepository, SessionValidationError
-from agent_sessions.integrations.adk import (
+from agent_session_store import SchemaOutOfDateError, SessionRepository, SessionValidationError
+from agent_session_store.integrations.adk import (
     EVENT_CHECKPOINT,
-    AgentSessionsService,
+    SessionStoreService,
 )
-from agent_sessions.tables import checkpoints_table, sessions_table
+from agent_session_store.tables import checkpoints_table, sessions_table
 from tests.conftest import Backend
 
 APP = "my_app"
 
 
 @pytest.fixture
-def service(repo: SessionRepository) -> AgentSessionsService:
-    return AgentSessionsService(repo)
+def service(repo: SessionRepository) -> SessionStoreService:
+    return SessionStoreService(repo)
 
 
 def said(text: str, **kwargs: Any) -> Event:
@@ -64,7 +64,7 @@ def delta(**state: Any) -> Event:
     return Event(invocation_id="inv", author="user", actions=EventActions(state_delta=state))
 
 
-async def fetch(service: AgentSessionsService, session: Session, **kwargs: Any) -> Session:
+async def fetch(service: SessionStoreService, session: Session, **kwargs: Any) -> Session:
     got = await service.get_session(
         app_name=session.app_name, user_id=session.user_id, session_id=session.id, **kwargs
     )
@@ -75,14 +75,14 @@ async def fetch(service: AgentSessionsService, session: Session, **kwargs: Any) 
 # -- create, get, delete ---------------------------------------------------------------------
 
 
-async def test_get_unknown_session_is_none(service: AgentSessionsService) -> None:
+async def test_get_unknown_session_is_none(service: SessionStoreService) -> None:
     assert await service.get_session(app_name=APP, user_id="u", session_id="123") is None
     # ids, users and apps no session can have are unknown too, not errors
     assert await service.get_session(app_name=APP, user_id="u", session_id="x" * 200) is None
     assert await service.get_session(app_name="", user_id="u", session_id="s") is None
 
 
-async def test_create_get_delete_round_trip(service: AgentSessionsService) -> None:
+async def test_create_get_delete_round_trip(service: SessionStoreService) -> None:
     before = datetime.now(UTC).timestamp()
     created = await service.create_session(app_name=APP, user_id="u", state={"key": "value"})
     assert (created.app_name, created.user_id, created.state) == (APP, "u", {"key": "value"})
@@ -96,13 +96,13 @@ async def test_create_get_delete_round_trip(service: AgentSessionsService) -> No
     await service.delete_session(app_name=APP, user_id="u", session_id="never")
 
 
-async def test_create_with_caller_id(service: AgentSessionsService) -> None:
+async def test_create_with_caller_id(service: SessionStoreService) -> None:
     created = await service.create_session(app_name=APP, user_id="u", session_id="chat-1")
     assert created.id == "chat-1"
     assert (await fetch(service, created)).id == "chat-1"
 
 
-async def test_padded_session_id_reads_and_deletes(service: AgentSessionsService) -> None:
+async def test_padded_session_id_reads_and_deletes(service: SessionStoreService) -> None:
     created = await service.create_session(app_name=APP, user_id="u", session_id="  s1 ")
     assert created.id == "s1"
     got = await service.get_session(app_name=APP, user_id="u", session_id=" s1  ")
@@ -111,7 +111,7 @@ async def test_padded_session_id_reads_and_deletes(service: AgentSessionsService
     assert await service.get_session(app_name=APP, user_id="u", session_id="s1") is None
 
 
-async def test_duplicate_id_raises_already_exists(service: AgentSessionsService) -> None:
+async def test_duplicate_id_raises_already_exists(service: SessionStoreService) -> None:
     await service.create_session(app_name=APP, user_id="u", session_id="s")
     with pytest.raises(AlreadyExistsError, match="s already exists"):
         await service.create_session(app_name=APP, user_id="u", session_id="s")
@@ -121,7 +121,7 @@ async def test_duplicate_id_raises_already_exists(service: AgentSessionsService)
 
 
 async def test_duplicate_id_with_shared_state_writes_nothing(
-    service: AgentSessionsService,
+    service: SessionStoreService,
 ) -> None:
     await service.create_session(app_name=APP, user_id="u", session_id="s")
     with pytest.raises(AlreadyExistsError):
@@ -132,7 +132,7 @@ async def test_duplicate_id_with_shared_state_writes_nothing(
     assert await service.get_user_state(app_name=APP, user_id="u") == {}
 
 
-async def test_concurrent_creates_of_one_id_one_wins(service: AgentSessionsService) -> None:
+async def test_concurrent_creates_of_one_id_one_wins(service: SessionStoreService) -> None:
     results = await asyncio.gather(
         *(
             service.create_session(app_name=APP, user_id="u", session_id="race", state={"i": i})
@@ -146,7 +146,7 @@ async def test_concurrent_creates_of_one_id_one_wins(service: AgentSessionsServi
     assert (await fetch(service, won[0])).state == won[0].state
 
 
-async def test_a_deleted_id_can_be_used_again(service: AgentSessionsService) -> None:
+async def test_a_deleted_id_can_be_used_again(service: SessionStoreService) -> None:
     first = await service.create_session(app_name=APP, user_id="u", session_id="s")
     await service.append_event(first, said("old"))
     await service.delete_session(app_name=APP, user_id="u", session_id="s")
@@ -154,7 +154,7 @@ async def test_a_deleted_id_can_be_used_again(service: AgentSessionsService) -> 
     assert (await fetch(service, again)).events == []
 
 
-async def test_bad_input_is_a_clear_error_and_writes_nothing(service: AgentSessionsService) -> None:
+async def test_bad_input_is_a_clear_error_and_writes_nothing(service: SessionStoreService) -> None:
     with pytest.raises(SessionValidationError, match="key"):
         await service.create_session(app_name=APP, user_id="u", session_id="x" * 129)
     with pytest.raises(SessionValidationError, match="agent_type"):
@@ -165,7 +165,7 @@ async def test_bad_input_is_a_clear_error_and_writes_nothing(service: AgentSessi
 # -- state scopes ----------------------------------------------------------------------------
 
 
-async def test_state_scopes(service: AgentSessionsService) -> None:
+async def test_state_scopes(service: SessionStoreService) -> None:
     s1 = await service.create_session(
         app_name=APP, user_id="u1", session_id="s1", state={"app:k1": "v1", "user:k1": "u", "sk": 1}
     )
@@ -190,7 +190,7 @@ async def test_state_scopes(service: AgentSessionsService) -> None:
     assert await service.get_user_state(app_name=APP, user_id="u1") == {"k1": "u", "k2": "w"}
 
 
-async def test_temp_state_lives_in_memory_only(service: AgentSessionsService) -> None:
+async def test_temp_state_lives_in_memory_only(service: SessionStoreService) -> None:
     session = await service.create_session(app_name=APP, user_id="u", state={"temp:t0": 0})
     assert "temp:t0" not in (await fetch(service, session)).state
     event = delta(**{"temp:k": "v", "sk": "v2"})
@@ -203,7 +203,7 @@ async def test_temp_state_lives_in_memory_only(service: AgentSessionsService) ->
     assert "temp:k" not in got.events[0].actions.state_delta
 
 
-async def test_get_user_state(service: AgentSessionsService) -> None:
+async def test_get_user_state(service: SessionStoreService) -> None:
     assert await service.get_user_state(app_name=APP, user_id="u1") == {}
     session = await service.create_session(app_name=APP, user_id="u1")
     await service.append_event(session, delta(**{"user:profile": {"name": "Alice"}, "own": 1}))
@@ -216,13 +216,13 @@ async def test_get_user_state(service: AgentSessionsService) -> None:
     assert await service.get_user_state(app_name="other", user_id="u1") == {}
 
 
-async def test_non_json_state_is_stored_as_json(service: AgentSessionsService) -> None:
+async def test_non_json_state_is_stored_as_json(service: SessionStoreService) -> None:
     when = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     session = await service.create_session(app_name=APP, user_id="u", state={"when": when})
     assert (await fetch(service, session)).state["when"] == "2025-01-02T03:04:05Z"
 
 
-async def test_get_session_respects_user_id(service: AgentSessionsService) -> None:
+async def test_get_session_respects_user_id(service: SessionStoreService) -> None:
     mine = await service.create_session(app_name=APP, user_id="u1", session_id="s1")
     await service.append_event(mine, said("hi"))
     await service.create_session(app_name=APP, user_id="u2", session_id="s1")
@@ -234,7 +234,7 @@ async def test_get_session_respects_user_id(service: AgentSessionsService) -> No
 # -- events ----------------------------------------------------------------------------------
 
 
-async def test_event_with_bytes_round_trips(service: AgentSessionsService) -> None:
+async def test_event_with_bytes_round_trips(service: SessionStoreService) -> None:
     session = await service.create_session(app_name=APP, user_id="u")
     content = types.Content(
         role="user", parts=[types.Part.from_bytes(data=b"\x89PNG\x00", mime_type="image/png")]
@@ -247,7 +247,7 @@ async def test_event_with_bytes_round_trips(service: AgentSessionsService) -> No
     assert event.content == content and event.grounding_metadata == grounding
 
 
-async def test_event_with_every_field_round_trips(service: AgentSessionsService) -> None:
+async def test_event_with_every_field_round_trips(service: SessionStoreService) -> None:
     session = await service.create_session(app_name=APP, user_id="u")
     event = Event(
         invocation_id="invocation",
@@ -274,7 +274,7 @@ async def test_event_with_every_field_round_trips(service: AgentSessionsService)
     assert await fetch(service, session) == session
 
 
-async def test_events_are_checkpoints_at_the_event_time(service: AgentSessionsService) -> None:
+async def test_events_are_checkpoints_at_the_event_time(service: SessionStoreService) -> None:
     session = await service.create_session(app_name=APP, user_id="u", session_id="s")
     event = said("hello", timestamp=1_700_000_000.25)
     await service.append_event(session, event)
@@ -286,7 +286,7 @@ async def test_events_are_checkpoints_at_the_event_time(service: AgentSessionsSe
     assert checkpoint.timestamp == datetime.fromtimestamp(1_700_000_000.25, UTC)
 
 
-async def test_last_update_time_is_the_event_time(service: AgentSessionsService) -> None:
+async def test_last_update_time_is_the_event_time(service: SessionStoreService) -> None:
     session = await service.create_session(app_name=APP, user_id="u")
     later = session.last_update_time + 10
     await service.append_event(session, Event(author="user", timestamp=later))
@@ -294,7 +294,7 @@ async def test_last_update_time_is_the_event_time(service: AgentSessionsService)
     assert (await fetch(service, session)).last_update_time == pytest.approx(later, abs=1e-6)
 
 
-async def test_partial_events_are_not_stored(service: AgentSessionsService) -> None:
+async def test_partial_events_are_not_stored(service: SessionStoreService) -> None:
     session = await service.create_session(app_name=APP, user_id="u")
     returned = await service.append_event(session, Event(author="user", partial=True))
     assert returned.partial and session.events == []
@@ -304,7 +304,7 @@ async def test_partial_events_are_not_stored(service: AgentSessionsService) -> N
     assert len((await fetch(service, session)).events) == 1
 
 
-async def test_get_session_config(service: AgentSessionsService) -> None:
+async def test_get_session_config(service: SessionStoreService) -> None:
     session = await service.create_session(app_name=APP, user_id="u")
     for i in range(1, 6):
         await service.append_event(session, Event(author="user", timestamp=i))
@@ -335,7 +335,7 @@ async def test_get_session_config(service: AgentSessionsService) -> None:
         GetSessionConfig(num_recent_events=-1)
 
 
-async def test_windowed_reads_see_every_committed_append(service: AgentSessionsService) -> None:
+async def test_windowed_reads_see_every_committed_append(service: SessionStoreService) -> None:
     """Windows up to the repository's default are served by the cache (with Redis): an append
     invalidates it when its transaction commits, and a failed one leaves it right."""
     session = await service.create_session(app_name=APP, user_id="u")
@@ -351,7 +351,7 @@ async def test_windowed_reads_see_every_committed_append(service: AgentSessionsS
     assert len(got.events) == 3 and got.state["n"] == 2
 
 
-async def test_events_come_back_in_append_order(service: AgentSessionsService) -> None:
+async def test_events_come_back_in_append_order(service: SessionStoreService) -> None:
     session = await service.create_session(app_name=APP, user_id="u")
     for text, at in (("a", 30.0), ("b", 10.0), ("c", 10.0), ("d", 20.0)):
         await service.append_event(session, said(text, timestamp=at))
@@ -365,7 +365,7 @@ async def test_events_come_back_in_append_order(service: AgentSessionsService) -
     assert got.events == session.events
 
 
-async def test_append_to_deleted_session_raises_not_found(service: AgentSessionsService) -> None:
+async def test_append_to_deleted_session_raises_not_found(service: SessionStoreService) -> None:
     session = await service.create_session(app_name=APP, user_id="u", session_id="s")
     await service.delete_session(app_name=APP, user_id="u", session_id="s")
     with pytest.raises(AdkSessionNotFoundError):
@@ -375,7 +375,7 @@ async def test_append_to_deleted_session_raises_not_found(service: AgentSessions
         await service.append_event(never, said("lost"))
 
 
-async def test_failed_append_writes_nothing(service: AgentSessionsService) -> None:
+async def test_failed_append_writes_nothing(service: SessionStoreService) -> None:
     """The event, the session's state and the shared state commit together or not at all."""
     session = await service.create_session(app_name=APP, user_id="u", state={"sk": 0})
     huge = "x" * (1024 * 1024 + 1)  # over the repository's max_payload_bytes
@@ -393,7 +393,7 @@ async def test_failed_append_writes_nothing(service: AgentSessionsService) -> No
 # -- stale sessions and concurrency (google/adk-python#1733, #4751) --------------------------
 
 
-async def test_stale_session_is_rejected_and_writes_nothing(service: AgentSessionsService) -> None:
+async def test_stale_session_is_rejected_and_writes_nothing(service: SessionStoreService) -> None:
     original = await service.create_session(app_name=APP, user_id="u")
     await service.append_event(original, delta(sk1="v1"))
     updated = await fetch(service, original)
@@ -405,7 +405,7 @@ async def test_stale_session_is_rejected_and_writes_nothing(service: AgentSessio
     assert len(final.events) == 2 and final.state == {"sk1": "v1", "sk2": "v2"}
 
 
-async def test_a_session_appended_through_is_never_stale(service: AgentSessionsService) -> None:
+async def test_a_session_appended_through_is_never_stale(service: SessionStoreService) -> None:
     """No false conflicts: equal, backwards and sub-microsecond timestamps all append."""
     session = await service.create_session(app_name=APP, user_id="u")
     for at in (100.0, 100.0, 50.0, 100.0000001, 100.0000002, 0.0):
@@ -413,7 +413,7 @@ async def test_a_session_appended_through_is_never_stale(service: AgentSessionsS
     assert len((await fetch(service, session)).events) == 6
 
 
-async def test_concurrent_stale_copies_exactly_one_wins(service: AgentSessionsService) -> None:
+async def test_concurrent_stale_copies_exactly_one_wins(service: SessionStoreService) -> None:
     session = await service.create_session(app_name=APP, user_id="u")
     for i in range(8):
         latest = await fetch(service, session)
@@ -431,7 +431,7 @@ async def test_concurrent_stale_copies_exactly_one_wins(service: AgentSessionsSe
 
 
 async def test_concurrent_sessions_of_one_user_never_conflict(
-    service: AgentSessionsService,
+    service: SessionStoreService,
 ) -> None:
     """Different sessions writing the same user's and app's state: all succeed, none lost."""
     sessions = [
@@ -453,7 +453,7 @@ async def test_concurrent_sessions_of_one_user_never_conflict(
 
 
 async def test_copy_without_marker_is_checked_against_its_events(
-    service: AgentSessionsService,
+    service: SessionStoreService,
 ) -> None:
     session = await service.create_session(app_name=APP, user_id="u", session_id="s")
     await service.append_event(session, said("one"))
@@ -469,7 +469,7 @@ async def test_copy_without_marker_is_checked_against_its_events(
 # -- listing (google/adk-python#4621) --------------------------------------------------------
 
 
-async def test_list_sessions_of_a_user_and_of_the_app(service: AgentSessionsService) -> None:
+async def test_list_sessions_of_a_user_and_of_the_app(service: SessionStoreService) -> None:
     for user, sid in (("u1", "a"), ("u1", "b"), ("u2", "c")):
         await service.create_session(
             app_name=APP, user_id=user, session_id=sid, state={"key": sid, f"user:{user}": 1}
@@ -494,7 +494,7 @@ async def test_list_sessions_of_a_user_and_of_the_app(service: AgentSessionsServ
     assert (await service.list_sessions(app_name=APP, user_id="nobody")).sessions == []
 
 
-async def test_list_sessions_oldest_update_first(service: AgentSessionsService) -> None:
+async def test_list_sessions_oldest_update_first(service: SessionStoreService) -> None:
     sessions = [
         await service.create_session(app_name=APP, user_id="u", session_id=f"s{i}")
         for i in range(4)
@@ -507,7 +507,7 @@ async def test_list_sessions_oldest_update_first(service: AgentSessionsService) 
     assert [x.last_update_time for x in listed] == sorted(x.last_update_time for x in listed)
 
 
-async def test_list_ignores_sessions_made_without_adk(service: AgentSessionsService) -> None:
+async def test_list_ignores_sessions_made_without_adk(service: SessionStoreService) -> None:
     await service.repository.create_session(APP, "u")  # no key: not an ADK session
     await service.create_session(app_name=APP, user_id="u", session_id="adk")
     assert [s.id for s in (await service.list_sessions(app_name=APP)).sessions] == ["adk"]
@@ -562,7 +562,7 @@ async def test_listing_10000_sessions_reads_pages_not_events(
                 for r in rows[:50]
             ],
         )
-    service = AgentSessionsService(SessionRepository(db.factory))
+    service = SessionStoreService(SessionRepository(db.factory))
     await service.list_sessions(app_name="warm-up")  # the schema check, once per repository
     statements.clear()
     listed = (await service.list_sessions(app_name=APP)).sessions
@@ -587,7 +587,7 @@ class _Recording(SessionRepository):
 async def test_recent_events_read_only_the_window(db: Backend) -> None:
     repo = _Recording(db.factory)
     repo.windows = []
-    service = AgentSessionsService(repo)
+    service = SessionStoreService(repo)
     session = await service.create_session(app_name=APP, user_id="u")
     for i in range(60):
         await service.append_event(session, said(f"m{i}"))
@@ -604,8 +604,8 @@ async def test_recent_events_read_only_the_window(db: Backend) -> None:
 
 async def test_unmigrated_database_names_the_command(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
-    async with AgentSessionsService.from_url(url) as service:
-        with pytest.raises(SchemaOutOfDateError, match="agent-sessions db upgrade"):
+    async with SessionStoreService.from_url(url) as service:
+        with pytest.raises(SchemaOutOfDateError, match="agent-session-store db upgrade"):
             await service.create_session(app_name=APP, user_id="u")
         with pytest.raises(SchemaOutOfDateError):
             await service.get_session(app_name=APP, user_id="u", session_id="s")
@@ -614,11 +614,11 @@ async def test_unmigrated_database_names_the_command(tmp_path: Path) -> None:
 async def test_from_url_with_redis_owns_and_closes_its_clients(
     tmp_path: Path, redis_url: str
 ) -> None:
-    from agent_sessions import migrations
+    from agent_session_store import migrations
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'adk.db'}"
     await migrations.upgrade(url)
-    service = AgentSessionsService.from_url(url, redis_url=redis_url, namespace=uuid.uuid4().hex)
+    service = SessionStoreService.from_url(url, redis_url=redis_url, namespace=uuid.uuid4().hex)
     assert service.repository.cache is not None
     session = await service.create_session(app_name=APP, user_id="u", session_id="s")
     await service.append_event(session, said("cached"))
@@ -635,7 +635,7 @@ async def test_from_url_with_redis_owns_and_closes_its_clients(
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def test_runner_conversation_persists(service: AgentSessionsService) -> None:
+async def test_runner_conversation_persists(service: SessionStoreService) -> None:
     from examples.adk_runner import APP as EXAMPLE_APP
     from examples.adk_runner import converse
 
@@ -662,7 +662,7 @@ def test_runner_example_runs_on_sqlite(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'adk.db'}"
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "adk_runner.py")],
-        env={**os.environ, "AGENT_SESSIONS_DATABASE_URL": url},
+        env={**os.environ, "AGENT_SESSION_STORE_DATABASE_URL": url},
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,4 +1,4 @@
-"""AgentSessionsSession held to the OpenAI Agents SDK's Session contract.
+"""SessionStoreSession held to the OpenAI Agents SDK's Session contract.
 
 The behaviours are those the SDK's ``Session`` protocol docstrings promise and its own memory
 tests check for its stores (``tests/extensions/memory/`` and ``tests/memory/`` of its source
@@ -22,12 +22,12 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import event, func, select
 
-from agent_sessions import (
+from agent_session_store import (
     SessionRepository,
     SessionValidationError,
     migrations,
 )
-from agent_sessions.tables import checkpoints_table, sessions_table
+from agent_session_store.tables import checkpoints_table, sessions_table
 from tests.cancelling import cancel_at
 from tests.conftest import IN_CI, Backend
 
@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover - the dev extra installs it
         raise
     pytest.skip("openai-agents is not installed", allow_module_level=True)
 
-from agent_sessions.integrations.openai_agents import ITEM, AgentSessionsSession
+from agent_session_store.integrations.openai_agents import ITEM, SessionStoreSession
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "openai_agents_runner.py"
@@ -72,20 +72,20 @@ async def library_checkpoints(db: Backend) -> int:
 
 
 def test_it_is_an_sdk_session_with_default_settings(repo: SessionRepository) -> None:
-    session = AgentSessionsSession("chat", repo)
+    session = SessionStoreSession("chat", repo)
     assert isinstance(session, Session)
     assert not isinstance(session, SessionABC)  # the SDK asks third parties for the protocol
     assert session.session_id == "chat"
     assert isinstance(session.session_settings, SessionSettings)
     assert session.session_settings.limit is None
     assert (session.agent_type, session.user_id, session.repository) == ("openai-agents", "", repo)
-    from_dict = AgentSessionsSession("chat", repo, session_settings={"limit": 5})
+    from_dict = SessionStoreSession("chat", repo, session_settings={"limit": 5})
     assert isinstance(from_dict.session_settings, SessionSettings)
     assert from_dict.session_settings.limit == 5
 
 
 async def test_add_get_pop_clear(repo: SessionRepository) -> None:
-    session = AgentSessionsSession("direct", repo)
+    session = SessionStoreSession("direct", repo)
     await session.add_items([msg("Hello"), msg("Hi there!", "assistant")])
     assert await session.get_items() == [msg("Hello"), msg("Hi there!", "assistant")]
     assert await session.pop_item() == msg("Hi there!", "assistant")
@@ -97,7 +97,7 @@ async def test_add_get_pop_clear(repo: SessionRepository) -> None:
 async def test_get_items_limit_is_the_newest_in_chronological_order(
     repo: SessionRepository,
 ) -> None:
-    session = AgentSessionsSession("limits", repo)
+    session = SessionStoreSession("limits", repo)
     await session.add_items([msg(str(i)) for i in range(1, 7)])
     assert contents(await session.get_items(limit=2)) == ["5", "6"]
     assert contents(await session.get_items(limit=4)) == ["3", "4", "5", "6"]
@@ -110,17 +110,17 @@ async def test_get_items_limit_is_the_newest_in_chronological_order(
 async def test_session_settings_limit_is_the_default_and_an_explicit_limit_wins(
     repo: SessionRepository,
 ) -> None:
-    session = AgentSessionsSession("settings", repo, session_settings=SessionSettings(limit=3))
+    session = SessionStoreSession("settings", repo, session_settings=SessionSettings(limit=3))
     await session.add_items([msg(f"Message {i}") for i in range(10)])
     assert contents(await session.get_items()) == ["Message 7", "Message 8", "Message 9"]
     assert contents(await session.get_items(limit=2)) == ["Message 8", "Message 9"]
-    zero = AgentSessionsSession("settings", repo, session_settings={"limit": 0})
+    zero = SessionStoreSession("settings", repo, session_settings={"limit": 0})
     assert await zero.get_items() == []
 
 
 @pytest.mark.parametrize("limit", [-1, 1.5, "2", True])
 async def test_a_bad_limit_is_refused(repo: SessionRepository, limit: Any) -> None:
-    session = AgentSessionsSession("bad-limit", repo)
+    session = SessionStoreSession("bad-limit", repo)
     with pytest.raises(SessionValidationError, match="limit"):
         await session.get_items(limit=limit)
 
@@ -128,7 +128,7 @@ async def test_a_bad_limit_is_refused(repo: SessionRepository, limit: Any) -> No
 async def test_an_unknown_session_reads_empty_and_is_not_created(
     repo: SessionRepository, db: Backend
 ) -> None:
-    session = AgentSessionsSession("never-written", repo)
+    session = SessionStoreSession("never-written", repo)
     assert await session.get_items() == []
     assert await session.get_items(limit=3) == []
     assert await session.pop_item() is None
@@ -138,7 +138,7 @@ async def test_an_unknown_session_reads_empty_and_is_not_created(
 
 
 async def test_pop_item_returns_newest_first_until_empty(repo: SessionRepository) -> None:
-    session = AgentSessionsSession("pops", repo)
+    session = SessionStoreSession("pops", repo)
     assert await session.pop_item() is None
     await session.add_items([msg("Hello"), msg("Hi there!", "assistant"), msg("How are you?")])
     assert await session.pop_item() == msg("How are you?")
@@ -158,10 +158,10 @@ async def test_pop_item_returns_newest_first_until_empty(repo: SessionRepository
 async def test_conversations_are_isolated_by_id_user_and_agent_type(
     repo: SessionRepository,
 ) -> None:
-    one = AgentSessionsSession("chat", repo, user_id="alice")
-    other_id = AgentSessionsSession("chat-2", repo, user_id="alice")
-    other_user = AgentSessionsSession("chat", repo, user_id="bob")
-    other_type = AgentSessionsSession("chat", repo, user_id="alice", agent_type="planner")
+    one = SessionStoreSession("chat", repo, user_id="alice")
+    other_id = SessionStoreSession("chat-2", repo, user_id="alice")
+    other_user = SessionStoreSession("chat", repo, user_id="bob")
+    other_type = SessionStoreSession("chat", repo, user_id="alice", agent_type="planner")
     await one.add_items([msg("alice 1")])
     await other_id.add_items([msg("alice 2, first"), msg("alice 2, second")])
     await other_user.add_items([msg("bob")])
@@ -213,15 +213,15 @@ async def test_items_round_trip_unchanged(repo: SessionRepository) -> None:
             },
         ),
     ]
-    session = AgentSessionsSession("round-trip", repo)
+    session = SessionStoreSession("round-trip", repo)
     await session.add_items(items)
     assert await session.get_items() == items
-    assert await AgentSessionsSession("round-trip", repo).get_items() == items
+    assert await SessionStoreSession("round-trip", repo).get_items() == items
 
 
 async def test_items_with_one_timestamp_keep_insertion_order(repo: SessionRepository) -> None:
     # The repo fixture's clock stands still: every item has the same timestamp.
-    session = AgentSessionsSession("same-time", repo)
+    session = SessionStoreSession("same-time", repo)
     await session.add_items([msg("older")])
     await session.add_items([msg("reasoning"), msg("message")])
     assert contents(await session.get_items()) == ["older", "reasoning", "message"]
@@ -245,11 +245,11 @@ async def test_items_with_one_timestamp_keep_insertion_order(repo: SessionReposi
 async def test_an_item_the_store_cannot_hold_is_refused_and_nothing_is_written(
     repo: SessionRepository, db: Backend, bad: Any
 ) -> None:
-    fresh = AgentSessionsSession("fresh", repo)
+    fresh = SessionStoreSession("fresh", repo)
     with pytest.raises(SessionValidationError):
         await fresh.add_items([msg("fine"), bad])
     assert await library_sessions(db) == 0  # not even the conversation was created
-    existing = AgentSessionsSession("existing", repo)
+    existing = SessionStoreSession("existing", repo)
     await existing.add_items([msg("before")])
     with pytest.raises(SessionValidationError):
         await existing.add_items([msg("fine"), bad])
@@ -262,7 +262,7 @@ async def test_an_item_the_store_cannot_hold_is_refused_and_nothing_is_written(
 async def test_a_session_id_that_cannot_be_a_key_is_refused(
     repo: SessionRepository, db: Backend, session_id: str
 ) -> None:
-    session = AgentSessionsSession(session_id, repo)
+    session = SessionStoreSession(session_id, repo)
     with pytest.raises(SessionValidationError):
         await session.add_items([msg("hi")])
     with pytest.raises(SessionValidationError):
@@ -274,7 +274,7 @@ async def test_a_session_id_that_cannot_be_a_key_is_refused(
 
 
 async def test_each_item_is_one_checkpoint_holding_its_json(repo: SessionRepository) -> None:
-    session = AgentSessionsSession("layout", repo, user_id="alice")
+    session = SessionStoreSession("layout", repo, user_id="alice")
     await session.add_items([msg("a"), msg("b", "assistant")])
     stored = await repo.get_session_by_key("openai-agents", "layout", user_id="alice")
     assert stored is not None and stored.key == "layout" and stored.user_id == "alice"
@@ -288,7 +288,7 @@ async def test_each_item_is_one_checkpoint_holding_its_json(repo: SessionReposit
 async def test_add_items_is_one_batch_append(
     repo: SessionRepository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    session = AgentSessionsSession("batch", repo)
+    session = SessionStoreSession("batch", repo)
     await session.add_items([msg("first")])
     calls: list[int] = []
     append = repo.add_checkpoints
@@ -310,7 +310,7 @@ async def test_add_items_is_one_batch_append(
 async def test_reads_cost_a_page_per_thousand_items_whatever_the_history(
     repo: SessionRepository, db: Backend
 ) -> None:
-    session = AgentSessionsSession("windowed", repo)
+    session = SessionStoreSession("windowed", repo)
     await session.add_items([msg(str(i)) for i in range(1000)])
     await session.add_items([msg(str(i)) for i in range(1000, 1500)])
     statements: list[str] = []
@@ -321,7 +321,7 @@ async def test_reads_cost_a_page_per_thousand_items_whatever_the_history(
 
     event.listen(db.engine.sync_engine, "before_cursor_execute", record)
     try:
-        reader = AgentSessionsSession("windowed", repo)
+        reader = SessionStoreSession("windowed", repo)
         assert contents(await reader.get_items(limit=3)) == ["1497", "1498", "1499"]
         assert len(statements) <= 1  # the session and its newest items: one statement (or cache)
         statements.clear()
@@ -331,7 +331,7 @@ async def test_reads_cost_a_page_per_thousand_items_whatever_the_history(
         assert contents(await reader.get_items()) == [str(i) for i in range(1500)]
         assert len(statements) == 3  # the first page, then the history in pages of 1,000
         statements.clear()
-        fresh = AgentSessionsSession("never-written", repo)
+        fresh = SessionStoreSession("never-written", repo)
         assert await fresh.get_items() == []
         assert len(statements) == 1
     finally:
@@ -341,7 +341,7 @@ async def test_reads_cost_a_page_per_thousand_items_whatever_the_history(
 async def test_checkpoints_that_are_not_items_are_skipped_and_popped_past(
     repo: SessionRepository,
 ) -> None:
-    session = AgentSessionsSession("mixed", repo)
+    session = SessionStoreSession("mixed", repo)
     await session.add_items([msg("one"), msg("two"), msg("three")])
     stored = await repo.get_session_by_key("openai-agents", "mixed")
     assert stored is not None
@@ -358,7 +358,7 @@ async def test_checkpoints_that_are_not_items_are_skipped_and_popped_past(
 async def test_clear_deletes_for_real_and_the_id_can_be_used_again(
     repo: SessionRepository, db: Backend
 ) -> None:
-    session = AgentSessionsSession("reuse", repo)
+    session = SessionStoreSession("reuse", repo)
     await session.add_items([msg("old")])
     old = await repo.get_session_by_key("openai-agents", "reuse")
     assert old is not None
@@ -373,8 +373,8 @@ async def test_clear_deletes_for_real_and_the_id_can_be_used_again(
 
 
 async def test_a_clear_by_another_instance_is_seen_by_every_call(repo: SessionRepository) -> None:
-    mine = AgentSessionsSession("shared", repo)
-    theirs = AgentSessionsSession("shared", repo)
+    mine = SessionStoreSession("shared", repo)
+    theirs = SessionStoreSession("shared", repo)
     await mine.add_items([msg("before")])
     assert contents(await theirs.get_items()) == ["before"]
     await theirs.clear_session()
@@ -397,17 +397,17 @@ async def test_a_conversation_replaced_behind_its_back_is_found_again(
     repo: SessionRepository,
 ) -> None:
     """Ids remembered across instances are hints: a hard delete elsewhere is always seen."""
-    await AgentSessionsSession("replaced", repo).add_items([msg("old")])
+    await SessionStoreSession("replaced", repo).add_items([msg("old")])
     old = await repo.get_session_by_key("openai-agents", "replaced")
     assert old is not None
     await repo.delete_session(old.session_id, hard=True)  # e.g. another process, or the CLI
     new = await repo.create_session("openai-agents", key="replaced")
     await repo.add_checkpoints(new.session_id, [(ITEM, {"role": "user", "content": "new"})])
-    assert contents(await AgentSessionsSession("replaced", repo).get_items()) == ["new"]
+    assert contents(await SessionStoreSession("replaced", repo).get_items()) == ["new"]
     await repo.delete_session(new.session_id, hard=True)
-    assert await AgentSessionsSession("replaced", repo).pop_item() is None
-    await AgentSessionsSession("replaced", repo).add_items([msg("newest")])
-    assert await AgentSessionsSession("replaced", repo).pop_item() == msg("newest")
+    assert await SessionStoreSession("replaced", repo).pop_item() is None
+    await SessionStoreSession("replaced", repo).add_items([msg("newest")])
+    assert await SessionStoreSession("replaced", repo).pop_item() == msg("newest")
 
 
 # -- concurrency: the upstream reports -----------------------------------------------------------
@@ -432,12 +432,12 @@ async def test_concurrent_first_writes_keep_every_item_openai_agents_2722(
 
     monkeypatch.setattr(repo, "get_session_by_key", look_up_then_wait)
     submitted = [f"msg-{i}" for i in range(writers)]
-    sessions = [AgentSessionsSession("first-write", repo) for _ in submitted]
+    sessions = [SessionStoreSession("first-write", repo) for _ in submitted]
     await asyncio.gather(
         *(s.add_items([msg(text)]) for s, text in zip(sessions, submitted, strict=True))
     )
     assert gated == writers
-    stored = await AgentSessionsSession("first-write", repo).get_items()
+    stored = await SessionStoreSession("first-write", repo).get_items()
     assert sorted(contents(stored)) == sorted(submitted)
     assert await library_sessions(db) == 1
 
@@ -445,7 +445,7 @@ async def test_concurrent_first_writes_keep_every_item_openai_agents_2722(
 async def test_concurrent_first_writes_through_one_instance_keep_every_item(
     repo: SessionRepository, db: Backend
 ) -> None:
-    session = AgentSessionsSession("first-write-one", repo)
+    session = SessionStoreSession("first-write-one", repo)
     submitted = [f"msg-{i}" for i in range(25)]
     await asyncio.gather(*(session.add_items([msg(text)]) for text in submitted))
     assert sorted(contents(await session.get_items())) == sorted(submitted)
@@ -455,9 +455,9 @@ async def test_concurrent_first_writes_through_one_instance_keep_every_item(
 async def test_concurrent_pops_return_distinct_items_openai_agents_4205(
     repo: SessionRepository,
 ) -> None:
-    writer = AgentSessionsSession("pop-race", repo)
+    writer = SessionStoreSession("pop-race", repo)
     await writer.add_items([msg(f"item-{i}") for i in range(10)])
-    poppers = [AgentSessionsSession("pop-race", repo) for _ in range(12)]
+    poppers = [SessionStoreSession("pop-race", repo) for _ in range(12)]
     popped = await asyncio.gather(*(p.pop_item() for p in poppers))
     got = [item for item in popped if item is not None]
     assert sorted(contents(got)) == sorted(f"item-{i}" for i in range(10))
@@ -468,12 +468,12 @@ async def test_concurrent_pops_return_distinct_items_openai_agents_4205(
 async def test_pops_racing_appends_lose_nothing_and_duplicate_nothing(
     repo: SessionRepository,
 ) -> None:
-    session = AgentSessionsSession("pop-append", repo)
+    session = SessionStoreSession("pop-append", repo)
     await session.add_items([msg(f"seed-{i}") for i in range(5)])
     added = [f"new-{i}" for i in range(10)]
     results = await asyncio.gather(
-        *(AgentSessionsSession("pop-append", repo).add_items([msg(t)]) for t in added),
-        *(AgentSessionsSession("pop-append", repo).pop_item() for _ in range(8)),
+        *(SessionStoreSession("pop-append", repo).add_items([msg(t)]) for t in added),
+        *(SessionStoreSession("pop-append", repo).pop_item() for _ in range(8)),
     )
     popped = [contents([r])[0] for r in results[len(added) :] if r is not None]
     left = contents(await session.get_items())
@@ -504,11 +504,11 @@ async def test_a_cancelled_add_items_stores_the_whole_batch_or_none(
     runs = 0
 
     async def add() -> None:
-        await AgentSessionsSession(f"cancel-add-{runs}", repo).add_items([msg("a"), msg("b")])
+        await SessionStoreSession(f"cancel-add-{runs}", repo).add_items([msg("a"), msg("b")])
 
     async def check(cancelled: bool) -> None:
         nonlocal runs
-        stored = contents(await AgentSessionsSession(f"cancel-add-{runs}", repo).get_items())
+        stored = contents(await SessionStoreSession(f"cancel-add-{runs}", repo).get_items())
         assert stored in ([], ["a", "b"]) if cancelled else stored == ["a", "b"]
         runs += 1
 
@@ -517,12 +517,12 @@ async def test_a_cancelled_add_items_stores_the_whole_batch_or_none(
 
 
 async def test_a_cancelled_pop_item_removes_at_most_one_item(repo: SessionRepository) -> None:
-    session = AgentSessionsSession("cancel-pop", repo)
+    session = SessionStoreSession("cancel-pop", repo)
     await session.add_items([msg(str(i)) for i in range(50)])
     expected = [str(i) for i in range(50)]
 
     async def pop() -> Any:
-        return await AgentSessionsSession("cancel-pop", repo).pop_item()
+        return await SessionStoreSession("cancel-pop", repo).pop_item()
 
     async def check(cancelled: bool) -> None:
         stored = contents(await session.get_items())
@@ -549,14 +549,14 @@ async def test_runner_carries_the_conversation_across_turns(repo: SessionReposit
 
     model = CannedModel(["San Francisco", "California"])
     agent = Agent(name="test", model=model)
-    session = AgentSessionsSession("runner", repo)
+    session = SessionStoreSession("runner", repo)
     first = await Runner.run(agent, "What city is the Golden Gate Bridge in?", session=session)
     assert first.final_output == "San Francisco"
     second = await Runner.run(agent, "What state is it in?", session=session)
     assert second.final_output == "California"
     seen = str(model.inputs[-1])
     assert "Golden Gate Bridge" in seen and "San Francisco" in seen
-    items = await AgentSessionsSession("runner", repo).get_items()
+    items = await SessionStoreSession("runner", repo).get_items()
     assert len(items) == 4
     assert contents(items)[0] == "What city is the Golden Gate Bridge in?"
 
@@ -564,7 +564,7 @@ async def test_runner_carries_the_conversation_across_turns(repo: SessionReposit
 async def test_run_config_session_settings_override_the_sessions(repo: SessionRepository) -> None:
     from agents import Agent
 
-    session = AgentSessionsSession("override", repo, session_settings=SessionSettings(limit=100))
+    session = SessionStoreSession("override", repo, session_settings=SessionSettings(limit=100))
     await session.add_items([msg(f"Turn {i}") for i in range(10)])
     model = CannedModel(["Got it"])
     await Runner.run(
@@ -582,7 +582,7 @@ async def test_the_offline_example_runs(tmp_path: Path) -> None:
     for _ in range(2):  # a second run starts the conversation afresh
         result = subprocess.run(  # noqa: ASYNC221 - a child process is the point of the test
             [sys.executable, str(EXAMPLE)],
-            env={**env, "AGENT_SESSIONS_DATABASE_URL": url},
+            env={**env, "AGENT_SESSION_STORE_DATABASE_URL": url},
             capture_output=True,
             text=True,
             timeout=90,

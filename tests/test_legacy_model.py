@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent_sessions import (
+from agent_session_store import (
     AgentSession,
     SessionCheckpoint,
     SessionNotFoundError,

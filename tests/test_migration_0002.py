@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import Connection, bindparam, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from agent_sessions import SessionExistsError, SessionRepository, create_engine, migrations
-from agent_sessions.tables import UtcDateTime
+from agent_session_store import SessionExistsError, SessionRepository, create_engine, migrations
+from agent_session_store.tables import UtcDateTime
 from tests.test_migrations import empty_pg_url  # noqa: F401 (a fixture)
 from tests.test_migrations import empty_url as empty_url_fixture
 

@@ -24,14 +24,14 @@ from sqlalchemy import Connection, inspect, make_url, text
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from agent_sessions import (
+from agent_session_store import (
     SchemaOutOfDateError,
     SessionRepository,
     StorageError,
     create_engine,
     migrations,
 )
-from agent_sessions.tables import VERSION_TABLE, metadata
+from agent_session_store.tables import VERSION_TABLE, metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,7 +118,7 @@ async def test_repository_refuses_a_database_without_the_schema(empty_url: str) 
     engine = create_engine(empty_url)
     try:
         repo = SessionRepository(async_sessionmaker(engine))
-        with pytest.raises(SchemaOutOfDateError, match="agent-sessions db upgrade --url"):
+        with pytest.raises(SchemaOutOfDateError, match="agent-session-store db upgrade --url"):
             await repo.create_session("planner")
         with pytest.raises(SchemaOutOfDateError, match="needs revision"):
             await migrations.check(engine)
@@ -166,7 +166,7 @@ async def test_the_hosts_alembic_version_table_is_never_touched(empty_url: str) 
 def test_alembic_command_line_upgrades_with_the_version_table(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
     alembic = Path(sys.executable).with_name("alembic")
-    env = {**os.environ, "AGENT_SESSIONS_DATABASE_URL": url}
+    env = {**os.environ, "AGENT_SESSION_STORE_DATABASE_URL": url}
     subprocess.run(
         [str(alembic), "-c", str(ROOT / "alembic.ini"), "upgrade", "head"],
         check=True,
@@ -196,11 +196,11 @@ def test_the_wheel_ships_the_migrations_and_migrates_on_its_own(tmp_path: Path) 
          "-w", str(dist), str(ROOT)],
         check=True, capture_output=True,
     )  # fmt: skip
-    [wheel] = dist.glob("agent_sessions-*.whl")
+    [wheel] = dist.glob("agent_session_store-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "agent_sessions/_alembic/env.py" in names
-    assert any(n.startswith("agent_sessions/_alembic/versions/0001") for n in names)
-    assert "agent_sessions/py.typed" in names
+    assert "agent_session_store/_alembic/env.py" in names
+    assert any(n.startswith("agent_session_store/_alembic/versions/0001") for n in names)
+    assert "agent_session_store/py.typed" in names
     # A clean virtualenv with no checkout around; its dependencies come from this one's
     # site-packages (plain path entries: the editable install's hook is not loaded).
     venv = tmp_path / "venv"
@@ -220,11 +220,15 @@ def test_the_wheel_ships_the_migrations_and_migrates_on_its_own(tmp_path: Path) 
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run(
-        [str(python), "-c", "import agent_sessions.migrations as m; print(m.script_location())"],
+        [
+            str(python),
+            "-c",
+            "import agent_session_store.migrations as m; print(m.script_location())",
+        ],
         check=True, cwd=work, capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert str(site) in where.stdout
-    cli = venv / "bin" / "agent-sessions"
+    cli = venv / "bin" / "agent-session-store"
     subprocess.run(
         [str(cli), "db", "upgrade", "--url", "sqlite+aiosqlite:///cli.db"],
         check=True,
@@ -233,7 +237,7 @@ def test_the_wheel_ships_the_migrations_and_migrates_on_its_own(tmp_path: Path) 
         capture_output=True,
     )
     code = (
-        "import asyncio, agent_sessions.migrations as m\n"
+        "import asyncio, agent_session_store.migrations as m\n"
         "asyncio.run(m.upgrade('sqlite+aiosqlite:///api.db'))\n"
         "print(asyncio.run(m.current('sqlite+aiosqlite:///api.db')))\n"
         "print(asyncio.run(m.current('sqlite+aiosqlite:///cli.db')))\n"
@@ -244,8 +248,8 @@ def test_the_wheel_ships_the_migrations_and_migrates_on_its_own(tmp_path: Path) 
     assert out.stdout.split() == [migrations.head(), migrations.head()]
     # Bug 1 of issue 13: the shipped alembic.ini works with the Alembic command line, and it is
     # the file SchemaOutOfDateError names.
-    shipped_ini = site / "agent_sessions" / "_alembic" / "alembic.ini"
-    assert "agent_sessions/_alembic/alembic.ini" in names
+    shipped_ini = site / "agent_session_store" / "_alembic" / "alembic.ini"
+    assert "agent_session_store/_alembic/alembic.ini" in names
     for alembic_args in (["current"], ["upgrade", "head"], ["current"]):
         ran = subprocess.run(
             [str(python), "-m", "alembic", "-c", str(shipped_ini),
@@ -256,7 +260,7 @@ def test_the_wheel_ships_the_migrations_and_migrates_on_its_own(tmp_path: Path) 
     assert migrations.head() in ran.stdout
     hint = subprocess.run(
         [str(python), "-c",
-         "import asyncio, agent_sessions.migrations as m\n"
+         "import asyncio, agent_session_store.migrations as m\n"
          "try:\n    asyncio.run(m.check('sqlite+aiosqlite:///empty.db'))\n"
          "except Exception as e:\n    print(e)\n"],
         check=True, cwd=work, capture_output=True, text=True, env=env,
@@ -310,7 +314,7 @@ async def test_a_database_migrated_by_a_newer_release_says_so(empty_url: str) ->
             await conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = 'f00d_future'"))
         with pytest.raises(SchemaOutOfDateError, match="newer release") as info:
             await migrations.check(engine)
-        assert "upgrade the agent-sessions package" in str(info.value)
+        assert "upgrade the agent-session-store package" in str(info.value)
     finally:
         await engine.dispose()
 

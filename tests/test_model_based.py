@@ -38,7 +38,7 @@ from redis.asyncio import Redis
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from agent_sessions import (
+from agent_session_store import (
     AgentSession,
     ConcurrentUpdateError,
     InvalidStateTransitionError,
@@ -50,7 +50,7 @@ from agent_sessions import (
     SessionState,
     create_engine,
 )
-from agent_sessions.tables import checkpoints_table, sessions_table, shared_state_table
+from agent_session_store.tables import checkpoints_table, sessions_table, shared_state_table
 from tests.conftest import Backend, FakeClock
 
 T = TypeVar("T")
@@ -65,7 +65,7 @@ ACTIVE, PAUSED, COMPLETED, FAILED, DELETED = (
     SessionState.FAILED,
     SessionState.DELETED,
 )
-# The rules, written out independently of agent_sessions.models: where a write may take a
+# The rules, written out independently of agent_session_store.models: where a write may take a
 # session. Staying in the same state is always allowed; DELETED is reached by delete_session only.
 MOVES: dict[SessionState, set[SessionState]] = {
     ACTIVE: {PAUSED, COMPLETED, FAILED},

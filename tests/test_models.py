@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from agent_sessions import (
+from agent_session_store import (
     AgentSession,
     InvalidStateTransitionError,
     SessionCheckpoint,

@@ -1,6 +1,6 @@
 """The peer comparison still runs: ``benchmarks.peers --quick`` on the test servers.
 
-agent-sessions and the raw drivers always run; each peer runs when its package (the ``bench``
+agent-session-store and the raw drivers always run; each peer runs when its package (the ``bench``
 extra, not part of ``dev``) is installed, and is otherwise reported as left out. No timing is
 asserted (performance lives in benchmarks/); only that every figure and ratio is produced.
 """

@@ -22,16 +22,16 @@ from sqlalchemy import Connection, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from agent_sessions import (
+from agent_session_store import (
     SessionRepository,
     StorageError,
     StorageTimeoutError,
     create_engine,
     migrations,
 )
-from agent_sessions.cli import main
-from agent_sessions.engine import TRANSACTION_POOLING, behind_transaction_pooler
-from agent_sessions.tables import sessions_table
+from agent_session_store.cli import main
+from agent_session_store.engine import TRANSACTION_POOLING, behind_transaction_pooler
+from agent_session_store.tables import sessions_table
 from benchmarks.pooler_workers import run_workers
 from tests.conftest import unavailable
 from tests.servers import PgBouncerServer, PostgresServer, ServerUnavailable
@@ -200,7 +200,7 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "agent_sessions.cli",
+        "agent_session_store.cli",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from agent_sessions import (
-    AgentSessionsError,
+from agent_session_store import (
+    AgentSessionStoreError,
     RedisCache,
     SessionCheckpoint,
     SessionExistsError,
@@ -21,7 +21,7 @@ from agent_sessions import (
     SessionRepository,
     SessionValidationError,
 )
-from agent_sessions.tables import checkpoints_table, sessions_table, shared_state_table
+from agent_session_store.tables import checkpoints_table, sessions_table, shared_state_table
 from tests.conftest import Backend, FakeClock
 from tests.pausing import after_statement
 
@@ -78,7 +78,7 @@ async def test_a_taken_key_raises_session_exists_and_writes_nothing(
     before = await count_rows(db)
     with pytest.raises(SessionExistsError, match="get_session_by_key") as caught:
         await repo.create_session("planner", "u1", key="k")
-    assert isinstance(caught.value, AgentSessionsError)
+    assert isinstance(caught.value, AgentSessionStoreError)
     assert (caught.value.agent_type, caught.value.user_id, caught.value.key) == (
         "planner",
         "u1",

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import agent_sessions
+import agent_session_store
 
 
 def test_public_names_are_pinned() -> None:
     # Changing this list is changing the public API: do it on purpose, with a changelog line.
-    assert agent_sessions.__all__ == [
+    assert agent_session_store.__all__ == [
         "AgentSession",
-        "AgentSessionsError",
+        "AgentSessionStoreError",
         "CacheStats",
         "ConcurrentUpdateError",
         "InvalidStateTransitionError",
@@ -31,22 +31,22 @@ def test_public_names_are_pinned() -> None:
         "migrations",
         "read_through",
     ]
-    for name in agent_sessions.__all__:
-        assert getattr(agent_sessions, name) is not None, name
+    for name in agent_session_store.__all__:
+        assert getattr(agent_session_store, name) is not None, name
 
 
 def test_errors_share_one_root() -> None:
-    from agent_sessions import errors
+    from agent_session_store import errors
 
     for name in dir(errors):
         value = getattr(errors, name)
         if isinstance(value, type) and issubclass(value, Exception):
-            assert issubclass(value, agent_sessions.AgentSessionsError), name
-    assert issubclass(agent_sessions.SessionValidationError, ValueError)
+            assert issubclass(value, agent_session_store.AgentSessionStoreError), name
+    assert issubclass(agent_session_store.SessionValidationError, ValueError)
 
 
 def test_migrations_api() -> None:
-    from agent_sessions import migrations
+    from agent_session_store import migrations
 
     for name in ("upgrade", "downgrade", "current", "check", "head"):
         assert callable(getattr(migrations, name))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_sessions import migrations
+from agent_session_store import migrations
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ async def test_demo_prints_the_lifecycle(tmp_path: Path) -> None:
     await migrations.upgrade(url)
     result = subprocess.run(  # noqa: ASYNC221 - a child process is the point of the test
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        env={**os.environ, "AGENT_SESSIONS_DATABASE_URL": url},
+        env={**os.environ, "AGENT_SESSION_STORE_DATABASE_URL": url},
         capture_output=True,
         text=True,
         timeout=60,
@@ -94,9 +94,9 @@ def _demo_checkout(tmp_path: Path) -> Path:
         p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "sqlalchemy").is_dir()
     )
     (site / "deps.pth").write_text(f"{copy}\n{deps}\n")
-    cli = venv / "bin" / "agent-sessions"
+    cli = venv / "bin" / "agent-session-store"
     cli.write_text(
-        f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom agent_sessions.cli import main\n"
+        f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom agent_session_store.cli import main\n"
         "sys.exit(main())\n"
     )
     cli.chmod(0o755)
@@ -104,7 +104,7 @@ def _demo_checkout(tmp_path: Path) -> Path:
 
 
 def _run_demo(copy: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_SESSIONS_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_SESSION_STORE_")}
     return subprocess.run(
         ["bash", "scripts/demo"], cwd=copy, env={**clean, **env}, capture_output=True,
         text=True, timeout=120,
@@ -115,7 +115,7 @@ def _run_demo(copy: Path, **env: str) -> subprocess.CompletedProcess[str]:
 def test_the_demo_says_what_it_does_and_what_to_try_next(tmp_path: Path) -> None:
     copy = _demo_checkout(tmp_path)
     stamp = hashlib.sha256((copy / "pyproject.toml").read_bytes()).hexdigest()
-    (copy / ".venv" / ".agent-sessions-demo-install").write_text(stamp + "\n")
+    (copy / ".venv" / ".agent-session-store-demo-install").write_text(stamp + "\n")
     result = _run_demo(copy, PYTHON=sys.executable)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -123,7 +123,7 @@ def test_the_demo_says_what_it_does_and_what_to_try_next(tmp_path: Path) -> None
     database = copy / "agent_sessions.db"
     assert f"== migrating the SQLite database {database}" in out
     assert f"The sessions are in {database}." in out
-    cli = copy / ".venv" / "bin" / "agent-sessions"
+    cli = copy / ".venv" / "bin" / "agent-session-store"
     commands = [line.strip() for line in out.splitlines() if line.startswith(f"  {cli} ")]
     assert [c.split()[1:3] for c in commands] == [
         ["sessions", "list"], ["sessions", "show"], ["stats", "--url"],

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select
 
-from agent_sessions import (
+from agent_session_store import (
     AgentSession,
     ConcurrentUpdateError,
     InvalidStateTransitionError,
@@ -18,7 +18,7 @@ from agent_sessions import (
     SessionState,
     SessionValidationError,
 )
-from agent_sessions.tables import checkpoints_table
+from agent_session_store.tables import checkpoints_table
 from tests.conftest import Backend, FakeClock, repo_fixture
 
 # The core behaviour suite also runs on Valkey (6 ways); the other repository modules stay at 4.

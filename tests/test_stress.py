@@ -39,14 +39,14 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from agent_sessions import (
+from agent_session_store import (
     ConcurrentUpdateError,
     RedisCache,
     SessionRepository,
     create_engine,
 )
-from agent_sessions.engine import behind_transaction_pooler
-from agent_sessions.tables import sessions_table
+from agent_session_store.engine import behind_transaction_pooler
+from agent_session_store.tables import sessions_table
 from tests.conftest import Backend, FakeClock, unavailable
 from tests.pausing import after_checkin
 from tests.servers import RedisServer, ServerUnavailable

@@ -1,4 +1,4 @@
-"""agent_sessions.telemetry: a no-op without OpenTelemetry, real spans and metrics with it."""
+"""agent_session_store.telemetry: a no-op without OpenTelemetry, real spans and metrics with it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from agent_sessions import RedisCache, SessionRepository, telemetry
+from agent_session_store import RedisCache, SessionRepository, telemetry
 from tests.conftest import Backend
 
 
@@ -86,15 +86,15 @@ def test_span_records_name_attributes_and_duration(otel: Otel) -> None:
     ):
         pass
     child, parent = otel.spans.get_finished_spans()
-    assert child.name == "agent_sessions.update_session"
+    assert child.name == "agent_session_store.update_session"
     assert dict(child.attributes) == {
-        "agent_sessions.session_id": "abc",
-        "agent_sessions.agent_type": "planner",
+        "agent_session_store.session_id": "abc",
+        "agent_session_store.agent_type": "planner",
     }
     assert child.parent is not None and child.parent.span_id == parent.context.span_id
-    durations = otel.points("agent_sessions.operation.duration")
+    durations = otel.points("agent_session_store.operation.duration")
     [(_, point)] = [
-        (a, p) for a, p in durations if a == {"agent_sessions.operation": "update_session"}
+        (a, p) for a, p in durations if a == {"agent_session_store.operation": "update_session"}
     ]
     assert point.count >= 1 and point.sum >= 0
 
@@ -108,14 +108,19 @@ def test_span_records_the_exception_and_error_type(otel: Otel) -> None:
     [span] = otel.spans.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
     assert [event.name for event in span.events] == ["exception"]
-    failed = {"agent_sessions.operation": "get_session", "error.type": "LookupError"}
-    assert any(attrs == failed for attrs, _ in otel.points("agent_sessions.operation.duration"))
+    failed = {"agent_session_store.operation": "get_session", "error.type": "LookupError"}
+    assert any(
+        attrs == failed for attrs, _ in otel.points("agent_session_store.operation.duration")
+    )
 
 
 def test_record_cache_counts_events(otel: Otel) -> None:
-    name = "agent_sessions.cache.events"
-    hit = {"agent_sessions.cache.event": "hits"}
-    gone = {"agent_sessions.cache.event": "invalidations", "agent_sessions.namespace": "app"}
+    name = "agent_session_store.cache.events"
+    hit = {"agent_session_store.cache.event": "hits"}
+    gone = {
+        "agent_session_store.cache.event": "invalidations",
+        "agent_session_store.namespace": "app",
+    }
     hits, invalidations = otel.count(name, **hit), otel.count(name, **gone)
     telemetry.record_cache("hits")
     telemetry.record_cache("hits")
@@ -130,22 +135,22 @@ async def test_repository_calls_are_spans_with_session_id_and_cache_events_are_c
     created = await repo.create_session("planner")
     otel.spans.clear()
     hits_before = otel.count(
-        "agent_sessions.cache.events",
-        **{"agent_sessions.cache.event": "hits", "agent_sessions.namespace": namespace},
+        "agent_session_store.cache.events",
+        **{"agent_session_store.cache.event": "hits", "agent_session_store.namespace": namespace},
     )
     await repo.get_session(created.session_id)  # a miss: the database is read, in a span
     await repo.get_session(created.session_id)  # a hit: no database, no span
     assert await repo.heartbeat(created.session_id)
     names = [
-        (s.name, s.attributes.get("agent_sessions.session_id"))
+        (s.name, s.attributes.get("agent_session_store.session_id"))
         for s in otel.spans.get_finished_spans()
     ]
     assert names == [
-        ("agent_sessions.get_session", created.session_id),
-        ("agent_sessions.heartbeat", created.session_id),
+        ("agent_session_store.get_session", created.session_id),
+        ("agent_session_store.heartbeat", created.session_id),
     ]
     hits = otel.count(
-        "agent_sessions.cache.events",
-        **{"agent_sessions.cache.event": "hits", "agent_sessions.namespace": namespace},
+        "agent_session_store.cache.events",
+        **{"agent_session_store.cache.event": "hits", "agent_session_store.namespace": namespace},
     )
     assert hits == hits_before + 1

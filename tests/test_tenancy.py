@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from agent_sessions import (
+from agent_session_store import (
     AgentSession,
     SessionNotFoundError,
     SessionRepository,
     SessionState,
 )
-from agent_sessions.tables import checkpoints_table
+from agent_session_store.tables import checkpoints_table
 from tests.conftest import Backend, FakeClock
 
 OWNER, INTRUDER = "owner", "intruder"

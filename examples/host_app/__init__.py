@@ -1,1 +1,1 @@
-"""An example host application that embeds agent_sessions (see README.md in this directory)."""
+"""An example host application that embeds agent_session_store (see README.md in this directory)."""

@@ -1,7 +1,8 @@
-"""A host application that embeds agent_sessions next to its own models and migrations.
+"""A host application that embeds agent_session_store next to its own models and migrations.
 
 It owns its engine, its ``async_sessionmaker``, its declarative models (``host_app.models``) and
-its Alembic history (``host_app/alembic.ini``); agent_sessions brings its own tables and history.
+its Alembic history (``host_app/alembic.ini``); agent-session-store brings its own tables and
+history.
 The deploy step runs both; a request writes an invoice and completes the agent session in one
 transaction, through ``SessionRepository.bind``.
 
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from agent_sessions import (
+from agent_session_store import (
     AgentSession,
     RedisCache,
     SessionNotFoundError,
@@ -44,7 +45,7 @@ from host_app.models import Invoice
 
 ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
 AGENT_TYPE = "billing-agent"
-CACHE_NAMESPACE = "host_app"  # agent-sessions --redis-namespace host_app, for the CLI
+CACHE_NAMESPACE = "host_app"  # agent-session-store --redis-namespace host_app, for the CLI
 
 
 def host_alembic_config(connection: Connection | None = None) -> Config:
@@ -57,7 +58,7 @@ def host_alembic_config(connection: Connection | None = None) -> Config:
 
 
 async def deploy(engine: AsyncEngine) -> None:
-    """The deploy step: agent_sessions' migrations, then the application's own.
+    """The deploy step: agent_session_store's migrations, then the application's own.
 
     Each history has its own version table (``agent_sessions_alembic_version`` and the host's
     ``alembic_version``), so their order only matters if the host's tables reference the
@@ -79,7 +80,7 @@ class App:
 
     @classmethod
     def start(cls, url: str, redis_url: str | None = None) -> App:
-        """The application's own engine and session factory, shared with agent_sessions."""
+        """The application's own engine and session factory, shared with agent_session_store."""
         engine = create_async_engine(url)
         factory = async_sessionmaker(engine, expire_on_commit=False)
         redis = Redis.from_url(redis_url) if redis_url else None

@@ -1,6 +1,6 @@
 """The host application's own declarative models, on its own ``MetaData``.
 
-agent_sessions' tables live on ``agent_sessions.metadata``; the two never mix, and this
+agent_session_store's tables live on ``agent_session_store.metadata``; the two never mix, and this
 application's Alembic history only ever creates the tables declared here.
 """
 
@@ -25,9 +25,9 @@ class Base(DeclarativeBase):
 class Invoice(Base):
     """An invoice for the work an agent session did.
 
-    ``agent_session_id`` is deliberately not a foreign key: agent_sessions' ``purge`` hard-deletes
-    old sessions, and the invoice must outlive them (and the two migration histories stay
-    independent of each other's order).
+    ``agent_session_id`` is deliberately not a foreign key: agent-session-store's ``purge``
+    hard-deletes old sessions, and the invoice must outlive them (and the two migration histories
+    stay independent of each other's order).
     """
 
     __tablename__ = "host_invoices"

@@ -1,8 +1,8 @@
 """Alembic environment of the host application (async; SQLite and PostgreSQL).
 
-Two things make it live next to agent_sessions in one database:
+Two things make it live next to agent_session_store in one database:
 
-* the default version table, ``alembic_version``; agent_sessions keeps its own in
+* the default version table, ``alembic_version``; agent_session_store keeps its own in
   ``agent_sessions_alembic_version``, so the two histories never see each other's revisions;
 * ``include_name`` skips every table named ``agent_sessions_*``, so autogenerate neither
   proposes to drop the library's tables nor to recreate them.
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 config = context.config
 target_metadata = Base.metadata
 
-LIBRARY_TABLE_PREFIX = "agent_sessions_"  # agent_sessions.tables.TABLE_PREFIX
+LIBRARY_TABLE_PREFIX = "agent_sessions_"  # agent_session_store.tables.TABLE_PREFIX
 
 # Only from the command line: an application calling Alembic keeps its own logging set-up.
 if config.config_file_name and config.attributes.get("configure_logger", True):
@@ -31,7 +31,7 @@ if config.config_file_name and config.attributes.get("configure_logger", True):
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
-    """Leave agent_sessions' tables (and its version table) to agent_sessions."""
+    """Leave agent_session_store's tables (and its version table) to agent_session_store."""
     if type_ == "table":
         return not (name or "").startswith(LIBRARY_TABLE_PREFIX)
     return True

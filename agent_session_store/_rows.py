@@ -10,8 +10,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from agent_sessions.models import AgentSession, SessionCheckpoint, SessionState
-from agent_sessions.tables import checkpoints_table, sessions_table
+from agent_session_store.models import AgentSession, SessionCheckpoint, SessionState
+from agent_session_store.tables import checkpoints_table, sessions_table
 
 S = sessions_table.c
 C = checkpoints_table.c

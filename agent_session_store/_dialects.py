@@ -29,10 +29,10 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from sqlalchemy import Executable, Result, Select, func, select, update
 
-from agent_sessions import _statements as sql
-from agent_sessions._rows import S, checkpoint_values
-from agent_sessions.models import AgentSession, SessionCheckpoint, SessionState
-from agent_sessions.tables import sessions_table
+from agent_session_store import _statements as sql
+from agent_session_store._rows import S, checkpoint_values
+from agent_session_store.models import AgentSession, SessionCheckpoint, SessionState
+from agent_session_store.tables import sessions_table
 
 # How an operation meets the database. "read": reads needing no common snapshot;
 # "one statement": a single writing statement, which needs no transaction around it (saving
@@ -269,5 +269,5 @@ def for_name(name: str) -> Dialect:
         return _DIALECTS[name]()
     except KeyError:
         raise ValueError(
-            f"agent_sessions runs on PostgreSQL (asyncpg) and SQLite (aiosqlite), not {name!r}"
+            f"agent_session_store runs on PostgreSQL (asyncpg) and SQLite (aiosqlite), not {name!r}"
         ) from None

@@ -2,21 +2,22 @@
 
 The library only talks to the OpenTelemetry *API* and never configures it: spans and metrics go
 wherever the host application's tracer and meter providers send them (nowhere until it sets
-some). Install the API with the ``otel`` extra (``pip install agent-sessions[otel]``).
+some). Install the API with the ``otel`` extra (``pip install agent-session-store[otel]``).
 
 What is emitted:
 
-* a span ``agent_sessions.<operation>`` per repository operation, with ``agent_sessions.*``
-  attributes, the exception recorded and the status set to ERROR when the operation raises;
-* the histogram ``agent_sessions.operation.duration`` (seconds), by ``agent_sessions.operation``
-  and ``error.type`` (only on failures);
-* the counter ``agent_sessions.cache.events``, by ``agent_sessions.cache.event``: the names of
-  ``RedisCache.stats``'s counters (``hits``, ``misses``, ``loads``, ``errors``, ``circuit_open``,
-  ``invalidations``, ``stale_sets_rejected``, ``discarded``, ``epoch_bumps``).
+* a span ``agent_session_store.<operation>`` per repository operation, with
+  ``agent_session_store.*`` attributes, the exception recorded and the status set to ERROR when
+  the operation raises;
+* the histogram ``agent_session_store.operation.duration`` (seconds), by
+  ``agent_session_store.operation`` and ``error.type`` (only on failures);
+* the counter ``agent_session_store.cache.events``, by ``agent_session_store.cache.event``: the
+  names of ``RedisCache.stats``'s counters (``hits``, ``misses``, ``loads``, ``errors``,
+  ``circuit_open``, ``invalidations``, ``stale_sets_rejected``, ``discarded``, ``epoch_bumps``).
 
 Example::
 
-    from agent_sessions import telemetry
+    from agent_session_store import telemetry
 
     with telemetry.span("get_session", session_id=session_id):
         ...
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AttributeValue", "enabled", "record_cache", "span"]
 
-INSTRUMENTATION_NAME = "agent_sessions"
+INSTRUMENTATION_NAME = "agent_session_store"
 
 AttributeValue = str | bool | int | float
 
@@ -51,12 +52,12 @@ class _Instruments(NamedTuple):
 
 @functools.cache
 def _instruments() -> _Instruments | None:
-    # Imported on first use, so importing agent_sessions costs nothing when OTel is absent.
+    # Imported on first use, so importing agent_session_store costs nothing when OTel is absent.
     try:
         from opentelemetry import metrics, trace
     except ImportError:
         return None
-    from agent_sessions import __version__
+    from agent_session_store import __version__
 
     # The API hands out proxies that follow whatever provider the host sets, even later on.
     meter = metrics.get_meter(INSTRUMENTATION_NAME, __version__)
@@ -70,12 +71,12 @@ def _instruments() -> _Instruments | None:
         tracing=tracing,
         tracer=trace.get_tracer(INSTRUMENTATION_NAME, __version__),
         duration=meter.create_histogram(
-            "agent_sessions.operation.duration",
+            "agent_session_store.operation.duration",
             unit="s",
-            description="Duration of agent_sessions repository operations",
+            description="Duration of agent_session_store repository operations",
         ),
         cache_events=meter.create_counter(
-            "agent_sessions.cache.events",
+            "agent_session_store.cache.events",
             unit="{event}",
             description="Cache lookups and invalidations, by outcome",
         ),
@@ -89,15 +90,17 @@ def enabled() -> bool:
 
 def _attributes(attributes: dict[str, AttributeValue | None]) -> dict[str, AttributeValue]:
     return {
-        f"agent_sessions.{key}": value for key, value in attributes.items() if value is not None
+        f"agent_session_store.{key}": value
+        for key, value in attributes.items()
+        if value is not None
     }
 
 
 @contextmanager
 def span(operation: str, **attributes: AttributeValue | None) -> Iterator[None]:
-    """Trace ``operation`` as the span ``agent_sessions.<operation>`` and time it.
+    """Trace ``operation`` as the span ``agent_session_store.<operation>`` and time it.
 
-    Keyword arguments become span attributes prefixed with ``agent_sessions.`` (``None`` values
+    Keyword arguments become span attributes prefixed with ``agent_session_store.`` (``None`` values
     are left out). An exception leaving the block is recorded on the span and re-raised.
 
     Example::
@@ -109,12 +112,12 @@ def span(operation: str, **attributes: AttributeValue | None) -> Iterator[None]:
     if instruments is None:
         yield
         return
-    metric_attributes: dict[str, AttributeValue] = {"agent_sessions.operation": operation}
+    metric_attributes: dict[str, AttributeValue] = {"agent_session_store.operation": operation}
     started = time.perf_counter()
     try:
         if instruments.tracing():
             with instruments.tracer.start_as_current_span(
-                f"agent_sessions.{operation}", attributes=_attributes(attributes)
+                f"agent_session_store.{operation}", attributes=_attributes(attributes)
             ):
                 yield
         else:
@@ -129,7 +132,7 @@ def span(operation: str, **attributes: AttributeValue | None) -> Iterator[None]:
 def record_cache(event: str, *, count: int = 1, **attributes: AttributeValue | None) -> None:
     """Count ``count`` cache events named like ``RedisCache.stats``'s fields (``hits``...).
 
-    Keyword arguments become metric attributes prefixed with ``agent_sessions.``; keep them to
+    Keyword arguments become metric attributes prefixed with ``agent_session_store.``; keep them to
     a few values (a namespace, a model name), never ids.
 
     Example::
@@ -139,5 +142,5 @@ def record_cache(event: str, *, count: int = 1, **attributes: AttributeValue | N
     instruments = _instruments()
     if instruments is not None:
         instruments.cache_events.add(
-            count, {"agent_sessions.cache.event": event, **_attributes(attributes)}
+            count, {"agent_session_store.cache.event": event, **_attributes(attributes)}
         )

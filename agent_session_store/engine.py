@@ -16,13 +16,13 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolProx
 DEFAULT_URL = "sqlite+aiosqlite:///agent_sessions.db"
 # A PostgreSQL connection idle for longer than this is pinged before it is handed out.
 IDLE_PING_AFTER = 5.0
-_IDLE_SINCE = "agent_sessions.idle_since"
+_IDLE_SINCE = "agent_session_store.idle_since"
 
 # The engine execution option that tells the repository its engine reaches PostgreSQL through
 # a transaction-pooling proxy (PgBouncer ``pool_mode = transaction`` and the like). Set by
 # ``create_engine(..., transaction_pooling=True)``; a host's own engine sets it with
 # ``execution_options={TRANSACTION_POOLING: True}`` (see docs/embedding.md).
-TRANSACTION_POOLING = "agent_sessions_transaction_pooling"
+TRANSACTION_POOLING = "agent_session_store_transaction_pooling"
 # The URL query parameter that turns it on, for URLs handed over in configuration (the CLI,
 # ``migrations.upgrade(url)``); it is removed before the URL reaches the driver.
 _URL_FLAG = "transaction_pooling"
@@ -144,7 +144,7 @@ def _is_sqlite_file(url: str) -> bool:
 def create_engine(
     url: str = DEFAULT_URL, *, transaction_pooling: bool = False, **kwargs: Any
 ) -> AsyncEngine:
-    """Create an ``AsyncEngine`` with settings suited to agent_sessions.
+    """Create an ``AsyncEngine`` with settings suited to agent_session_store.
 
     PostgreSQL (``postgresql+asyncpg://``): connections idle for more than a few seconds are
     pinged before use, so the pool recovers on its own after a server restart (pass

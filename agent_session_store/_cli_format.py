@@ -1,4 +1,4 @@
-"""Helpers of the ``agent-sessions`` command: durations, text tables, JSON, a progress spinner."""
+"""Helpers of the ``agent-session-store`` command: durations, text tables, JSON, a spinner."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TextIO, TypeVar
 
-from agent_sessions.models import AgentSession, SessionCheckpoint, SessionStats
+from agent_session_store.models import AgentSession, SessionCheckpoint, SessionStats
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""agent_sessions: the session store for AI-agent platforms.
+"""agent_session_store: the session store for AI-agent platforms.
 
 Declarative SQLAlchemy 2 tables and an async repository, a schema owned by Alembic, and a Redis
 read-through cache. This module is the public door: everything a user needs is importable here.
@@ -6,10 +6,10 @@ read-through cache. This module is the public door: everything a user needs is i
 
 from __future__ import annotations
 
-from agent_sessions import migrations
-from agent_sessions.engine import create_engine
-from agent_sessions.errors import (
-    AgentSessionsError,
+from agent_session_store import migrations
+from agent_session_store.engine import create_engine
+from agent_session_store.errors import (
+    AgentSessionStoreError,
     ConcurrentUpdateError,
     InvalidStateTransitionError,
     SchemaOutOfDateError,
@@ -19,21 +19,21 @@ from agent_sessions.errors import (
     StorageError,
     StorageTimeoutError,
 )
-from agent_sessions.models import (
+from agent_session_store.models import (
     AgentSession,
     SessionCheckpoint,
     SessionPage,
     SessionState,
     SessionStats,
 )
-from agent_sessions.readthrough import ModelCache, read_through
-from agent_sessions.redis_cache import CacheStats, RedisCache
-from agent_sessions.repository import SessionRepository
-from agent_sessions.tables import metadata
+from agent_session_store.readthrough import ModelCache, read_through
+from agent_session_store.redis_cache import CacheStats, RedisCache
+from agent_session_store.repository import SessionRepository
+from agent_session_store.tables import metadata
 
 __all__ = [
     "AgentSession",
-    "AgentSessionsError",
+    "AgentSessionStoreError",
     "CacheStats",
     "ConcurrentUpdateError",
     "InvalidStateTransitionError",

@@ -1,8 +1,8 @@
-"""The exceptions raised by agent_sessions.
+"""The exceptions raised by agent_session_store.
 
 Every exception the library raises on purpose derives from one root::
 
-    AgentSessionsError
+    AgentSessionStoreError
     ├── SessionNotFoundError          the session does not exist (or is not yours, or is deleted)
     ├── SessionExistsError            a live session already has this key
     ├── ConcurrentUpdateError         someone else changed the session since you read it
@@ -18,11 +18,11 @@ Programming errors (``TypeError``, ``AttributeError``, ...) are never wrapped.
 from __future__ import annotations
 
 
-class AgentSessionsError(Exception):
-    """Root of every error agent_sessions raises on purpose."""
+class AgentSessionStoreError(Exception):
+    """Root of every error agent_session_store raises on purpose."""
 
 
-class SessionNotFoundError(AgentSessionsError, LookupError):
+class SessionNotFoundError(AgentSessionStoreError, LookupError):
     """The session does not exist, is soft-deleted, or belongs to another user."""
 
     def __init__(self, session_id: str) -> None:
@@ -33,7 +33,7 @@ class SessionNotFoundError(AgentSessionsError, LookupError):
         )
 
 
-class SessionExistsError(AgentSessionsError):
+class SessionExistsError(AgentSessionStoreError):
     """A live session of this agent type and user already has the key; nothing was written."""
 
     def __init__(self, agent_type: str, user_id: str, key: str) -> None:
@@ -47,7 +47,7 @@ class SessionExistsError(AgentSessionsError):
         )
 
 
-class ConcurrentUpdateError(AgentSessionsError):
+class ConcurrentUpdateError(AgentSessionStoreError):
     """The stored session changed since this copy was read; nothing was written."""
 
     def __init__(self, session_id: str, expected_version: int, actual_version: int) -> None:
@@ -61,7 +61,7 @@ class ConcurrentUpdateError(AgentSessionsError):
         )
 
 
-class InvalidStateTransitionError(AgentSessionsError):
+class InvalidStateTransitionError(AgentSessionStoreError):
     """The requested state change is not allowed from the current state."""
 
     def __init__(self, session_id: str, current: str, target: str) -> None:
@@ -74,15 +74,15 @@ class InvalidStateTransitionError(AgentSessionsError):
         )
 
 
-class SessionValidationError(AgentSessionsError, ValueError):
+class SessionValidationError(AgentSessionStoreError, ValueError):
     """Input was rejected before anything was written."""
 
 
-class SchemaOutOfDateError(AgentSessionsError):
+class SchemaOutOfDateError(AgentSessionStoreError):
     """The database schema is not at the revision this library needs."""
 
 
-class StorageError(AgentSessionsError):
+class StorageError(AgentSessionStoreError):
     """The database failed to carry out the operation.
 
     The operation's transaction was rolled back, except when the connection was lost during the

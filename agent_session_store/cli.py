@@ -1,10 +1,10 @@
-"""The ``agent-sessions`` command: migrate, inspect and clean up an agent_sessions database.
+"""The ``agent-session-store`` command: migrate, inspect and clean up a session store database.
 
 Example::
 
-    agent-sessions db upgrade --url postgresql+asyncpg://app@db/app
-    agent-sessions sessions list --state active --limit 20
-    agent-sessions cleanup --older-than 48h --dry-run
+    agent-session-store db upgrade --url postgresql+asyncpg://app@db/app
+    agent-session-store sessions list --state active --limit 20
+    agent-session-store cleanup --older-than 48h --dry-run
 
 See docs/cli.md for every command. ``main()`` returns the exit code (listed in ``--help``).
 """
@@ -24,10 +24,10 @@ from typing import Any
 from alembic.util import CommandError
 from sqlalchemy import exc as sa_exc
 
-from agent_sessions import _cli_format as fmt
-from agent_sessions import legacy
-from agent_sessions._arguments import MAX_BATCH_SIZE, MAX_PAGE_SIZE
-from agent_sessions._cli_commands import (
+from agent_session_store import _cli_format as fmt
+from agent_session_store import legacy
+from agent_session_store._arguments import MAX_BATCH_SIZE, MAX_PAGE_SIZE
+from agent_session_store._cli_commands import (
     cleanup,
     db_check,
     db_current,
@@ -43,7 +43,7 @@ from agent_sessions._cli_commands import (
     sessions_show,
     stats,
 )
-from agent_sessions._cli_context import (
+from agent_session_store._cli_context import (
     DEFAULT_REDIS_NAMESPACE,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -58,15 +58,15 @@ from agent_sessions._cli_context import (
     CliError,
     Context,
 )
-from agent_sessions._errors import describe
-from agent_sessions.engine import DEFAULT_URL
-from agent_sessions.errors import (
-    AgentSessionsError,
+from agent_session_store._errors import describe
+from agent_session_store.engine import DEFAULT_URL
+from agent_session_store.errors import (
+    AgentSessionStoreError,
     SchemaOutOfDateError,
     SessionNotFoundError,
     SessionValidationError,
 )
-from agent_sessions.models import SessionState
+from agent_session_store.models import SessionState
 
 __all__ = [
     "EXIT_ERROR",
@@ -95,7 +95,7 @@ exit codes:
        given could not be used (cleanup, stats: after printing what was done)
   2    usage error: bad arguments, unparseable URL or unsupported driver
   3    the database schema is not at this version's revision
-       (run `agent-sessions db upgrade`), or a newer release migrated it
+       (run `agent-session-store db upgrade`), or a newer release migrated it
   4    the session asked for does not exist
   130  interrupted (Ctrl-C); cleanup says how many sessions it had failed
   141  stdout was closed early (e.g. `| head`); nothing more is printed
@@ -143,12 +143,12 @@ def _common() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``agent-sessions`` (every level has ``--help``)."""
+    """The argument parser of ``agent-session-store`` (every level has ``--help``)."""
     common = _common()
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="agent-sessions",
-        description="Migrate, inspect and clean up an agent_sessions database.",
+        prog="agent-session-store",
+        description="Migrate, inspect and clean up an agent_session_store database.",
         epilog=EPILOG,
         formatter_class=formatter,
         parents=[common],
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     db = commands.add_parser(
-        "db", help="schema migrations", description="Manage agent_sessions' schema (Alembic)."
+        "db", help="schema migrations", description="Manage agent_session_store's schema (Alembic)."
     )
     db_commands = db.add_subparsers(title="commands", metavar="COMMAND", required=True)
     sub = add(db_commands, "upgrade", db_upgrade, "upgrade the schema (default: to head)")
@@ -257,7 +257,7 @@ def _configure_logging(verbosity: int) -> None:
         return
     logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     level = logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.getLogger("agent_sessions").setLevel(level)
+    logging.getLogger("agent_session_store").setLevel(level)
     logging.getLogger("alembic").setLevel(logging.INFO)
     if verbosity > 1:
         logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)
@@ -285,7 +285,7 @@ def _explain(ctx: Context, exc: BaseException) -> tuple[int, str]:
         known = ", ".join([*sorted(known_revisions()), "head", "base"])
         return EXIT_USAGE, f"{exc}; known revisions: {known}"
     shown = _shown_url(ctx)
-    if isinstance(exc, AgentSessionsError):  # StorageError and kin: the database failed
+    if isinstance(exc, AgentSessionStoreError):  # StorageError and kin: the database failed
         return EXIT_ERROR, f"{exc} (database: {shown})"
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"
@@ -315,13 +315,13 @@ def _stdout_closed() -> int:
 
 
 _EXPECTED = (
-    CliError, AgentSessionsError, CommandError, sa_exc.DBAPIError, OSError, TimeoutError,
+    CliError, AgentSessionStoreError, CommandError, sa_exc.DBAPIError, OSError, TimeoutError,
     KeyboardInterrupt,
 )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``agent-sessions`` with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+    """Run ``agent-session-store`` with ``argv`` (default ``sys.argv[1:]``); return the exit code.
 
     Example::
 
@@ -343,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _stdout_closed()
     if message is not None:
-        print(f"agent-sessions: error: {message}", file=sys.stderr)
+        print(f"agent-session-store: error: {message}", file=sys.stderr)
     return code
 
 

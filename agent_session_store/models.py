@@ -9,8 +9,8 @@ from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from agent_sessions._validation import check_json_object, check_text
-from agent_sessions.errors import InvalidStateTransitionError, SessionValidationError
+from agent_session_store._validation import check_json_object, check_text
+from agent_session_store.errors import InvalidStateTransitionError, SessionValidationError
 
 
 class SessionState(enum.StrEnum):

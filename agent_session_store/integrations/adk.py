@@ -1,16 +1,16 @@
-"""A Google ADK session service on agent_sessions: ``AgentSessionsService``.
+"""A Google ADK session service on agent_session_store: ``SessionStoreService``.
 
-Install with ``pip install agent-sessions[adk]``, then swap one constructor::
+Install with ``pip install agent-session-store[adk]``, then swap one constructor::
 
-    from agent_sessions.integrations.adk import AgentSessionsService
+    from agent_session_store.integrations.adk import SessionStoreService
 
-    session_service = AgentSessionsService.from_url("postgresql+asyncpg://app@db/app")
+    session_service = SessionStoreService.from_url("postgresql+asyncpg://app@db/app")
     runner = Runner(agent=agent, app_name="support", session_service=session_service)
 
 How ADK's model maps onto the repository's:
 
 ================  ======================================================================
-ADK               agent_sessions
+ADK               agent_session_store
 ================  ======================================================================
 app name          ``agent_type``
 user id           ``user_id``
@@ -42,7 +42,7 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from agent_sessions import (
+from agent_session_store import (
     AgentSession,
     ConcurrentUpdateError,
     RedisCache,
@@ -71,10 +71,11 @@ try:
     from pydantic_core import to_jsonable_python
 except ImportError as exc:  # pragma: no cover - the extra is part of the dev install
     raise ImportError(
-        "agent_sessions.integrations.adk needs Google ADK: pip install 'agent-sessions[adk]'"
+        "agent_session_store.integrations.adk needs Google ADK: "
+        "pip install 'agent-session-store[adk]'"
     ) from exc
 
-__all__ = ["AgentSessionsService"]
+__all__ = ["SessionStoreService"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ _PAGE = 1000  # the repository's largest page
 _STATE_READS = 8  # shared-state reads in flight at once when listing many users' sessions
 
 
-class AgentSessionsService(BaseSessionService):
+class SessionStoreService(BaseSessionService):
     """An ADK ``BaseSessionService`` storing sessions through a ``SessionRepository``.
 
     Args:
@@ -100,7 +101,7 @@ class AgentSessionsService(BaseSessionService):
     Example::
 
         repo = SessionRepository(async_sessionmaker(engine, expire_on_commit=False))
-        service = AgentSessionsService(repo)
+        service = SessionStoreService(repo)
         session = await service.create_session(app_name="support", user_id="alice")
     """
 
@@ -119,11 +120,11 @@ class AgentSessionsService(BaseSessionService):
     @classmethod
     def from_url(
         cls, db_url: str, *, redis_url: str | None = None, namespace: str = "adk-sessions"
-    ) -> AgentSessionsService:
+    ) -> SessionStoreService:
         """A service that owns its engine (and Redis client); close it with :meth:`aclose`.
 
         The schema comes from the library's migrations, run by your deploy
-        (``agent-sessions db upgrade --url ...``): the first call raises
+        (``agent-session-store db upgrade --url ...``): the first call raises
         ``SchemaOutOfDateError`` naming that command when the database is behind. Nothing is
         created at run time.
 
@@ -134,7 +135,7 @@ class AgentSessionsService(BaseSessionService):
 
         Example::
 
-            async with AgentSessionsService.from_url("sqlite+aiosqlite:///s.db") as service:
+            async with SessionStoreService.from_url("sqlite+aiosqlite:///s.db") as service:
                 runner = Runner(agent=agent, app_name="app", session_service=service)
         """
         engine = create_engine(db_url)
@@ -162,7 +163,7 @@ class AgentSessionsService(BaseSessionService):
         """The same as :meth:`aclose` (the name ``DatabaseSessionService`` uses)."""
         await self.aclose()
 
-    async def __aenter__(self) -> AgentSessionsService:
+    async def __aenter__(self) -> SessionStoreService:
         return self
 
     async def __aexit__(

@@ -6,8 +6,8 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from agent_sessions._validation import check_text
-from agent_sessions.errors import SessionValidationError
+from agent_session_store._validation import check_text
+from agent_session_store.errors import SessionValidationError
 
 MAX_PAGE_SIZE = 1000
 MAX_BATCH_SIZE = 50_000

@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from sqlalchemy import CursorResult, and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from agent_sessions import _cursor
-from agent_sessions import _statements as sql
-from agent_sessions._arguments import (
+from agent_session_store import _cursor
+from agent_session_store import _statements as sql
+from agent_session_store._arguments import (
     MAX_BATCH_SIZE,
     MAX_INT,
     MAX_PAGE_SIZE,
@@ -35,10 +35,10 @@ from agent_sessions._arguments import (
     checked_now,
     parse_id,
 )
-from agent_sessions._calls import Call, Database
-from agent_sessions._dialects import Dialect, Shape
-from agent_sessions._errors import INTEGRITY_ERRORS
-from agent_sessions._rows import (
+from agent_session_store._calls import Call, Database
+from agent_session_store._dialects import Dialect, Shape
+from agent_session_store._errors import INTEGRITY_ERRORS
+from agent_session_store._rows import (
     CHECKPOINT_COLUMNS,
     C,
     S,
@@ -47,20 +47,20 @@ from agent_sessions._rows import (
     checkpoints_from_json,
     session_from_row,
 )
-from agent_sessions._validation import (
+from agent_session_store._validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     check_json_object,
     check_payload_size,
     check_text,
 )
-from agent_sessions.errors import (
+from agent_session_store.errors import (
     ConcurrentUpdateError,
     InvalidStateTransitionError,
     SessionExistsError,
     SessionNotFoundError,
     SessionValidationError,
 )
-from agent_sessions.models import (
+from agent_session_store.models import (
     AgentSession,
     SessionCheckpoint,
     SessionPage,
@@ -70,8 +70,8 @@ from agent_sessions.models import (
     utcnow,
     validation_error,
 )
-from agent_sessions.readthrough import ModelCache, read_through
-from agent_sessions.tables import checkpoints_table, sessions_table
+from agent_session_store.readthrough import ModelCache, read_through
+from agent_session_store.tables import checkpoints_table, sessions_table
 
 __all__ = ["SessionRepository"]
 

@@ -1,8 +1,8 @@
-"""The commands of ``agent-sessions``: each takes its :class:`~agent_sessions._cli_context.Context`
-and returns an exit code.
+"""The commands of ``agent-session-store``: each takes its
+:class:`~agent_session_store._cli_context.Context` and returns an exit code.
 
-The parser and the entry point are in :mod:`agent_sessions.cli`; text and JSON rendering in
-:mod:`agent_sessions._cli_format`.
+The parser and the entry point are in :mod:`agent_session_store.cli`; text and JSON rendering in
+:mod:`agent_session_store._cli_format`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from agent_sessions import _cli_context, _cli_redis, legacy, migrations
-from agent_sessions import _cli_format as fmt
-from agent_sessions._arguments import parse_id
-from agent_sessions._cli_context import (
+from agent_session_store import _cli_context, _cli_redis, legacy, migrations
+from agent_session_store import _cli_format as fmt
+from agent_session_store._arguments import parse_id
+from agent_session_store._cli_context import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,
@@ -33,17 +33,17 @@ from agent_sessions._cli_context import (
     CliError,
     Context,
 )
-from agent_sessions._errors import storage_errors
-from agent_sessions.errors import SessionNotFoundError, StorageError
-from agent_sessions.models import SessionState
-from agent_sessions.tables import sessions_table
+from agent_session_store._errors import storage_errors
+from agent_session_store.errors import SessionNotFoundError, StorageError
+from agent_session_store.models import SessionState
+from agent_session_store.tables import sessions_table
 
 # -- db ---------------------------------------------------------------------------------------
 
 
 def library_version() -> str:
-    """The installed agent_sessions version."""
-    from agent_sessions import __version__
+    """The installed agent_session_store version."""
+    from agent_session_store import __version__
 
     return __version__
 
@@ -56,7 +56,7 @@ def known_revisions() -> set[str]:
 
 def _describe(revision: str | None, head: str) -> str:
     if revision is None:
-        return "none (no agent_sessions schema)"
+        return "none (no agent_session_store schema)"
     if revision == head:
         return f"{revision} (head)"
     if revision in known_revisions():
@@ -71,7 +71,7 @@ async def _connect(ctx: Context, command: str) -> AsyncEngine:
     operator typed.
     """
     engine = ctx.engine(allow_missing_file=True)
-    with storage_errors(f"agent-sessions {command}"):
+    with storage_errors(f"agent-session-store {command}"):
         async with engine.connect():
             pass
     return engine
@@ -82,9 +82,9 @@ def _refuse_unknown(revision: str | None) -> None:
     unknown = [rev for rev in (revision or "").split(", ") if rev and rev not in known_revisions()]
     if unknown:
         raise CliError(
-            f"the database is at revision {', '.join(unknown)}, which agent_sessions "
+            f"the database is at revision {', '.join(unknown)}, which agent_session_store "
             f"{library_version()} does not know (a newer release migrated it): upgrade the "
-            "agent-sessions package",
+            "agent-session-store package",
             EXIT_SCHEMA,
         )
 
@@ -105,7 +105,7 @@ async def db_upgrade(ctx: Context) -> int:
 async def db_downgrade(ctx: Context) -> int:
     if ctx.args.revision == "base" and not ctx.args.yes:
         raise CliError(
-            "downgrading to base drops agent_sessions' tables and every session in them; "
+            "downgrading to base drops agent_session_store's tables and every session in them; "
             "add --yes to confirm",
             EXIT_USAGE,
         )
@@ -138,16 +138,16 @@ async def db_check(ctx: Context) -> int:
         ctx.print(f"up to date: {_describe(revision, head)}")
         return EXIT_OK
     _refuse_unknown(revision)
-    found = f"is at revision {revision}" if revision else "has no agent_sessions schema"
+    found = f"is at revision {revision}" if revision else "has no agent_session_store schema"
     raise CliError(
-        f"the database {found}, but agent_sessions {library_version()} needs {head}: "
+        f"the database {found}, but agent_session_store {library_version()} needs {head}: "
         f"run {_upgrade_command(ctx)}",
         EXIT_SCHEMA,
     )
 
 
 def _upgrade_command(ctx: Context) -> str:
-    command = f"`agent-sessions db upgrade --url {ctx.shown_url}`"
+    command = f"`agent-session-store db upgrade --url {ctx.shown_url}`"
     if ctx.url.password is not None:
         command += " with the real password in place of ***"
     return command
@@ -156,7 +156,7 @@ def _upgrade_command(ctx: Context) -> str:
 async def db_sql(ctx: Context) -> int:
     start = ctx.args.start
     span = f"{start}:{ctx.args.revision}" if start else f"empty to {ctx.args.revision}"
-    ctx.print(f"-- agent_sessions {library_version()} migrations, {span}, for PostgreSQL")
+    ctx.print(f"-- agent_session_store {library_version()} migrations, {span}, for PostgreSQL")
     ctx.print(migrations.offline_sql("postgresql+asyncpg://", ctx.args.revision, start=start))
     return EXIT_OK
 
@@ -167,7 +167,7 @@ async def db_sql(ctx: Context) -> int:
 def _not_found(session_id: str) -> str:
     return (
         f"session {session_id!r} not found (unknown, malformed or deleted); "
-        "list sessions with `agent-sessions sessions list`"
+        "list sessions with `agent-session-store sessions list`"
     )
 
 

@@ -14,7 +14,7 @@ from asyncpg.exceptions import (
 )
 from sqlalchemy import exc as sa_exc
 
-from agent_sessions.errors import StorageError, StorageTimeoutError
+from agent_session_store.errors import StorageError, StorageTimeoutError
 
 # What PgBouncer says, closing the connection, to a client that waited longer than its
 # query_wait_timeout for a server connection.

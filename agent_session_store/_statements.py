@@ -31,8 +31,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from agent_sessions._rows import CHECKPOINT_COLUMNS, SESSION_COLUMNS, C, S
-from agent_sessions.tables import (
+from agent_session_store._rows import CHECKPOINT_COLUMNS, SESSION_COLUMNS, C, S
+from agent_session_store.tables import (
     JsonType,
     UtcDateTime,
     checkpoints_table,

@@ -1,8 +1,8 @@
-"""The Redis side of ``agent-sessions``: the cache its writes invalidate, and what ``stats`` shows.
+"""The Redis side of ``agent-session-store``: the cache its writes invalidate, what ``stats`` shows.
 
 A ``RedisCache`` counts hits and misses per process (``cache.stats``), so this command, a
 process of its own, cannot show an application's hit rate; that comes from the applications
-(``RedisCache.stats`` or the ``agent_sessions.cache.events`` metric). What it can show is
+(``RedisCache.stats`` or the ``agent_session_store.cache.events`` metric). What it can show is
 whether Redis answers, how fast, and the server's own counters.
 """
 
@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from agent_sessions.redis_cache import RedisCache
+from agent_session_store.redis_cache import RedisCache
 
 TIMEOUT = timedelta(seconds=2)
 
@@ -80,6 +80,6 @@ def report_rows(data: dict[str, Any]) -> list[tuple[str, object]]:
          + (f" (hit ratio {ratio:.1%})" if ratio is not None else "")
          + ", for every key of this Redis"),
         ("  server memory", server["used_memory_human"]),
-        ("  per application", "RedisCache.stats, or the agent_sessions.cache.events metric"),
+        ("  per application", "RedisCache.stats, or the agent_session_store.cache.events metric"),
     ]  # fmt: skip
     return rows

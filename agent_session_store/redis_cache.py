@@ -24,9 +24,9 @@ from redis.asyncio import Redis, RedisCluster
 from redis.client import NEVER_DECODE
 from redis.exceptions import RedisClusterException, RedisError
 
-from agent_sessions import telemetry
-from agent_sessions._circuit import CircuitBreaker, Permit, State
-from agent_sessions._settle import run_to_end
+from agent_session_store import telemetry
+from agent_session_store._circuit import CircuitBreaker, Permit, State
+from agent_session_store._settle import run_to_end
 
 __all__ = ["CacheStats", "RedisCache"]
 

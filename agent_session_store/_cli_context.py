@@ -1,8 +1,9 @@
-"""What every command of ``agent-sessions`` works with: the parsed arguments, the database engine,
-Redis client and cache it opens (and closes at the end), its exit codes and expected failures.
+"""What every command of ``agent-session-store`` works with: the parsed arguments, the database
+engine, Redis client and cache it opens (and closes at the end), its exit codes and expected
+failures.
 
-The commands are in :mod:`agent_sessions._cli_commands`, the parser and entry point in
-:mod:`agent_sessions.cli`.
+The commands are in :mod:`agent_session_store._cli_commands`, the parser and entry point in
+:mod:`agent_session_store.cli`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from agent_sessions import _cli_redis
-from agent_sessions._errors import describe
-from agent_sessions.engine import DEFAULT_URL, create_engine
-from agent_sessions.redis_cache import RedisCache
-from agent_sessions.repository import SessionRepository
+from agent_session_store import _cli_redis
+from agent_session_store._errors import describe
+from agent_session_store.engine import DEFAULT_URL, create_engine
+from agent_session_store.redis_cache import RedisCache
+from agent_session_store.repository import SessionRepository
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -35,9 +36,9 @@ EXIT_NOT_FOUND = 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped with Ctrl-C
 EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: stdout closed early (`| head`), as for other Unix tools
 
-URL_ENV = "AGENT_SESSIONS_DATABASE_URL"
-REDIS_URL_ENV = "AGENT_SESSIONS_REDIS_URL"
-REDIS_NAMESPACE_ENV = "AGENT_SESSIONS_REDIS_NAMESPACE"
+URL_ENV = "AGENT_SESSION_STORE_DATABASE_URL"
+REDIS_URL_ENV = "AGENT_SESSION_STORE_REDIS_URL"
+REDIS_NAMESPACE_ENV = "AGENT_SESSION_STORE_REDIS_NAMESPACE"
 DEFAULT_REDIS_NAMESPACE = "agent_sessions"  # RedisCache's default
 CONNECT_TIMEOUT = 10.0  # seconds; asyncpg would otherwise wait a minute for a dead host
 
@@ -70,7 +71,7 @@ class Context:
         except sa_exc.ArgumentError:
             # Not echoed: the string may hold a password.
             raise CliError(
-                "cannot parse the database URL (from --url or $AGENT_SESSIONS_DATABASE_URL); "
+                "cannot parse the database URL (from --url or $AGENT_SESSION_STORE_DATABASE_URL); "
                 "expected e.g. postgresql+asyncpg://user:password@host:5432/db or "
                 "sqlite+aiosqlite:///path/to/sessions.db",
                 EXIT_USAGE,
@@ -111,7 +112,7 @@ class Context:
             # Opening it would create an empty file; say what to do instead.
             raise CliError(
                 f"there is no SQLite database at {missing}: create it with "
-                f"`agent-sessions db upgrade --url {self.shown_url}`",
+                f"`agent-session-store db upgrade --url {self.shown_url}`",
                 EXIT_SCHEMA,
             )
         return self._engine
@@ -121,7 +122,7 @@ class Context:
         if url.get_backend_name() not in ("postgresql", "sqlite"):
             raise CliError(
                 f"unsupported database {url.get_backend_name()!r} in {self.shown_url}: "
-                "agent_sessions runs on PostgreSQL (postgresql+asyncpg://...) and SQLite "
+                "agent_session_store runs on PostgreSQL (postgresql+asyncpg://...) and SQLite "
                 "(sqlite+aiosqlite:///...)",
                 EXIT_USAGE,
             )

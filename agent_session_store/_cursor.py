@@ -14,7 +14,7 @@ import json
 import uuid
 from datetime import UTC, datetime
 
-from agent_sessions.errors import SessionValidationError
+from agent_session_store.errors import SessionValidationError
 
 Filters = tuple[str | None, str | None, str | None]
 # A real cursor is about 130 characters; anything much longer is not one of ours, and must not

@@ -1,4 +1,4 @@
-"""Import the sessions of a hand-written session manager's table into agent_sessions' tables.
+"""Import the sessions of a hand-written session manager's table into agent_session_store's tables.
 
 The old table (``agent_sessions`` by default) has one row per session: ``id``, ``agent_type``,
 ``user_id``, ``state``, ``context`` (JSON), ``checkpoints`` (a JSON array of
@@ -53,13 +53,13 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from agent_sessions import migrations
-from agent_sessions._errors import storage_errors
-from agent_sessions._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size
-from agent_sessions.engine import create_engine
-from agent_sessions.errors import SessionValidationError, StorageError
-from agent_sessions.models import AgentSession, SessionState
-from agent_sessions.tables import checkpoints_table, sessions_table
+from agent_session_store import migrations
+from agent_session_store._errors import storage_errors
+from agent_session_store._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size
+from agent_session_store.engine import create_engine
+from agent_session_store.errors import SessionValidationError, StorageError
+from agent_session_store.models import AgentSession, SessionState
+from agent_session_store.tables import checkpoints_table, sessions_table
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -151,7 +151,7 @@ async def import_legacy(
         The counts: imported, skipped as present, rejected (with ids and reasons).
 
     Raises:
-        SchemaOutOfDateError: ``target`` is not migrated (run ``agent-sessions db upgrade``).
+        SchemaOutOfDateError: ``target`` is not migrated (run ``agent-session-store db upgrade``).
         SessionValidationError: ``batch_size`` out of range, or no such table (or no ``id`` or
             ``agent_type`` column) at ``source``.
         StorageError: either database failed; the batches before committed, so run it again.

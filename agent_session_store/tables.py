@@ -55,7 +55,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError("naive datetime given; agent_sessions stores UTC-aware datetimes")
+            raise ValueError("naive datetime given; agent_session_store stores UTC-aware datetimes")
         return value.astimezone(UTC)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:

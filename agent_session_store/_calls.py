@@ -1,7 +1,7 @@
 """How a repository call gets its connection, runs its statements and settles, even when cancelled.
 
 :class:`Database` is the repository's way to its database: the engine, learned once from the
-session factory together with the :class:`~agent_sessions._dialects.Dialect` (no round trip:
+session factory together with the :class:`~agent_session_store._dialects.Dialect` (no round trip:
 the engine object knows it), the schema check of the first call, and SQLite's writer queue.
 Its :meth:`Database.call` opens what one call runs in:
 
@@ -39,22 +39,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
-from agent_sessions import _invalidation, telemetry
-from agent_sessions._dialects import Dialect, Shape, for_name
-from agent_sessions._driver import Prepared
-from agent_sessions._errors import storage_errors
-from agent_sessions._settle import run_to_end
-from agent_sessions.engine import behind_transaction_pooler
-from agent_sessions.errors import (
+from agent_session_store import _invalidation, telemetry
+from agent_session_store._dialects import Dialect, Shape, for_name
+from agent_session_store._driver import Prepared
+from agent_session_store._errors import storage_errors
+from agent_session_store._settle import run_to_end
+from agent_session_store.engine import behind_transaction_pooler
+from agent_session_store.errors import (
     ConcurrentUpdateError,
     InvalidStateTransitionError,
     SessionExistsError,
     SessionNotFoundError,
     SessionValidationError,
 )
-from agent_sessions.migrations import SchemaGate
-from agent_sessions.readthrough import ModelCache
-from agent_sessions.tables import sessions_table
+from agent_session_store.migrations import SchemaGate
+from agent_session_store.readthrough import ModelCache
+from agent_session_store.tables import sessions_table
 
 logger = logging.getLogger(__name__)
 

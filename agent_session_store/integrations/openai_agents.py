@@ -1,10 +1,10 @@
-"""The OpenAI Agents SDK's ``Session`` protocol, stored by agent_sessions.
+"""The OpenAI Agents SDK's ``Session`` protocol, stored by agent_session_store.
 
-Install with ``pip install 'agent-sessions[openai-agents]'``, then swap the SDK's store for
-:class:`AgentSessionsSession`; the agent code does not change::
+Install with ``pip install 'agent-session-store[openai-agents]'``, then swap the SDK's store for
+:class:`SessionStoreSession`; the agent code does not change::
 
     repo = SessionRepository(async_sessionmaker(engine, expire_on_commit=False))
-    session = AgentSessionsSession("chat-42", repo)      # was: SQLAlchemySession(...)
+    session = SessionStoreSession("chat-42", repo)      # was: SQLAlchemySession(...)
     result = await Runner.run(agent, "Hello", session=session)
 
 How the SDK's conversation maps onto the library:
@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
-from agent_sessions import (
+from agent_session_store import (
     AgentSession,
     SessionCheckpoint,
     SessionExistsError,
@@ -47,11 +47,11 @@ try:
     from agents.memory.session_settings import coerce_session_settings, resolve_session_limit
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "agent_sessions.integrations.openai_agents needs the OpenAI Agents SDK: "
-        "pip install 'agent-sessions[openai-agents]'"
+        "agent_session_store.integrations.openai_agents needs the OpenAI Agents SDK: "
+        "pip install 'agent-session-store[openai-agents]'"
     ) from exc
 
-__all__ = ["ITEM", "AgentSessionsSession"]
+__all__ = ["ITEM", "SessionStoreSession"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class _KnownIds:
 _known = _KnownIds(10_000)
 
 
-class AgentSessionsSession:
+class SessionStoreSession:
     """A conversation of the OpenAI Agents SDK stored in a :class:`SessionRepository`.
 
     Implements ``agents.memory.Session``: pass it as ``session=`` to ``Runner.run``,
@@ -126,7 +126,7 @@ class AgentSessionsSession:
 
     Example::
 
-        session = AgentSessionsSession("chat-42", repo, user_id="alice")
+        session = SessionStoreSession("chat-42", repo, user_id="alice")
         await Runner.run(agent, "What did I ask yesterday?", session=session)
     """
 

@@ -1,8 +1,8 @@
-"""Run agent_sessions' Alembic migrations from code, inside a running event loop.
+"""Run agent_session_store's Alembic migrations from code, inside a running event loop.
 
 Example::
 
-    from agent_sessions import migrations
+    from agent_session_store import migrations
 
     await migrations.upgrade("postgresql+asyncpg://app@db/app")
     await migrations.check(engine)  # raises SchemaOutOfDateError when behind
@@ -27,10 +27,10 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from agent_sessions._errors import storage_errors
-from agent_sessions.engine import create_engine
-from agent_sessions.errors import SchemaOutOfDateError
-from agent_sessions.tables import VERSION_TABLE
+from agent_session_store._errors import storage_errors
+from agent_session_store.engine import create_engine
+from agent_session_store.errors import SchemaOutOfDateError
+from agent_session_store.tables import VERSION_TABLE
 
 __all__ = [
     "alembic_ini",
@@ -53,8 +53,8 @@ def script_location() -> Path:
         if (candidate / "env.py").is_file():
             return candidate
     raise RuntimeError(
-        f"agent_sessions' migration scripts are missing (looked in {here / '_alembic'} and "
-        f"{here.parent / 'alembic'}); reinstall the agent-sessions package"
+        f"agent_session_store's migration scripts are missing (looked in {here / '_alembic'} and "
+        f"{here.parent / 'alembic'}); reinstall the agent-session-store package"
     )
 
 
@@ -63,8 +63,8 @@ def alembic_ini() -> Path:
 
     Example::
 
-        alembic -c "$(python -c 'import agent_sessions.migrations as m; print(m.alembic_ini())')" \\
-            -x url=postgresql+asyncpg://app@db/app upgrade head
+        INI=$(python -c 'import agent_session_store.migrations as m; print(m.alembic_ini())')
+        alembic -c "$INI" -x url=postgresql+asyncpg://app@db/app upgrade head
     """
     return script_location() / "alembic.ini"
 
@@ -73,8 +73,8 @@ def upgrade_commands(url: URL) -> str:
     """The commands that bring the database at ``url`` to head, its password shown as ``***``."""
     shown = url.render_as_string(hide_password=True)
     text = (
-        f"`agent-sessions db upgrade --url {shown}` (or `alembic -c {alembic_ini()} "
-        f"-x url={shown} upgrade head`, or `await agent_sessions.migrations.upgrade(url)`)"
+        f"`agent-session-store db upgrade --url {shown}` (or `alembic -c {alembic_ini()} "
+        f"-x url={shown} upgrade head`, or `await agent_session_store.migrations.upgrade(url)`)"
     )
     if url.password is not None:
         text += ", with the real password in place of ***"
@@ -107,7 +107,7 @@ def head() -> str:
     """The revision this version of the library needs."""
     heads = _script_heads()
     if len(heads) != 1:
-        raise RuntimeError(f"agent_sessions' migrations have {len(heads)} heads: {heads}")
+        raise RuntimeError(f"agent_session_store's migrations have {len(heads)} heads: {heads}")
     return heads[0]
 
 
@@ -128,12 +128,12 @@ def check_connection(connection: Connection) -> None:
     if unknown:
         raise SchemaOutOfDateError(
             f"the database is at revision {', '.join(unknown)}, which this version of "
-            f"agent_sessions does not know (it needs {head()}): a newer release migrated it; "
-            "upgrade the agent-sessions package rather than the database"
+            f"agent_session_store does not know (it needs {head()}): a newer release migrated it; "
+            "upgrade the agent-session-store package rather than the database"
         )
-    at = ", ".join(found) if found else "no agent_sessions schema"
+    at = ", ".join(found) if found else "no agent_session_store schema"
     raise SchemaOutOfDateError(
-        f"the database has {at}, but agent_sessions needs revision {head()}: run "
+        f"the database has {at}, but agent_session_store needs revision {head()}: run "
         + upgrade_commands(connection.engine.url)
     )
 

@@ -29,13 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util import await_only
 
-from agent_sessions._settle import run_to_end
-from agent_sessions.readthrough import ModelCache
+from agent_session_store._settle import run_to_end
+from agent_session_store.readthrough import ModelCache
 
 logger = logging.getLogger(__name__)
 
-_PENDING = "agent_sessions.pending_invalidations"
-_COMMITTING = "agent_sessions.committing"
+_PENDING = "agent_session_store.pending_invalidations"
+_COMMITTING = "agent_session_store.committing"
 
 # (id(cache), model) -> (cache, model, keys)
 Pending = dict[tuple[int, type[BaseModel]], tuple[ModelCache, type[BaseModel], set[str]]]
