@@ -316,9 +316,9 @@ class SessionRepository:
     async def get_session_by_key(
         self,
         agent_type: str,
-        key: str,
-        *,
         user_id: str = "",
+        *,
+        key: str,
         recent_checkpoints: int | None = None,
     ) -> AgentSession | None:
         """The live session of ``agent_type`` and ``user_id`` created with ``key``, or ``None``.
@@ -328,7 +328,7 @@ class SessionRepository:
 
         Example::
 
-            session = await repo.get_session_by_key("planner", "chat-42", user_id="u1")
+            session = await repo.get_session_by_key("planner", "u1", key="chat-42")
             if session is None:
                 session = await repo.create_session("planner", "u1", key="chat-42")
 

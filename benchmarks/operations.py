@@ -149,7 +149,7 @@ async def _keyed_getter(repo: SessionRepository) -> Op:
     )
 
     async def get(item: int, worker: int) -> None:
-        _expect(await repo.get_session_by_key("bench", key, user_id="bench-user"))
+        _expect(await repo.get_session_by_key("bench", "bench-user", key=key))
 
     return get
 

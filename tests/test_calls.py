@@ -42,7 +42,7 @@ async def _every_hot_call(repo: SessionRepository) -> dict[str, Any]:
         "updated": [(u.version, u.state, u.context) for u in (paused, done)],
         "refused": refused,
         "got": await repo.get_session(made.session_id),
-        "by_key": await repo.get_session_by_key("planner", "k1", user_id="u1"),
+        "by_key": await repo.get_session_by_key("planner", "u1", key="k1"),
         "deleted": await repo.delete_session(made.session_id),
         "gone": await repo.get_session(made.session_id),
     }

@@ -371,7 +371,7 @@ async def _create_with_key(repo: SessionRepository, db: Backend, clock: FakeCloc
     async def check(outcome: Outcome) -> None:
         session_id = await locate()
         assert outcome.cancelled or session_id is not None
-        found = await repo.get_session_by_key("planner", key, user_id=user)
+        found = await repo.get_session_by_key("planner", user, key=key)
         assert (found is None) == (session_id is None)
         assert found is None or found.session_id == session_id
 

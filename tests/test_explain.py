@@ -121,7 +121,7 @@ async def _write_then_read(repo: SessionRepository, s: Seeded) -> object:
 async def _by_key(repo: SessionRepository, s: Seeded) -> object:
     await repo.create_session("agent-5", "user-5", key="chat-1")
     s.statements.clear()  # only the read's statement
-    return await repo.get_session_by_key("agent-5", "chat-1", user_id="user-5")
+    return await repo.get_session_by_key("agent-5", "user-5", key="chat-1")
 
 
 async def _rewind(repo: SessionRepository, s: Seeded) -> object:

@@ -352,7 +352,7 @@ NEW_PRIMITIVE_ROWS: list[Row] = [
     *(
         Row(
             f"get_session_by_key: key {label}",
-            lambda c, k=key: c.repo.get_session_by_key("planner", k),
+            lambda c, k=key: c.repo.get_session_by_key("planner", key=k),
         )
         for label, key in BAD_KEYS
     ),
@@ -370,23 +370,23 @@ NEW_PRIMITIVE_ROWS: list[Row] = [
     ),
     Row(
         "get_session_by_key: the victim's key, scoped to the attacker",
-        lambda c: c.repo.get_session_by_key("planner", VICTIM_KEY, user_id=ATTACKER + "-x"),
+        lambda c: c.repo.get_session_by_key("planner", ATTACKER + "-x", key=VICTIM_KEY),
         None,
         is_none,
     ),
     Row(
         "get_session_by_key: SQL text as key",
-        lambda c: c.repo.get_session_by_key("planner", SQL[1], user_id=VICTIM),
+        lambda c: c.repo.get_session_by_key("planner", VICTIM, key=SQL[1]),
         None,
         is_none,
     ),
     Row(
         "get_session_by_key: user_id None",
-        lambda c: c.repo.get_session_by_key("planner", VICTIM_KEY, user_id=None),  # type: ignore[arg-type]
+        lambda c: c.repo.get_session_by_key("planner", None, key=VICTIM_KEY),  # type: ignore[arg-type]
     ),
     Row(
         "get_session_by_key: NUL in agent_type",
-        lambda c: c.repo.get_session_by_key("plan\x00ner", VICTIM_KEY),
+        lambda c: c.repo.get_session_by_key("plan\x00ner", key=VICTIM_KEY),
     ),
     *(
         Row(f"get_session: recent_checkpoints={w!r}", on_mine("get_session", recent_checkpoints=w))

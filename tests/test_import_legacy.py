@@ -173,11 +173,11 @@ async def test_old_ids_that_are_not_uuids_become_keys(
     await import_legacy(source, target)
 
     repo = repository(target)
-    chat = await repo.get_session_by_key("research", "chat-7", user_id="bob")
+    chat = await repo.get_session_by_key("research", "bob", key="chat-7")
     assert chat is not None
     assert chat.session_id == str(session_id_for("chat-7")[0])
     assert (chat.key, chat.metadata) == ("chat-7", {"legacy_id": "chat-7"})
-    numbered = await repo.get_session_by_key("coder", "42", user_id="alice")
+    numbered = await repo.get_session_by_key("coder", "alice", key="42")
     assert numbered is not None and numbered.checkpoint_count == 2
 
 
@@ -217,7 +217,7 @@ async def test_missing_fields_are_defaulted_and_reported(
         ],
         "empty": ["checkpoints"],
     }
-    session = await repository(target).get_session_by_key("research", "sparse")
+    session = await repository(target).get_session_by_key("research", key="sparse")
     assert session is not None
     assert (session.user_id, session.state, session.context) == ("", SessionState.ACTIVE, {})
     # A missing time is the nearest one the row has, not the time of the import.

@@ -184,7 +184,7 @@ async def test_state_scopes(service: SessionStoreService) -> None:
     assert (await fetch(service, s1)).state == s1.state
 
     # stored as the mapping says: own keys in the context, the rest in shared state
-    stored = await service.repository.get_session_by_key(APP, "s1", user_id="u1")
+    stored = await service.repository.get_session_by_key(APP, "u1", key="s1")
     assert stored is not None and stored.context == {"sk": 2}
     assert await service.repository.get_shared_state(APP) == {"k1": "v1", "k2": "v2"}
     assert await service.get_user_state(app_name=APP, user_id="u1") == {"k1": "u", "k2": "w"}
@@ -278,7 +278,7 @@ async def test_events_are_checkpoints_at_the_event_time(service: SessionStoreSer
     session = await service.create_session(app_name=APP, user_id="u", session_id="s")
     event = said("hello", timestamp=1_700_000_000.25)
     await service.append_event(session, event)
-    stored = await service.repository.get_session_by_key(APP, "s", user_id="u")
+    stored = await service.repository.get_session_by_key(APP, "u", key="s")
     assert stored is not None
     checkpoint = stored.checkpoints[-1]
     assert checkpoint.name == EVENT_CHECKPOINT

@@ -148,7 +148,7 @@ async def test_pop_item_returns_newest_first_until_empty(repo: SessionRepository
     assert await session.pop_item() is None
     assert await session.get_items() == []
     # The library's own first checkpoint stays: the conversation is empty, not gone.
-    stored = await repo.get_session_by_key("openai-agents", "pops")
+    stored = await repo.get_session_by_key("openai-agents", key="pops")
     assert stored is not None
     assert [cp.name for cp in stored.checkpoints] == ["session_created"]
     await session.add_items([msg("again")])
@@ -276,7 +276,7 @@ async def test_a_session_id_that_cannot_be_a_key_is_refused(
 async def test_each_item_is_one_checkpoint_holding_its_json(repo: SessionRepository) -> None:
     session = SessionStoreSession("layout", repo, user_id="alice")
     await session.add_items([msg("a"), msg("b", "assistant")])
-    stored = await repo.get_session_by_key("openai-agents", "layout", user_id="alice")
+    stored = await repo.get_session_by_key("openai-agents", "alice", key="layout")
     assert stored is not None and stored.key == "layout" and stored.user_id == "alice"
     assert [(cp.seq, cp.name, cp.data) for cp in stored.checkpoints] == [
         (1, "session_created", {"agent_type": "openai-agents", "user_id": "alice"}),
@@ -343,7 +343,7 @@ async def test_checkpoints_that_are_not_items_are_skipped_and_popped_past(
 ) -> None:
     session = SessionStoreSession("mixed", repo)
     await session.add_items([msg("one"), msg("two"), msg("three")])
-    stored = await repo.get_session_by_key("openai-agents", "mixed")
+    stored = await repo.get_session_by_key("openai-agents", key="mixed")
     assert stored is not None
     await repo.add_checkpoint(stored.session_id, "note", {"by": "someone else"})
     assert contents(await session.get_items(limit=2)) == ["two", "three"]
@@ -360,14 +360,14 @@ async def test_clear_deletes_for_real_and_the_id_can_be_used_again(
 ) -> None:
     session = SessionStoreSession("reuse", repo)
     await session.add_items([msg("old")])
-    old = await repo.get_session_by_key("openai-agents", "reuse")
+    old = await repo.get_session_by_key("openai-agents", key="reuse")
     assert old is not None
     await session.clear_session()
     assert await session.get_items() == []
     assert await library_sessions(db) == 0 and await library_checkpoints(db) == 0
     await session.add_items([msg("new")])
     assert contents(await session.get_items()) == ["new"]
-    new = await repo.get_session_by_key("openai-agents", "reuse")
+    new = await repo.get_session_by_key("openai-agents", key="reuse")
     assert new is not None and new.session_id != old.session_id
     assert await repo.get_session(old.session_id) is None
 
@@ -398,7 +398,7 @@ async def test_a_conversation_replaced_behind_its_back_is_found_again(
 ) -> None:
     """Ids remembered across instances are hints: a hard delete elsewhere is always seen."""
     await SessionStoreSession("replaced", repo).add_items([msg("old")])
-    old = await repo.get_session_by_key("openai-agents", "replaced")
+    old = await repo.get_session_by_key("openai-agents", key="replaced")
     assert old is not None
     await repo.delete_session(old.session_id, hard=True)  # e.g. another process, or the CLI
     new = await repo.create_session("openai-agents", key="replaced")

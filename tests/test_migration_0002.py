@@ -98,7 +98,7 @@ async def test_0002_upgrade_downgrade_upgrade_keeps_the_data(empty_url: str) -> 
         fresh = SessionRepository(async_sessionmaker(engine, expire_on_commit=False))
         again = await fresh.get_session(keyed.session_id)
         assert again is not None and again.key is None  # keys do not survive a downgrade
-        assert await fresh.get_session_by_key("planner", "k", user_id="u1") is None
+        assert await fresh.get_session_by_key("planner", "u1", key="k") is None
         assert await fresh.create_session("planner", "u1", key="k") is not None
         assert await fresh.get_shared_state("planner") == {}
         session = await fresh.get_session(ids[1])

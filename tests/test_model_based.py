@@ -339,7 +339,7 @@ class RepositoryMachine(RuleBasedStateMachine):
         for _ in range(2):
             got = self.run(
                 self.repo.get_session_by_key(
-                    agent_type, key, user_id=user_id, recent_checkpoints=window
+                    agent_type, user_id, key=key, recent_checkpoints=window
                 )
             )
             if model is None:

@@ -50,11 +50,23 @@ async def with_history(repo: SessionRepository, n: int, **kwargs: Any) -> str:
 async def test_session_created_with_a_key_is_found_by_it(repo: SessionRepository) -> None:
     created = await repo.create_session("planner", "u1", key="chat-42")
     assert created.key == "chat-42"
-    found = await repo.get_session_by_key("planner", "chat-42", user_id="u1")
+    found = await repo.get_session_by_key("planner", "u1", key="chat-42")
     assert found is not None and found.session_id == created.session_id and found.key == "chat-42"
     again = await repo.get_session(created.session_id)
     assert again is not None and again.key == "chat-42"
     assert (await repo.create_session("planner")).key is None
+
+
+async def test_get_session_by_key_takes_its_arguments_in_create_sessions_order(
+    repo: SessionRepository,
+) -> None:
+    created = await repo.create_session("assistant", "alice", key="chat-42")
+    found = await repo.get_session_by_key("assistant", "alice", key="chat-42")
+    assert found is not None and found.session_id == created.session_id
+    # The user is the second positional argument, as in create_session; the key is named, so
+    # reading a key as a user (or the reverse) cannot happen silently.
+    with pytest.raises(TypeError, match="key"):
+        await repo.get_session_by_key("assistant", "alice")  # type: ignore[call-arg]
 
 
 async def test_keys_are_per_agent_type_and_user(repo: SessionRepository) -> None:
@@ -63,12 +75,12 @@ async def test_keys_are_per_agent_type_and_user(repo: SessionRepository) -> None
     other_agent = await repo.create_session("coder", "u1", key="k")
     nobody = await repo.create_session("planner", "", key="k")
     assert len({mine.session_id, theirs.session_id, other_agent.session_id, nobody.session_id}) == 4
-    assert (await repo.get_session_by_key("planner", "k", user_id="u2")).session_id == (  # type: ignore[union-attr]
+    assert (await repo.get_session_by_key("planner", "u2", key="k")).session_id == (  # type: ignore[union-attr]
         theirs.session_id
     )
-    assert (await repo.get_session_by_key("planner", "k")).session_id == nobody.session_id  # type: ignore[union-attr]
-    assert await repo.get_session_by_key("planner", "k", user_id="u3") is None
-    assert await repo.get_session_by_key("writer", "k", user_id="u1") is None
+    assert (await repo.get_session_by_key("planner", key="k")).session_id == nobody.session_id  # type: ignore[union-attr]
+    assert await repo.get_session_by_key("planner", "u3", key="k") is None
+    assert await repo.get_session_by_key("writer", "u1", key="k") is None
 
 
 async def test_a_taken_key_raises_session_exists_and_writes_nothing(
@@ -99,17 +111,17 @@ async def test_twenty_five_concurrent_creates_of_one_key_make_one_session(
     assert len(winners) == 1
     assert len(losers) == 24 and all(isinstance(r, SessionExistsError) for r in losers)
     assert (await count_rows(db))[:2] == (1, 1)
-    found = await repo.get_session_by_key("planner", "first", user_id="u1")
+    found = await repo.get_session_by_key("planner", "u1", key="first")
     assert found is not None and found.session_id == winners[0].session_id
 
 
 async def test_a_deleted_sessions_key_can_be_used_again(repo: SessionRepository) -> None:
     old = await repo.create_session("planner", "u1", key="k")
-    assert await repo.get_session_by_key("planner", "k", user_id="u1") is not None  # cached
+    assert await repo.get_session_by_key("planner", "u1", key="k") is not None  # cached
     assert await repo.delete_session(old.session_id)
-    assert await repo.get_session_by_key("planner", "k", user_id="u1") is None
+    assert await repo.get_session_by_key("planner", "u1", key="k") is None
     new = await repo.create_session("planner", "u1", key="k")
-    found = await repo.get_session_by_key("planner", "k", user_id="u1")
+    found = await repo.get_session_by_key("planner", "u1", key="k")
     assert found is not None and found.session_id == new.session_id != old.session_id
 
 
@@ -119,12 +131,12 @@ async def test_hard_delete_and_recreate_under_one_key_never_serves_the_old_sessi
     old = await repo.create_session("planner", "u1", {"gen": "old"}, key="k")
     await repo.add_checkpoint(old.session_id, "old-step")
     for _ in range(2):  # the second read is a cache hit on the Redis backends
-        found = await repo.get_session_by_key("planner", "k", user_id="u1")
+        found = await repo.get_session_by_key("planner", "u1", key="k")
         assert found is not None and found.context == {"gen": "old"}
     assert await repo.delete_session(old.session_id, hard=True)
     new = await repo.create_session("planner", "u1", {"gen": "new"}, key="k")
     for _ in range(2):
-        found = await repo.get_session_by_key("planner", "k", user_id="u1")
+        found = await repo.get_session_by_key("planner", "u1", key="k")
         assert found is not None and found.session_id == new.session_id
         assert found.context == {"gen": "new"} and found.checkpoint_count == 1
     assert await repo.get_session(old.session_id) is None
@@ -136,7 +148,7 @@ async def test_a_read_by_key_overtaken_by_a_delete_and_recreate_finds_the_new_se
     old = await repo.create_session("planner", "u1", {"gen": "old"}, key="k")
     with after_statement(db.engine) as pause:
         pause.armed = True
-        reading = asyncio.create_task(repo.get_session_by_key("planner", "k", user_id="u1"))
+        reading = asyncio.create_task(repo.get_session_by_key("planner", "u1", key="k"))
         await pause.reached.wait()  # its first statement ran: the key named the old session
         assert await repo.delete_session(old.session_id, hard=True)
         new = await repo.create_session("planner", "u1", {"gen": "new"}, key="k")
@@ -151,15 +163,15 @@ async def test_a_read_by_key_overtaken_by_a_delete_and_recreate_finds_the_new_se
 
 async def test_reads_by_key_use_the_cache_and_see_every_write(repo: SessionRepository) -> None:
     created = await repo.create_session("planner", "u1", key="k")
-    await repo.get_session_by_key("planner", "k", user_id="u1")
+    await repo.get_session_by_key("planner", "u1", key="k")
     if isinstance(repo.cache, RedisCache):
         await repo.cache.drain()  # the miss stores after returning
     hits = repo.cache.stats.hits if isinstance(repo.cache, RedisCache) else 0
-    await repo.get_session_by_key("planner", "k", user_id="u1")
+    await repo.get_session_by_key("planner", "u1", key="k")
     if isinstance(repo.cache, RedisCache):
         assert repo.cache.stats.hits == hits + 1
     await repo.add_checkpoint(created.session_id, "step")
-    found = await repo.get_session_by_key("planner", "k", user_id="u1")
+    found = await repo.get_session_by_key("planner", "u1", key="k")
     assert found is not None and found.checkpoint_count == 2 and found.version == 2
 
 
@@ -170,14 +182,14 @@ async def test_keys_that_are_not_printable_text_of_1_to_128_are_refused(
     with pytest.raises(SessionValidationError, match="key"):
         await repo.create_session("planner", key=key)
     with pytest.raises(SessionValidationError, match="key"):
-        await repo.get_session_by_key("planner", key)
+        await repo.get_session_by_key("planner", key=key)
     assert await count_rows(db) == (0, 0, 0)
 
 
 async def test_longest_and_unicode_keys_are_stored(repo: SessionRepository) -> None:
     for key in ("x" * 128, "caf\u00e9 \u2615 \U0001f600", "'; DROP TABLE x; --"):
         created = await repo.create_session("planner", key=key)
-        found = await repo.get_session_by_key("planner", key)
+        found = await repo.get_session_by_key("planner", key=key)
         assert found is not None and found.session_id == created.session_id
 
 
@@ -190,7 +202,7 @@ async def test_a_taken_key_inside_bind_leaves_the_callers_transaction_usable(
         with pytest.raises(SessionExistsError):
             await bound.create_session("planner", key="k")
         other = await bound.create_session("planner", key="k2")
-    assert await repo.get_session_by_key("planner", "k2") is not None
+    assert await repo.get_session_by_key("planner", key="k2") is not None
     assert other.key == "k2"
 
 
@@ -222,9 +234,9 @@ async def test_other_windows_never_poison_or_come_from_the_cached_copy(
         assert default is not None and len(default.checkpoints) == 20
     by_key_sid = (await repo.create_session("planner", key="k")).session_id
     await repo.add_checkpoints(by_key_sid, [("a", {}), ("b", {})])
-    narrow = await repo.get_session_by_key("planner", "k", recent_checkpoints=1)
+    narrow = await repo.get_session_by_key("planner", key="k", recent_checkpoints=1)
     assert narrow is not None and [cp.name for cp in narrow.checkpoints] == ["b"]
-    full = await repo.get_session_by_key("planner", "k")
+    full = await repo.get_session_by_key("planner", key="k")
     assert full is not None and [cp.name for cp in full.checkpoints] == [
         "session_created",
         "a",

@@ -235,7 +235,7 @@ class SessionStoreService(BaseSessionService):
         repo = self.repository
         try:
             stored, app_state, user_state = await _together(
-                repo.get_session_by_key(app_name, key, user_id=user_id, recent_checkpoints=window),
+                repo.get_session_by_key(app_name, user_id, key=key, recent_checkpoints=window),
                 repo.get_shared_state(app_name),
                 repo.get_shared_state(app_name, user_id=user_id),
             )
@@ -323,7 +323,7 @@ class SessionStoreService(BaseSessionService):
         key = session_id.strip() if isinstance(session_id, str) else session_id
         try:
             stored = await self.repository.get_session_by_key(
-                app_name, key, user_id=user_id, recent_checkpoints=0
+                app_name, user_id, key=key, recent_checkpoints=0
             )
         except SessionValidationError:
             return
@@ -363,7 +363,7 @@ class SessionStoreService(BaseSessionService):
         try:
             if sid is None:  # resolved before the transaction, whose first statement must write
                 found = await self.repository.get_session_by_key(
-                    session.app_name, session.id, user_id=session.user_id, recent_checkpoints=0
+                    session.app_name, session.user_id, key=session.id, recent_checkpoints=0
                 )
                 if found is None:
                     raise SessionNotFoundError(session.id)

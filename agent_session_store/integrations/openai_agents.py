@@ -314,7 +314,7 @@ class SessionStoreSession:
                 return session
             self._forget(sid)
         session = await self._repo.get_session_by_key(
-            self._agent_type, self.session_id, user_id=self._user_id, recent_checkpoints=recent
+            self._agent_type, self._user_id, key=self.session_id, recent_checkpoints=recent
         )
         if session is not None:
             self._remember(session.session_id)
@@ -325,7 +325,7 @@ class SessionStoreSession:
             self._sid = _known.get(self._memo_key)
         if self._sid is None:
             found = await self._repo.get_session_by_key(
-                self._agent_type, self.session_id, user_id=self._user_id, recent_checkpoints=0
+                self._agent_type, self._user_id, key=self.session_id, recent_checkpoints=0
             )
             if found is not None:
                 self._remember(found.session_id)
