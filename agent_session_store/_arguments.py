@@ -72,16 +72,24 @@ def check_aware(value: object, what: str) -> datetime:
 
 
 def check_key(key: object) -> str:
-    """A session key: printable text of 1 to 128 characters."""
+    """A session key as stored: printable text of 1 to 128 characters, without surrounding spaces.
+
+    The one rule for every entry point that takes a key (``create_session``,
+    ``get_session_by_key``, ``import-legacy``, the CLI, the framework backends): whitespace
+    around a key is not part of it, so ``" chat-42 "`` and ``"chat-42"`` name one session. Google
+    ADK strips its session ids the same way.
+    """
     if key is None:
         raise SessionValidationError("key must be a string, got NoneType")
     check_filter(key, "key")
     assert isinstance(key, str)  # check_filter refused anything else
-    if not 1 <= len(key) <= 128 or not key.isprintable():
+    stripped = key.strip()
+    if not 1 <= len(stripped) <= 128 or not stripped.isprintable():
         raise SessionValidationError(
-            f"key must be printable text of 1 to 128 characters, got {key[:140]!r}"
+            "key must be printable text of 1 to 128 characters (surrounding whitespace is not "
+            f"part of a key), got {key[:140]!r}"
         )
-    return key
+    return stripped
 
 
 def checked_now(clock: Callable[[], object]) -> datetime:

@@ -340,7 +340,7 @@ class SessionRepository:
         if not isinstance(user_id, str):
             raise SessionValidationError(f"user_id must be a string, got {type(user_id).__name__}")
         check_filter(user_id, "user_id")
-        check_key(key)
+        key = check_key(key)
         recent = self._window(recent_checkpoints)
         params: dict[str, Any] = {"b_agent": agent_type, "b_user": user_id, "b_key": key}
         if self._read_cache is None:  # one statement: the session, found through its key

@@ -319,6 +319,7 @@ VICTIM_KEY = "victim-chat"
 # -- the framework primitives (issue 11): keys, windows, rewind, batches, shared state --------
 BAD_KEYS: list[tuple[str, Any]] = [
     ("empty", ""),
+    ("only spaces", "   "),
     ("129 chars", "k" * 129),
     ("newline", "a\nb"),
     ("NUL", "k\x00"),

@@ -69,6 +69,16 @@ async def test_get_session_by_key_takes_its_arguments_in_create_sessions_order(
         await repo.get_session_by_key("assistant", "alice")  # type: ignore[call-arg]
 
 
+async def test_whitespace_around_a_key_is_not_part_of_it(repo: SessionRepository) -> None:
+    created = await repo.create_session("planner", "u1", key="  chat-42 ")
+    assert created.key == "chat-42"
+    for spelling in ("chat-42", " chat-42", "chat-42  "):
+        found = await repo.get_session_by_key("planner", "u1", key=spelling)
+        assert found is not None and found.session_id == created.session_id
+    with pytest.raises(SessionExistsError):
+        await repo.create_session("planner", "u1", key="chat-42")
+
+
 async def test_keys_are_per_agent_type_and_user(repo: SessionRepository) -> None:
     mine = await repo.create_session("planner", "u1", key="k")
     theirs = await repo.create_session("planner", "u2", key="k")
