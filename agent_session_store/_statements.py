@@ -30,6 +30,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BinaryExpression, ColumnElement
+from sqlalchemy.sql.operators import eq
 
 from agent_session_store._rows import CHECKPOINT_COLUMNS, SESSION_COLUMNS, C, S
 from agent_session_store.tables import (
@@ -42,6 +46,7 @@ from agent_session_store.tables import (
 
 DELETED = "deleted"
 LIVE_STATES = ("active", "paused")
+FINISHED_STATES = ("completed", "failed")
 
 _SID = bindparam("b_sid", type_=Uuid())
 _NOW = bindparam("b_now", type_=UtcDateTime())
@@ -53,6 +58,40 @@ class _Filterable(Protocol):
 
 
 F = TypeVar("F", bound=_Filterable)
+
+
+def _live() -> ColumnElement[bool]:
+    """The session takes writes to its content: ACTIVE or PAUSED (a finished one's is final)."""
+    return or_(*(S.state == state for state in LIVE_STATES))
+
+
+class _JsonEquals(BinaryExpression[bool]):
+    """Two JSON documents are equal as written: the same keys, and values of the same JSON type
+    spelled the same (``1``, ``1.0`` and ``true`` all differ, as they do to a JSON reader).
+
+    PostgreSQL compares JSONB's canonical text (its own ``=`` would take ``1`` for ``1.0``);
+    SQLite compares both documents minified by ``json()``, because its JSON is text that its
+    own functions (the stale sweep's ``json_set``) write without the spaces Python's
+    serializer puts in. SQLite also tells keys in another order apart; a copy read from the
+    database keeps the stored order, so only a caller who rebuilt the document sees that.
+    """
+
+    inherit_cache = True
+
+    def __init__(self, left: ColumnElement[Any], right: ColumnElement[Any]) -> None:
+        super().__init__(left, right, eq)
+
+
+@compiles(_JsonEquals, "postgresql")
+def _json_equals_postgresql(element: _JsonEquals, compiler: SQLCompiler, **kw: Any) -> str:
+    left, right = compiler.process(element.left, **kw), compiler.process(element.right, **kw)
+    return f"CAST({left} AS TEXT) = CAST(CAST({right} AS JSONB) AS TEXT)"
+
+
+@compiles(_JsonEquals, "sqlite")
+def _json_equals_sqlite(element: _JsonEquals, compiler: SQLCompiler, **kw: Any) -> str:
+    left, right = compiler.process(element.left, **kw), compiler.process(element.right, **kw)
+    return f"json({left}) = json({right})"
 
 
 def _scoped(stmt: F) -> dict[bool, F]:
@@ -101,16 +140,13 @@ ID_BY_KEY = select(S.id).where(
 INSERT_CHECKPOINT = insert(checkpoints_table)
 
 HEARTBEAT = _scoped(
-    update(sessions_table)
-    .where(S.id == _SID, or_(*(S.state == state for state in LIVE_STATES)))
-    .values(last_heartbeat=_NOW)
-    .returning(S.id)
+    update(sessions_table).where(S.id == _SID, _live()).values(last_heartbeat=_NOW).returning(S.id)
 )
 
 # Takes the session's row lock, so concurrent appenders get consecutive seqs.
 APPEND = _scoped(
     update(sessions_table)
-    .where(S.id == _SID, S.state != DELETED)
+    .where(S.id == _SID, _live())
     .values(checkpoint_count=S.checkpoint_count + 1, version=S.version + 1, updated_at=_NOW)
     .returning(S.checkpoint_count)
 )
@@ -128,24 +164,33 @@ def update_from(sources: tuple[str, ...]) -> Update:
 
     The states are part of the statement (``state = ... OR ...``, each a fixed parameter),
     not an expanding ``IN``, so each statement compiles once and can run on the driver's
-    connection.
+    connection. From a finished state (COMPLETED, FAILED) the context and checkpoints are
+    final: such a row matches only when the copy's context equals the stored one and it adds
+    no checkpoints, so the refusal costs no round trip on the way in.
     """
+    context = bindparam("b_context", type_=JsonType)
+    added = bindparam("b_added", type_=Integer())
+    final = [
+        and_(S.state == state, _JsonEquals(S.context, context), added == 0)
+        for state in sources
+        if state in FINISHED_STATES
+    ]
     return (
         update(sessions_table)
         .where(
             S.id == _SID,
             S.user_id == bindparam("b_owner", type_=String()),
             S.version == bindparam("b_version", type_=Integer()),
-            or_(*(S.state == state for state in sources)),
+            or_(*(S.state == state for state in sources if state not in FINISHED_STATES), *final),
         )
         .values(
-            context=bindparam("b_context", type_=JsonType),
+            context=context,
             metadata=bindparam("b_metadata", type_=JsonType),
             state=bindparam("b_state", type_=String()),
             version=S.version + 1,
             updated_at=_NOW,
             last_heartbeat=_NOW,
-            checkpoint_count=S.checkpoint_count + bindparam("b_added", type_=Integer()),
+            checkpoint_count=S.checkpoint_count + added,
         )
         .returning(S.checkpoint_count, S.created_at)
     )
@@ -191,7 +236,7 @@ _AT = bindparam("b_at", type_=UtcDateTime())  # the checkpoint's time (the calle
 def _append_in_one(scoped: bool) -> Any:
     bump = (
         update(sessions_table)
-        .where(S.id == _SID, S.state != DELETED)
+        .where(S.id == _SID, _live())
         .values(checkpoint_count=S.checkpoint_count + 1, version=S.version + 1, updated_at=_NOW)
         .returning(S.id, S.checkpoint_count)
     )
@@ -240,13 +285,14 @@ _AFTER = bindparam("b_after", type_=Integer())
 _ADDED = bindparam("b_added", type_=Integer())
 _SEQ = bindparam("b_seq", type_=Integer())
 
-LIVE = _scoped(select(S.id).where(S.id == _SID, S.state != DELETED))
+# Why a write to a session's content changed nothing: its state, if it is there for the caller.
+STATE = _scoped(select(S.state).where(S.id == _SID, S.state != DELETED))
 
 # Takes the session's row lock like APPEND, so an append or another pop waits for this one to
 # commit: concurrent pops get distinct checkpoints. The first checkpoint is never popped.
 POP = _scoped(
     update(sessions_table)
-    .where(S.id == _SID, S.state != DELETED, S.checkpoint_count > 1)
+    .where(S.id == _SID, _live(), S.checkpoint_count > 1)
     .values(checkpoint_count=S.checkpoint_count - 1, version=S.version + 1, updated_at=_NOW)
     .returning(S.checkpoint_count)
 )
@@ -257,7 +303,7 @@ POPPED = (
 )
 TRUNCATE = _scoped(
     update(sessions_table)
-    .where(S.id == _SID, S.state != DELETED, S.checkpoint_count > _AFTER)
+    .where(S.id == _SID, _live(), S.checkpoint_count > _AFTER)
     .values(checkpoint_count=_AFTER, version=S.version + 1, updated_at=_NOW)
     .returning(S.id)
 )
@@ -265,7 +311,7 @@ TRUNCATED = delete(checkpoints_table).where(C.session_id == _SID, C.seq > _AFTER
 
 APPEND_MANY = _scoped(
     update(sessions_table)
-    .where(S.id == _SID, S.state != DELETED)
+    .where(S.id == _SID, _live())
     .values(checkpoint_count=S.checkpoint_count + _ADDED, version=S.version + 1, updated_at=_NOW)
     .returning(S.checkpoint_count)
 )

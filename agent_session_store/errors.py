@@ -6,7 +6,7 @@ Every exception the library raises on purpose derives from one root::
     ├── SessionNotFoundError          the session does not exist (or is not yours, or is deleted)
     ├── SessionExistsError            a live session already has this key
     ├── ConcurrentUpdateError         someone else changed the session since you read it
-    ├── InvalidStateTransitionError   e.g. resuming a completed session
+    ├── InvalidStateTransitionError   e.g. resuming a completed session, or appending to it
     ├── SessionValidationError        bad input; also a ValueError; nothing was written
     ├── SchemaOutOfDateError          the database schema is behind this library's migrations
     └── StorageError                  the database failed (connection lost, server error)
@@ -62,16 +62,34 @@ class ConcurrentUpdateError(AgentSessionStoreError):
 
 
 class InvalidStateTransitionError(AgentSessionStoreError):
-    """The requested state change is not allowed from the current state."""
+    """The requested state change is not allowed from the current state, or the session is
+    finished (COMPLETED or FAILED) and the write would change its context or checkpoints.
 
-    def __init__(self, session_id: str, current: str, target: str) -> None:
+    Attributes:
+        session_id: the session.
+        current: its stored state.
+        target: the state the write asked for (``current`` for a write that moves nothing,
+            such as ``add_checkpoint``).
+    """
+
+    def __init__(
+        self, session_id: str, current: str, target: str, *, change: str | None = None
+    ) -> None:
         self.session_id = session_id
         self.current = current
         self.target = target
-        super().__init__(
-            f"session {session_id!r} cannot go from {current!r} to {target!r}; "
-            "see SessionState for the allowed transitions"
-        )
+        if change is None:
+            message = (
+                f"session {session_id!r} cannot go from {current!r} to {target!r}; "
+                "see SessionState for the allowed transitions"
+            )
+        else:
+            message = (
+                f"session {session_id!r} is {current}: its context and checkpoints are final, "
+                f"so it cannot {change}; nothing was written (its metadata can still change, "
+                "and it can be deleted)"
+            )
+        super().__init__(message)
 
 
 class SessionValidationError(AgentSessionStoreError, ValueError):

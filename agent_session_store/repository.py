@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from pydantic import ValidationError
 from sqlalchemy import CursorResult, and_, delete, func, select
@@ -513,7 +513,10 @@ class SessionRepository:
         Raises:
             ConcurrentUpdateError: the stored version moved since this copy was read (another
                 worker, or the stale sweep); nothing was written.
-            InvalidStateTransitionError: the stored state cannot move to ``session.state``.
+            InvalidStateTransitionError: the stored state cannot move to ``session.state``, or
+                the session is finished (COMPLETED or FAILED) and the copy changes its context
+                or adds checkpoints (the write that completes or fails it may still carry
+                them; a finished session's metadata stays writable); nothing was written.
             SessionNotFoundError: the session does not exist, was deleted, or is another
                 user's.
             SessionValidationError: bad context, metadata or checkpoint, or a ``version`` no
@@ -605,6 +608,13 @@ class SessionRepository:
             raise SessionNotFoundError(session.session_id)
         if stored.version != session.version:
             raise ConcurrentUpdateError(session.session_id, session.version, stored.version)
+        if stored.state in sql.FINISHED_STATES and SessionState(stored.state) in allowed_sources(
+            target
+        ):  # a move the state machine allows, refused because the session's content is final
+            change = "add checkpoints" if session.pending_checkpoints else "change its context"
+            raise InvalidStateTransitionError(
+                session.session_id, stored.state, target.value, change=change
+            )
         raise InvalidStateTransitionError(session.session_id, stored.state, target.value)
 
     async def delete_session(
@@ -676,6 +686,8 @@ class SessionRepository:
 
         Raises:
             SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
+            InvalidStateTransitionError: the session is COMPLETED or FAILED (its checkpoints
+                are final); nothing written.
             SessionValidationError: bad name, data, ``user_id`` or ``timestamp`` (naive);
                 nothing written.
         """
@@ -696,7 +708,7 @@ class SessionRepository:
         async with self._call("add_checkpoint", sid, dialect.append_shape, hot=True) as db:
             seq = await dialect.append(db, params, cp)
             if seq is None:
-                raise SessionNotFoundError(str(session_id))
+                await self._refuse_content_write(db, session_id, params, "take checkpoints")
             db.invalidate_on_commit([sid])
         cp.seq = seq
         return cp
@@ -723,6 +735,8 @@ class SessionRepository:
 
         Raises:
             SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
+            InvalidStateTransitionError: the session is COMPLETED or FAILED (its checkpoints
+                are final); nothing written.
             SessionValidationError: a bad item, ``user_id`` or ``timestamp``, or more than
                 1,000 items; nothing written.
         """
@@ -741,7 +755,7 @@ class SessionRepository:
         async with self._call("add_checkpoints", sid, dialect.append_shape) as db:
             first = await dialect.append_many(db, params, batch)
             if first is None:
-                raise SessionNotFoundError(str(session_id))
+                await self._refuse_content_write(db, session_id, params, "take checkpoints")
             db.invalidate_on_commit([sid])
         for i, cp in enumerate(batch):
             cp.seq = first + i
@@ -779,6 +793,8 @@ class SessionRepository:
 
         Raises:
             SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
+            InvalidStateTransitionError: the session is COMPLETED or FAILED (its checkpoints
+                are final); nothing removed.
         """
         check_filter(user_id, "user_id")
         sid = parse_id(session_id)
@@ -789,7 +805,7 @@ class SessionRepository:
             # The session's row lock, taken first, orders pops and appends on this session.
             count = (await db.execute(sql.POP[user_id is not None], params)).scalar()
             if count is None:
-                await self._check_live(db, session_id, params)
+                await self._check_content_writable(db, session_id, params, "pop checkpoints")
                 return None
             row = (await db.execute(sql.POPPED, {"b_sid": sid, "b_seq": count + 1})).one()
             db.invalidate_on_commit([sid])
@@ -805,6 +821,8 @@ class SessionRepository:
 
         Raises:
             SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
+            InvalidStateTransitionError: the session is COMPLETED or FAILED (its checkpoints
+                are final); nothing removed.
             SessionValidationError: an ``after_seq`` below 1, or a bad ``user_id``.
         """
         check_filter(user_id, "user_id")
@@ -820,15 +838,33 @@ class SessionRepository:
         }
         async with self._call("truncate_checkpoints", sid) as db:
             if (await db.execute(sql.TRUNCATE[user_id is not None], params)).first() is None:
-                await self._check_live(db, session_id, params)
+                await self._check_content_writable(db, session_id, params, "truncate checkpoints")
                 return 0
             result = cast("CursorResult[Any]", await db.execute(sql.TRUNCATED, params))
             db.invalidate_on_commit([sid])
         return result.rowcount
 
-    async def _check_live(self, db: Call, session_id: str, params: dict[str, Any]) -> None:
-        if (await db.execute(sql.LIVE[params["b_user"] is not None], params)).first() is None:
+    async def _check_content_writable(
+        self, db: Call, session_id: str, params: dict[str, Any], change: str
+    ) -> None:
+        """Explain a write to a session's content that changed nothing: return if the session is
+        live (there was nothing to change), raise if it is not there or is finished."""
+        scoped = params["b_user"] is not None
+        rows = await db.fetch(sql.STATE[scoped], params)
+        if not rows:
             raise SessionNotFoundError(str(session_id))
+        state = rows[0].state
+        if state not in sql.LIVE_STATES:
+            raise InvalidStateTransitionError(str(session_id), state, state, change=change)
+
+    async def _refuse_content_write(
+        self, db: Call, session_id: str, params: dict[str, Any], change: str
+    ) -> NoReturn:
+        """An append changed nothing: the session is not there for the caller, or finished."""
+        await self._check_content_writable(db, session_id, params, change)
+        # Not reached: an append misses only a session that is gone or finished, and neither
+        # comes back to life.
+        raise SessionNotFoundError(str(session_id))
 
     async def _hard_delete(self, sid: uuid.UUID, params: dict[str, Any]) -> bool:
         async with self._call("delete_session", sid) as db:

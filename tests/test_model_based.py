@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -97,6 +98,18 @@ actions = st.sampled_from(
 
 def moves_to(current: SessionState, target: SessionState) -> bool:
     return target == current or target in MOVES[current]
+
+
+# A finished session's context and checkpoints are final.
+FINISHED = (COMPLETED, FAILED)
+
+
+def same_json(a: dict[str, Any], b: dict[str, Any], *, key_order_counts: bool) -> bool:
+    """Equal as JSON is written (``true`` is not ``1``), as the repository compares a finished
+    session's context: SQLite also tells keys in another order apart, PostgreSQL does not."""
+    return json.dumps(a, sort_keys=not key_order_counts) == json.dumps(
+        b, sort_keys=not key_order_counts
+    )
 
 
 @dataclass
@@ -375,6 +388,9 @@ class RepositoryMachine(RuleBasedStateMachine):
         if model is None or not model.visible_to(as_user):
             assert isinstance(result, SessionNotFoundError), result
             return
+        if model.state in FINISHED:
+            assert isinstance(result, InvalidStateTransitionError), result
+            return
         assert isinstance(result, list), result
         expected = [model.append(name, data, at or now) for name, data in items]
         model.version += 1
@@ -392,6 +408,9 @@ class RepositoryMachine(RuleBasedStateMachine):
         model = self.model.get(session_id)
         if model is None or not model.visible_to(as_user):
             assert isinstance(result, SessionNotFoundError), result
+            return
+        if model.state in FINISHED:
+            assert isinstance(result, InvalidStateTransitionError), result
             return
         if len(model.history) == 1:
             assert result is None
@@ -415,6 +434,9 @@ class RepositoryMachine(RuleBasedStateMachine):
         model = self.model.get(session_id)
         if model is None or not model.visible_to(as_user):
             assert isinstance(result, SessionNotFoundError), result
+            return
+        if model.state in FINISHED:
+            assert isinstance(result, InvalidStateTransitionError), result
             return
         removed = max(0, len(model.history) - after_seq)
         assert result == removed
@@ -507,6 +529,15 @@ class RepositoryMachine(RuleBasedStateMachine):
             assert (result.current, result.target) == (stored.state.value, target.value)
             self.counts["update: invalid transition"] += 1
             return
+        sqlite = self.url.startswith("sqlite")
+        if stored.state in FINISHED and (
+            pending or not same_json(work.context, stored.context, key_order_counts=sqlite)
+        ):
+            assert isinstance(result, InvalidStateTransitionError), result
+            assert (result.current, result.target) == (stored.state.value, target.value)
+            assert "final" in str(result)
+            self.counts["update: finished is final"] += 1
+            return
         assert isinstance(result, AgentSession), result
         self.counts["update: ok"] += 1
         now = self.clock.now
@@ -587,6 +618,10 @@ class RepositoryMachine(RuleBasedStateMachine):
         model = self.model.get(session_id)
         if model is None or not model.visible_to(as_user):
             assert isinstance(result, SessionNotFoundError), result
+            return
+        if model.state in FINISHED:
+            assert isinstance(result, InvalidStateTransitionError), result
+            self.counts["add_checkpoint: finished is final"] += 1
             return
         assert not isinstance(result, Exception), result
         now = self.clock.now
@@ -806,6 +841,7 @@ async def test_repository_agrees_with_in_memory_model_step_by_step(
     assert counts["examples"] >= MAX_EXAMPLES
     # The interesting outcomes were reached, so agreement with the model means something.
     reached = ["update: ok", "update: conflict", "update: not found", "sessions swept",
+               "update: finished is final", "add_checkpoint: finished is final",
                "create_with_key: taken", "pop_checkpoint", "delete (hard)",
                "update_shared_state", "get_session_by_key: found"]  # fmt: skip
     for outcome in reached + (["cache hits"] if cache == "redis" else []):
