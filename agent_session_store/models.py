@@ -26,6 +26,14 @@ class SessionState(enum.StrEnum):
     FAILED = "failed"
     DELETED = "deleted"
 
+    @classmethod
+    def _missing_(cls, value: object) -> SessionState | None:
+        """A state's name or value in any case: ``SessionState("ACTIVE") is ACTIVE``, so every
+        place that takes a state (filters, models, the CLI) takes ``"Active"`` too."""
+        if isinstance(value, str):
+            return cls.__members__.get(value.upper())
+        return None
+
 
 _TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
     SessionState.ACTIVE: frozenset(
@@ -267,8 +275,6 @@ def _from_older_dict(data: Any, *, session: bool = True) -> Any:
                 del out[key]  # the model's default: now
             else:
                 out[key] = _assume_utc(out[key])
-    if isinstance(out.get("state"), str):
-        out["state"] = out["state"].lower()
     if isinstance(out.get("checkpoints"), list):
         out["checkpoints"] = [_from_older_dict(cp, session=False) for cp in out["checkpoints"]]
     return out

@@ -147,3 +147,17 @@ def test_session_id_is_canonicalized() -> None:
     raw = uuid.uuid4()
     session = AgentSession(session_id=str(raw).upper(), agent_type="a")
     assert session.session_id == str(raw)
+
+
+@pytest.mark.parametrize("state", list(SessionState))
+def test_a_state_is_taken_by_its_name_or_value_in_any_case(state: SessionState) -> None:
+    for spelling in (state.value, state.name, state.value.title(), state.value.upper()):
+        assert SessionState(spelling) is state
+        assert AgentSession(agent_type="planner", state=spelling).state is state  # type: ignore[arg-type]
+        assert AgentSession.from_dict({"agent_type": "planner", "state": spelling}).state is state
+
+
+@pytest.mark.parametrize("spelling", ["", "activ", "ACTIVE ", "zombie", 1])
+def test_an_unknown_state_is_still_refused(spelling: object) -> None:
+    with pytest.raises(ValueError, match="SessionState"):
+        SessionState(spelling)

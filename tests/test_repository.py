@@ -259,6 +259,18 @@ async def test_list_sessions_filters_by_state(repo: SessionRepository) -> None:
     assert [s.session_id for s in page.items] == [active.session_id]
 
 
+@pytest.mark.parametrize("spelling", ["paused", "PAUSED", "Paused", SessionState.PAUSED])
+async def test_list_sessions_takes_a_states_name_or_value_in_any_case(
+    repo: SessionRepository, spelling: str
+) -> None:
+    paused = await repo.create_session("planner")
+    paused.pause()
+    await repo.update_session(paused)
+    await repo.create_session("planner")
+    page = await repo.list_sessions(state=spelling)
+    assert [s.session_id for s in page.items] == [paused.session_id]
+
+
 async def test_list_sessions_rejects_a_cursor_from_other_filters(
     repo: SessionRepository, user: str
 ) -> None:
