@@ -201,6 +201,15 @@ def test_the_wheel_ships_the_migrations_and_migrates_on_its_own(tmp_path: Path) 
     assert "agent_session_store/_alembic/env.py" in names
     assert any(n.startswith("agent_session_store/_alembic/versions/0001") for n in names)
     assert "agent_session_store/py.typed" in names
+    # The name is our own: the distribution, its console script, and no package or module
+    # named agent_sessions (that import name belongs to another project on the index).
+    assert not [n for n in names if n.split("/")[0].startswith("agent_sessions")], names
+    [meta] = [n for n in names if n.endswith(".dist-info/METADATA")]
+    assert "\nName: agent-session-store\n" in zipfile.ZipFile(wheel).read(meta).decode()
+    [scripts] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    entry_points = zipfile.ZipFile(wheel).read(scripts).decode()
+    assert "agent-session-store = agent_session_store.cli:main" in entry_points
+    assert "agent-sessions" not in entry_points
     # A clean virtualenv with no checkout around; its dependencies come from this one's
     # site-packages (plain path entries: the editable install's hook is not loaded).
     venv = tmp_path / "venv"
