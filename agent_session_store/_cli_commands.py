@@ -7,10 +7,14 @@ The parser and the entry point are in :mod:`agent_session_store.cli`; text and J
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import inspect
+import shlex
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +38,16 @@ from agent_session_store._cli_context import (
     Context,
 )
 from agent_session_store._errors import storage_errors
+from agent_session_store._rows import (
+    CHECKPOINT_COLUMNS,
+    SESSION_COLUMNS,
+    checkpoint_from_row,
+    session_from_row,
+)
 from agent_session_store.errors import SessionNotFoundError, StorageError
-from agent_session_store.models import SessionState
-from agent_session_store.tables import sessions_table
+from agent_session_store.models import AgentSession, SessionState
+from agent_session_store.repository import SessionRepository
+from agent_session_store.tables import checkpoints_table, sessions_table
 
 # -- db ---------------------------------------------------------------------------------------
 
@@ -166,7 +177,7 @@ async def db_sql(ctx: Context) -> int:
 
 def _not_found(session_id: str) -> str:
     return (
-        f"session {session_id!r} not found (unknown, malformed or deleted); "
+        f"session {session_id!r} not found (unknown, malformed, or purged); "
         "list sessions with `agent-session-store sessions list`"
     )
 
@@ -204,17 +215,102 @@ async def sessions_list(ctx: Context) -> int:
 
 
 async def sessions_show(ctx: Context) -> int:
-    if parse_id(ctx.args.session_id) is None:
-        raise await _not_found_after_checking(ctx, ctx.args.session_id)
-    repo = ctx.repository(recent_checkpoints=ctx.args.checkpoints)
-    session = await repo.get_session(ctx.args.session_id)
-    if session is None:
-        raise CliError(_not_found(ctx.args.session_id), EXIT_NOT_FOUND)
-    if ctx.args.json:
+    args = ctx.args
+    _check_show_arguments(args)
+    if args.key is not None:
+        session = await _session_by_key(ctx)
+    else:
+        session = await _session_by_id(ctx)
+    if args.json:
         ctx.print(fmt.to_json(session.to_dict()))
     else:
         ctx.print(fmt.session_details(session, datetime.now(UTC)))
     return EXIT_OK
+
+
+def _check_show_arguments(args: argparse.Namespace) -> None:
+    """ID or ``--key`` (with ``--agent-type``), one of them; checked before connecting."""
+    if args.session_id is not None and args.key is not None:
+        raise CliError(
+            "give a session ID or --key, not both (an ID names one session already)", EXIT_USAGE
+        )
+    if args.session_id is None and args.key is None:
+        raise CliError(
+            "give a session ID, or --key KEY --agent-type TYPE [--user-id USER] for the live "
+            "session created with that key",
+            EXIT_USAGE,
+        )
+    if args.key is not None and args.agent_type is None:
+        raise CliError(
+            "--key needs --agent-type (and --user-id unless the session has none): a key names "
+            "one live session per agent type and user",
+            EXIT_USAGE,
+        )
+    if args.key is None and (args.agent_type is not None or args.user_id is not None):
+        raise CliError(
+            "--agent-type and --user-id go with --key; with a session ID, leave them out",
+            EXIT_USAGE,
+        )
+
+
+async def _session_by_id(ctx: Context) -> AgentSession:
+    """The session with the ID, live or soft-deleted (until ``purge`` removes it)."""
+    session_id = ctx.args.session_id
+    if parse_id(session_id) is None:
+        raise await _not_found_after_checking(ctx, session_id)
+    repo = ctx.repository(recent_checkpoints=ctx.args.checkpoints)
+    session = await repo.get_session(session_id)
+    if session is None:
+        # The repository serves live sessions only; `sessions list --state deleted` lists
+        # soft-deleted ones, so show them too (read here, never through the cache).
+        session = await _deleted_session(ctx, session_id, ctx.args.checkpoints)
+    if session is None:
+        raise CliError(_not_found(session_id), EXIT_NOT_FOUND)
+    return session
+
+
+async def _deleted_session(ctx: Context, session_id: str, recent: int) -> AgentSession | None:
+    """The soft-deleted session ``session_id`` with its newest ``recent`` checkpoints, or None."""
+    sid = uuid.UUID(session_id)
+    S, C = sessions_table.c, checkpoints_table.c
+
+    def read(conn: Connection) -> AgentSession | None:
+        where = and_(S.id == sid, S.state == SessionState.DELETED.value)
+        row = conn.execute(select(*SESSION_COLUMNS).where(where)).first()
+        if row is None:
+            return None
+        newest = (
+            select(*CHECKPOINT_COLUMNS)
+            .where(C.session_id == sid)
+            .order_by(C.seq.desc())
+            .limit(recent)
+        )
+        checkpoints = [checkpoint_from_row(cp) for cp in conn.execute(newest)]
+        return session_from_row(row, checkpoints[::-1])
+
+    with storage_errors("reading a deleted session"):
+        async with ctx.engine().connect() as conn:
+            return await conn.run_sync(read)
+
+
+async def _session_by_key(ctx: Context) -> AgentSession:
+    """The live session of ``--agent-type`` and ``--user-id`` created with ``--key``."""
+    args = ctx.args
+    user_id = args.user_id or ""
+    repo = ctx.repository(recent_checkpoints=args.checkpoints)
+    session = await repo.get_session_by_key(args.agent_type, user_id, key=args.key)
+    if session is None:
+        user = f"user {user_id!r}" if user_id else "no user id"
+        listing = f"--agent-type {shlex.quote(args.agent_type)}" + (
+            f" --user-id {shlex.quote(user_id)}" if user_id else ""
+        )
+        raise CliError(
+            f"no live session has the key {args.key.strip()!r} for agent type "
+            f"{args.agent_type!r} and {user} (a deleted session frees its key); list them with "
+            f"`agent-session-store sessions list {listing}`",
+            EXIT_NOT_FOUND,
+        )
+    return session
 
 
 async def sessions_checkpoints(ctx: Context) -> int:
@@ -255,51 +351,69 @@ async def _count_sessions(ctx: Context, where: ColumnElement[bool]) -> int:
 
 
 async def _with_progress(
-    ctx: Context, doing: str, where: ColumnElement[bool], work: Callable[[], Awaitable[int]]
+    ctx: Context,
+    doing: Callable[[int], str],
+    where: ColumnElement[bool],
+    work: Callable[[], Awaitable[int]],
 ) -> int:
     """Await ``work()``; on a terminal, count first and show a spinner with the elapsed time.
 
     The repository sweeps in batches inside one call and reports only the total, so the
-    progress shown is the expected count and the time spent, not a running count.
+    progress shown is the expected count (``doing(count)``) and the time spent, not a running
+    count.
     """
     if not sys.stderr.isatty():
         return await work()
     expected = await _count_sessions(ctx, where)
-    return await fmt.with_spinner(doing.format(expected), work())
+    return await fmt.with_spinner(doing(expected), work())
+
+
+# What a sweep does when --older-than is not given: the repository's own default, read from its
+# signature so that the command and the API cannot drift apart.
+STALE_AFTER: timedelta = (
+    inspect.signature(SessionRepository.cleanup_stale_sessions).parameters["max_age"].default
+)
 
 
 async def cleanup(ctx: Context) -> int:
-    max_age: fmt.Duration = ctx.args.older_than
+    if not ctx.args.dry_run:  # a dry run changes nothing, so no cached copy can go stale
+        ctx.require_cache_choice("cleanup")
+    given: fmt.Duration | None = ctx.args.older_than
+    max_age = given or fmt.Duration(fmt.duration_text(STALE_AFTER), STALE_AFTER)
     cutoff = datetime.now(UTC) - max_age.delta
-    what = f"ACTIVE sessions with no heartbeat for {max_age.text} (since {fmt.timestamp(cutoff)})"
+    ago = f"with no heartbeat for {max_age.text} (since {fmt.timestamp(cutoff)})"
+
+    def what(n: int) -> str:
+        return f"{fmt.count(n, 'ACTIVE session')} {ago}"
+
     S = sessions_table.c
     stale = and_(S.state == SessionState.ACTIVE.value, S.last_heartbeat < cutoff)
     if ctx.args.dry_run:
-        count = await _count_sessions(ctx, stale)
-        ctx.print(f"cleanup --dry-run: {count} {what} would be failed; nothing was changed")
+        n = await _count_sessions(ctx, stale)
+        ctx.print(f"cleanup --dry-run: {what(n)} would be failed; nothing was changed")
         return EXIT_OK
     repo, batch = ctx.repository(), ctx.args.batch_size
     started = datetime.now(UTC)
     try:
         failed = await _with_progress(
-            ctx, "cleanup: failing {} stale sessions", stale,
+            ctx, lambda n: f"cleanup: failing {fmt.count(n, 'stale session')}", stale,
             lambda: repo.cleanup_stale_sessions(max_age.delta, batch_size=batch),
         )  # fmt: skip
     except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels the command
         # Each batch is its own transaction: say how far it got before stopping.
         done = await _count_sessions(ctx, _swept_since(started))
         raise CliError(
-            f"interrupted: {done} stale sessions had already been failed and committed "
-            f"(batches of {batch}); the batch in progress was rolled back. Run the same "
-            "command again to fail the rest",
+            f"interrupted: {fmt.count(done, 'stale session')} had already been failed and "
+            f"committed (batches of {batch}); the batch in progress was rolled back. Run the "
+            "same command again to fail the rest",
             EXIT_INTERRUPTED,
         ) from None
-    ctx.print(f"cleanup: failed {failed} {what}")
+    ctx.print(f"cleanup: failed {what(failed)}")
     trouble = await ctx.redis_trouble()
     if trouble is not None:
         consequence = (
-            f"the {failed} sessions were failed and committed, but applications may serve "
-            "cached copies of them until they expire (the cache's ttl)"
+            f"{fmt.count(failed, 'session was', 'sessions were')} failed and committed, but "
+            "applications may serve cached copies until they expire (the cache's ttl)"
             if failed
             else "nothing needed invalidating this time, but Redis must be reachable for the "
             "next sweep to reach the applications' cache"
@@ -325,19 +439,24 @@ def _swept_since(started: datetime) -> ColumnElement[bool]:
 async def purge(ctx: Context) -> int:
     older_than: fmt.Duration = ctx.args.deleted_before
     cutoff = datetime.now(UTC) - older_than.delta
-    what = f"sessions soft-deleted more than {older_than.text} ago (before {fmt.timestamp(cutoff)})"
+    ago = f"more than {older_than.text} ago (before {fmt.timestamp(cutoff)})"
+
+    def what(n: int) -> str:
+        return f"{fmt.count(n, 'session')} soft-deleted {ago}"
+
     S = sessions_table.c
     doomed = and_(S.state == SessionState.DELETED.value, S.updated_at < cutoff)
     if ctx.args.dry_run:
-        count = await _count_sessions(ctx, doomed)
-        ctx.print(f"purge --dry-run: {count} {what} would be removed; nothing was changed")
+        n = await _count_sessions(ctx, doomed)
+        ctx.print(f"purge --dry-run: {what(n)} would be removed; nothing was changed")
         return EXIT_OK
     repo, batch = ctx.repository(), ctx.args.batch_size
     removed = await _with_progress(
-        ctx, "purge: removing {} deleted sessions", doomed,
+        ctx, lambda n: f"purge: removing {fmt.count(n, 'deleted session')}", doomed,
         lambda: repo.purge_deleted_sessions(older_than.delta, batch_size=batch),
     )  # fmt: skip
-    ctx.print(f"purge: removed {removed} {what}, with their checkpoints")
+    its = "its checkpoints" if removed == 1 else "their checkpoints"
+    ctx.print(f"purge: removed {what(removed)}, with {its}")
     return EXIT_OK
 
 
@@ -411,9 +530,9 @@ async def import_legacy(ctx: Context) -> int:
                 fmt.draw_progress(sys.stderr, "import-legacy", report.read, total)
     except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels the command
         raise CliError(
-            f"interrupted: {report.imported} sessions had already been imported and committed "
-            f"(batches of {args.batch_size}); the batch in progress was rolled back. Run the "
-            "same command again to import the rest",
+            f"interrupted: {fmt.count(report.imported, 'session')} had already been imported "
+            f"and committed (batches of {args.batch_size}); the batch in progress was rolled "
+            "back. Run the same command again to import the rest",
             EXIT_INTERRUPTED,
         ) from None
     except StorageError as exc:  # its message names the database (source or target) that failed
@@ -424,7 +543,7 @@ async def import_legacy(ctx: Context) -> int:
     source_shown = source.url.render_as_string(hide_password=True)
     would = " would be" if args.dry_run else ""
     ctx.print(
-        f"import-legacy{' --dry-run' if args.dry_run else ''}: {report.read} rows of "
+        f"import-legacy{' --dry-run' if args.dry_run else ''}: {fmt.count(report.read, 'row')} of "
         f"{args.table!r} at {source_shown}: {report.imported}{would} imported, "
         f"{report.present} skipped as present, {len(report.rejected)} rejected"
         + ("; nothing was written" if args.dry_run else "")

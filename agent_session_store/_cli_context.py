@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from agent_session_store import _cli_redis
+from agent_session_store._cli_format import count
 from agent_session_store._errors import describe
 from agent_session_store.engine import DEFAULT_URL, create_engine
 from agent_session_store.redis_cache import RedisCache
@@ -143,7 +144,34 @@ class Context:
 
     @property
     def redis_url(self) -> str | None:
-        return getattr(self.args, "redis_url", None) or os.environ.get(REDIS_URL_ENV) or None
+        """The applications' Redis: ``--redis-url``, else the variable; none with ``--no-cache``."""
+        given = getattr(self.args, "redis_url", None)
+        if getattr(self.args, "no_cache", False):
+            if given:  # one before the command, one after it: argparse sees them apart
+                raise CliError(
+                    "--no-cache and --redis-url contradict each other: give one of them",
+                    EXIT_USAGE,
+                )
+            return None  # explicit, so it also overrides the variable
+        return given or os.environ.get(REDIS_URL_ENV) or None
+
+    def require_cache_choice(self, command: str) -> None:
+        """Refuse to change sessions unless told where the applications' cache is, or that none is.
+
+        A command that changes sessions without invalidating the applications' cached copies
+        leaves them stale until their ttl runs out; forgetting ``--redis-url`` in a cron line
+        must not do that silently. So the operator says which: the cache's address, or
+        ``--no-cache``.
+        """
+        if self.redis_url is not None or getattr(self.args, "no_cache", False):
+            return
+        raise CliError(
+            f"{command} changes sessions that applications may hold in their Redis cache: give "
+            f"the cache's address with --redis-url URL (or ${REDIS_URL_ENV}), so that their "
+            "copies are invalidated, or --no-cache if no application caches this database; "
+            "nothing was changed",
+            EXIT_USAGE,
+        )
 
     @property
     def redis_namespace(self) -> str:
@@ -186,7 +214,7 @@ class Context:
         if self._cache is None or self._redis is None:
             return None
         if self._cache.stats.errors:
-            return f"{self._cache.stats.errors} Redis operation(s) failed"
+            return f"{count(self._cache.stats.errors, 'Redis operation')} failed"
         try:
             await self._redis.ping()
         except (RedisError, OSError, TimeoutError) as exc:

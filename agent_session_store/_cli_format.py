@@ -35,6 +35,12 @@ class Duration(NamedTuple):
 def duration(text: str) -> Duration:
     """Parse ``30m``, ``48h``, ``7d``, ``2w`` or combinations like ``1d12h`` (argparse type)."""
     cleaned = text.strip().lower()
+    if cleaned.startswith("-"):
+        rest = cleaned.lstrip("-").strip()
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: a negative age is not allowed (an age counts back from "
+            f"now); use e.g. {rest if _DURATION.fullmatch(rest) else '48h'}"
+        )
     if not _DURATION.fullmatch(cleaned):
         raise argparse.ArgumentTypeError(
             f"invalid duration {text!r}: use a number and a unit, e.g. 30m, 48h, 7d, 2w or 1d12h "
@@ -52,6 +58,22 @@ def duration(text: str) -> Duration:
             f"duration {text!r} is too long: at most {MAX_DURATION.days}d (100 years)"
         )
     return Duration(cleaned, delta)
+
+
+def duration_text(delta: timedelta) -> str:
+    """``delta`` as :func:`duration` reads it: ``2d``, ``1d12h``, ``90s``; ``0s`` for none."""
+    seconds = int(delta.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts) or "0s"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 session``, ``2 sessions``, ``0 sessions``: a number and its noun, agreeing."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def positive_int(text: str) -> int:
@@ -126,12 +148,13 @@ def to_json(value: Any) -> str:
 
 def sessions_table(sessions: Sequence[AgentSession]) -> str:
     """The ``sessions list`` table."""
+    # CREATED_AT: the column the page is ordered by (newest first), so the order can be seen.
     return table(
         ("SESSION_ID", "AGENT_TYPE", "USER_ID", "KEY", "STATE", "CHECKPOINTS", "VERSION",
-         "UPDATED_AT"),
+         "CREATED_AT"),
         (
             (s.session_id, s.agent_type, s.user_id or "-", s.key or "-", s.state.value,
-             s.checkpoint_count, s.version, timestamp(s.updated_at))
+             s.checkpoint_count, s.version, timestamp(s.created_at))
             for s in sessions
         ),
     )  # fmt: skip
@@ -234,7 +257,7 @@ def draw_progress(stream: TextIO, label: str, done: int, total: int, width: int 
     """Redraw a progress bar, ``label [#####-----] done/total``, on a terminal line."""
     filled = width if total <= 0 else min(width, width * done // total)
     bar = "#" * filled + "-" * (width - filled)
-    stream.write(f"\r{label} [{bar}] {done}/{total} rows\x1b[K")
+    stream.write(f"\r{label} [{bar}] {done}/{count(total, 'row')}\x1b[K")
     stream.flush()
 
 

@@ -4,9 +4,10 @@ Example::
 
     agent-session-store db upgrade --url postgresql+asyncpg://app@db/app
     agent-session-store sessions list --state active --limit 20
-    agent-session-store cleanup --older-than 48h --dry-run
+    agent-session-store cleanup --older-than 48h --redis-url redis://cache:6379/0
 
-See docs/cli.md for every command. ``main()`` returns the exit code (listed in ``--help``).
+``--help`` at every level describes the command, its options, the environment variables and
+the exit codes (docs/cli.md has examples with their output). ``main()`` returns the exit code.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -28,6 +30,7 @@ from agent_session_store import _cli_format as fmt
 from agent_session_store import legacy
 from agent_session_store._arguments import MAX_BATCH_SIZE, MAX_PAGE_SIZE
 from agent_session_store._cli_commands import (
+    STALE_AFTER,
     cleanup,
     db_check,
     db_current,
@@ -83,24 +86,122 @@ logger = logging.getLogger(__name__)
 
 EPILOG = f"""\
 environment:
-  {URL_ENV}   database URL when --url is not given
-                                (default {DEFAULT_URL})
-  {REDIS_URL_ENV}      Redis URL when --redis-url is not given (the cache that
-                                cleanup invalidates and stats reports on)
-  {REDIS_NAMESPACE_ENV}  the cache namespace when --redis-namespace is not given
+  {URL_ENV}
+      the database URL when --url is not given
+      (default {DEFAULT_URL})
+  {REDIS_URL_ENV}
+      the applications' Redis cache when --redis-url is not given (cleanup
+      invalidates its copies, stats reports on it); --no-cache overrides it
+  {REDIS_NAMESPACE_ENV}
+      the cache's namespace when --redis-namespace is not given
+      (default {DEFAULT_REDIS_NAMESPACE})
 
 exit codes:
   0    success
   1    operational error: the database is unreachable or failed; or the Redis
        given could not be used (cleanup, stats: after printing what was done)
-  2    usage error: bad arguments, unparseable URL or unsupported driver
+  2    usage error: bad arguments, unparseable URL or unsupported driver;
+       cleanup with neither --redis-url nor --no-cache
   3    the database schema is not at this version's revision
        (run `agent-session-store db upgrade`), or a newer release migrated it
   4    the session asked for does not exist
   130  interrupted (Ctrl-C); cleanup says how many sessions it had failed
   141  stdout was closed early (e.g. `| head`); nothing more is printed
 
-Passwords in URLs are never printed. See docs/cli.md for examples."""
+Passwords in URLs are never printed."""
+
+DESCRIPTION = """\
+Migrate, inspect and clean up the database of agent-session-store (its tables
+agent_sessions_*). The options work before or after the command, and every
+command has --help.
+
+examples:
+  agent-session-store db upgrade --url postgresql+asyncpg://app@db/app
+  agent-session-store sessions list --state active --limit 20
+  agent-session-store cleanup --older-than 48h --redis-url redis://cache:6379/0"""
+
+AGES = """\
+AGE is a number and a unit, s, m, h, d or w, combinable: 30m, 48h, 7d, 1d12h;
+at most 100 years, and never negative."""
+
+HELP = {
+    "db upgrade": """\
+Upgrade agent-session-store's tables to REVISION (default: head, the revision
+this release needs), creating them in an empty database or a new SQLite file.
+The library's own Alembic history does it; its version table is
+agent_sessions_alembic_version, so an application's alembic_version is never
+touched. Several processes upgrading one PostgreSQL database take turns.""",
+    "db downgrade": """\
+Downgrade agent-session-store's tables to REVISION (`db current` says where
+the database is). `base` drops the tables and every session in them, and needs
+--yes.""",
+    "db current": """\
+Print the revision the database's schema is at, and whether it is head (the
+revision this release needs). A SQLite file that does not exist has no schema,
+and is not created.""",
+    "db check": """\
+Exit 0 when the schema is at the revision this release needs; else print the
+command that upgrades it and exit 3. For deploy pipelines and readiness probes.
+A SQLite file that does not exist is not created.""",
+    "db sql": """\
+Print the SQL of an upgrade for PostgreSQL, for review or to apply by hand;
+connects to no database. --from REV limits it to the revisions after REV.""",
+    "sessions list": """\
+List one page of sessions, newest first (by creation: the CREATED_AT column).
+Soft-deleted sessions appear only with --state deleted. When there is more,
+the last line is the cursor of the next page: pass it back with --cursor and
+the same filters. --json prints {"items": [...], "next_cursor": "..." | null};
+the items have no checkpoints (checkpoint_count says how many).""",
+    "sessions show": """\
+Show a session: its fields, context, metadata and newest checkpoints. Name it
+by ID (a live or soft-deleted session), or by the key it was created with:
+--key with --agent-type, and --user-id unless it has none (the live session
+with that key). Exit 4 when there is none. --json prints
+AgentSession.to_dict().""",
+    "sessions checkpoints": """\
+Page through a session's whole history, oldest first. A full page ends with
+`more: --after-seq N`: pass that for the next one. --json prints
+{"items": [...], "next_after_seq": N | null}.""",
+    "cleanup": f"""\
+Fail every ACTIVE session with no heartbeat for AGE (default:
+{fmt.duration_text(STALE_AFTER)}, as SessionRepository.cleanup_stale_sessions): state failed,
+context["failure_reason"] = "heartbeat_timeout", a new version. PAUSED
+sessions are left alone. The sweep runs in batches of --batch-size sessions,
+each its own transaction; Ctrl-C keeps the batches done and says how many.
+
+Applications that cache sessions in Redis must forget the failed ones: give
+the cache with --redis-url (or ${REDIS_URL_ENV}) and
+--redis-namespace, or say --no-cache when no application caches this
+database. With neither, cleanup changes nothing and exits 2; --dry-run needs
+neither. A Redis that cannot be used does not stop the sweep: it is reported
+after the summary, and the exit code is 1.
+
+{AGES}""",
+    "purge": f"""\
+Hard-delete the sessions soft-deleted more than AGE ago, with their
+checkpoints, in batches of --batch-size sessions, each its own transaction.
+--dry-run only counts them. No cache needs invalidating: a soft-deleted
+session is no longer served from any cache.
+
+{AGES}""",
+    "import-legacy": """\
+Import the table of the hand-written session manager agent-session-store
+replaces (--table, default agent_sessions) from the database of --from-url,
+which is only read, into the database of --url, which must be migrated first.
+Each valid row becomes a session with its checkpoints, in batches of
+--batch-size rows, each one transaction. Rows already imported are skipped, so
+running it again writes only what is missing. The report lists each rejected
+row with the reason, and each row whose missing fields were defaulted.""",
+    "stats": """\
+Print the number of sessions by state and by agent type, the checkpoint total
+and the oldest ACTIVE heartbeat. With a Redis URL, also the cache server's
+round trip and keyspace counters (an application's own hit rate is in its
+RedisCache.stats, or the agent_session_store.cache.events metric).""",
+}
+
+# `--older-than -1h`: argparse takes `-1h` for an option and says only "expected one argument".
+AGE_OPTIONS = ("--older-than", "--deleted-before")
+_NEGATIVE = re.compile(r"-\d")
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -121,14 +222,24 @@ def _common() -> argparse.ArgumentParser:
         help="the URL reaches PostgreSQL through a transaction pooler such as PgBouncer "
         "(the same as ?transaction_pooling=true in the URL)",
     )
-    common.add_argument(
+    cache = common.add_mutually_exclusive_group()
+    cache.add_argument(
         "--redis-url",
         default=argparse.SUPPRESS,
-        help=f"Redis URL of the cache (default: ${REDIS_URL_ENV}; none: no cache)",
+        metavar="URL",
+        help=f"Redis URL of the applications' cache (default: ${REDIS_URL_ENV})",
+    )
+    cache.add_argument(
+        "--no-cache",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=f"no application caches this database in Redis (overrides ${REDIS_URL_ENV}); "
+        "cleanup needs this or --redis-url",
     )
     common.add_argument(
         "--redis-namespace",
         default=argparse.SUPPRESS,
+        metavar="NS",
         help=f"the applications' cache namespace (default: ${REDIS_NAMESPACE_ENV}, "
         f"else {DEFAULT_REDIS_NAMESPACE})",
     )
@@ -148,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="agent-session-store",
-        description="Migrate, inspect and clean up an agent_session_store database.",
+        description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=formatter,
         parents=[common],
@@ -156,97 +267,121 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {library_version()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
+    def group(name: str, help: str) -> Any:
+        sub = commands.add_parser(
+            name, help=help, description=f"{help[0].upper()}{help[1:]}.", epilog=EPILOG,
+            formatter_class=formatter, parents=[common],
+        )  # fmt: skip
+        return sub.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
     def add(
-        group: Any, name: str, handler: Callable[[Context], Awaitable[int]], help: str
+        group: Any, path: str, handler: Callable[[Context], Awaitable[int]], help: str
     ) -> argparse.ArgumentParser:
         sub: argparse.ArgumentParser = group.add_parser(
-            name, help=help, description=help, epilog=EPILOG, formatter_class=formatter,
-            parents=[common],
+            path.split()[-1], help=help, description=HELP[path], epilog=EPILOG,
+            formatter_class=formatter, parents=[common],
         )  # fmt: skip
         sub.set_defaults(handler=handler)
         return sub
 
-    db = commands.add_parser(
-        "db", help="schema migrations", description="Manage agent_session_store's schema (Alembic)."
-    )
-    db_commands = db.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    sub = add(db_commands, "upgrade", db_upgrade, "upgrade the schema (default: to head)")
+    def batch_size(sub: argparse.ArgumentParser, what: str, default: int, most: int) -> None:
+        sub.add_argument(
+            "--batch-size", type=fmt.int_from_1_to(most), default=default, metavar="N",
+            help=f"{what} per transaction ({default}; at most {most})",
+        )  # fmt: skip
+
+    db = group("db", "manage the schema (Alembic migrations)")
+    sub = add(db, "db upgrade", db_upgrade, "upgrade the schema (default: to head)")
     sub.add_argument("revision", nargs="?", default="head", help="target revision (head)")
-    sub = add(db_commands, "downgrade", db_downgrade, "downgrade the schema to REVISION")
+    sub = add(db, "db downgrade", db_downgrade, "downgrade the schema to REVISION")
     sub.add_argument("revision", help="target revision; base drops the tables")
     sub.add_argument("--yes", action="store_true", help="confirm a downgrade to base")
-    add(db_commands, "current", db_current, "print the database's schema revision")
-    add(db_commands, "check", db_check, "exit 3 unless the schema is at head")
-    sub = add(db_commands, "sql", db_sql, "print the upgrade SQL for PostgreSQL (no database)")
+    add(db, "db current", db_current, "print the database's schema revision")
+    add(db, "db check", db_check, "exit 3 unless the schema is at head")
+    sub = add(db, "db sql", db_sql, "print the upgrade SQL for PostgreSQL (no database)")
     sub.add_argument("revision", nargs="?", default="head", help="target revision (head)")
     sub.add_argument("--from", dest="start", metavar="REV", help="start revision (empty)")
 
-    sessions = commands.add_parser(
-        "sessions", help="list and inspect sessions", description="List and inspect sessions."
-    )
-    sessions_commands = sessions.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    sub = add(sessions_commands, "list", sessions_list, "list sessions, newest first")
+    sessions = group("sessions", "list and inspect sessions")
+    sub = add(sessions, "sessions list", sessions_list, "list sessions, newest first")
     sub.add_argument("--agent-type", help="only this agent type")
     sub.add_argument("--user-id", help="only this user's sessions")
     sub.add_argument(
         "--state", choices=[s.value for s in SessionState], help="only this state (not deleted)"
     )
     sub.add_argument(
-        "--limit", type=fmt.int_from_1_to(MAX_PAGE_SIZE), default=20,
+        "--limit", type=fmt.int_from_1_to(MAX_PAGE_SIZE), default=20, metavar="N",
         help=f"page size (20; at most {MAX_PAGE_SIZE})",
     )  # fmt: skip
     sub.add_argument("--cursor", help="the next cursor printed by the previous page")
     sub.add_argument("--json", action="store_true", help="print JSON")
-    sub = add(sessions_commands, "show", sessions_show, "show a session and recent checkpoints")
-    sub.add_argument("session_id", metavar="ID")
+    sub = add(sessions, "sessions show", sessions_show, "show a session and recent checkpoints")
+    sub.add_argument("session_id", metavar="ID", nargs="?", help="the session's id")
+    sub.add_argument("--key", help="instead of ID: the key the live session was created with")
+    sub.add_argument("--agent-type", metavar="TYPE", help="with --key: the session's agent type")
     sub.add_argument(
-        "--checkpoints",
-        type=fmt.non_negative_int,
-        default=10,
-        metavar="N",
-        help="recent checkpoints shown (10)",
+        "--user-id", metavar="USER", help="with --key: the session's user (default: none)"
     )
+    sub.add_argument(
+        "--checkpoints", type=fmt.non_negative_int, default=10, metavar="N",
+        help="recent checkpoints shown (10)",
+    )  # fmt: skip
     sub.add_argument("--json", action="store_true", help="print JSON")
-    sub = add(sessions_commands, "checkpoints", sessions_checkpoints, "page a session's history")
-    sub.add_argument("session_id", metavar="ID")
+    sub = add(sessions, "sessions checkpoints", sessions_checkpoints, "page a session's history")
+    sub.add_argument("session_id", metavar="ID", help="the session's id")
     sub.add_argument(
         "--after-seq", type=fmt.non_negative_int, metavar="SEQ", help="start after this seq"
     )
     sub.add_argument(
-        "--limit", type=fmt.int_from_1_to(MAX_PAGE_SIZE), default=100,
+        "--limit", type=fmt.int_from_1_to(MAX_PAGE_SIZE), default=100, metavar="N",
         help=f"page size (100; at most {MAX_PAGE_SIZE})",
     )  # fmt: skip
     sub.add_argument("--json", action="store_true", help="print JSON")
 
     sub = add(commands, "cleanup", cleanup, "fail ACTIVE sessions with no recent heartbeat")
     sub.add_argument(
-        "--older-than", type=fmt.duration, required=True, metavar="AGE",
-        help="heartbeat age, e.g. 30m, 48h, 7d",
+        "--older-than", type=fmt.duration, metavar="AGE",
+        help=f"heartbeat age, e.g. 30m, 48h, 7d (default: {fmt.duration_text(STALE_AFTER)})",
     )  # fmt: skip
     sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
-    sub.add_argument(
-        "--batch-size", type=fmt.int_from_1_to(MAX_BATCH_SIZE), default=2000, help="(2000)"
-    )
+    batch_size(sub, "sessions", 2000, MAX_BATCH_SIZE)
     sub = add(commands, "purge", purge, "hard-delete sessions soft-deleted long ago")
     sub.add_argument(
         "--deleted-before", type=fmt.duration, required=True, metavar="AGE",
         help="time since deletion, e.g. 30d",
     )  # fmt: skip
     sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
-    sub.add_argument(
-        "--batch-size", type=fmt.int_from_1_to(MAX_BATCH_SIZE), default=500, help="(500)"
-    )
+    batch_size(sub, "sessions", 500, MAX_BATCH_SIZE)
     sub = add(commands, "import-legacy", import_legacy, "import a hand-written manager's table")
     sub.add_argument("--from-url", required=True, metavar="URL", help="the old database (read)")
     sub.add_argument("--table", default="agent_sessions", help="the old table (agent_sessions)")
-    sub.add_argument(
-        "--batch-size", type=fmt.int_from_1_to(legacy.MAX_BATCH_SIZE), default=1000,
-        help=f"rows per transaction (1000; at most {legacy.MAX_BATCH_SIZE})",
-    )  # fmt: skip
+    batch_size(sub, "rows", 1000, legacy.MAX_BATCH_SIZE)
     sub.add_argument("--dry-run", action="store_true", help="validate and count; write nothing")
     sub = add(commands, "stats", stats, "counts by state and agent type; cache counters")
     sub.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def join_negative_ages(argv: Sequence[str]) -> list[str]:
+    """``--older-than -1h`` as ``--older-than=-1h``, so that the age parser says what is wrong.
+
+    argparse takes a value starting with ``-`` for an option and says only "expected one
+    argument"; joined to its option (abbreviated or not), the value reaches
+    :func:`~agent_session_store._cli_format.duration`, which refuses a negative age by name.
+    """
+    joined: list[str] = []
+    for arg in argv:
+        previous = joined[-1] if joined else ""
+        if (
+            _NEGATIVE.match(arg)
+            and previous.startswith("--")
+            and len(previous) > 2
+            and any(option.startswith(previous) for option in AGE_OPTIONS)
+        ):
+            joined[-1] = f"{previous}={arg}"
+        else:
+            joined.append(arg)
+    return joined
 
 
 # -- entry point ------------------------------------------------------------------------------
@@ -329,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     message: str | None = None
     try:
-        args = build_parser().parse_args(argv)  # `--help | head` too
+        given = sys.argv[1:] if argv is None else argv
+        args = build_parser().parse_args(join_negative_ages(given))  # `--help | head` too
         _configure_logging(getattr(args, "verbose", 0))
         ctx = Context(args)
         try:

@@ -2,7 +2,10 @@
 
 The database comes from, in order: ``config.attributes["connection"]``,
 ``config.attributes["url"]``, ``-x url=...``, ``AGENT_SESSION_STORE_DATABASE_URL``, then
-``sqlalchemy.url`` in alembic.ini. The version table is ``agent_sessions_alembic_version`` and
+``sqlalchemy.url`` in alembic.ini (which the library's own alembic.ini files leave unset: a
+default would let ``alembic current`` without a URL create an empty SQLite file wherever it
+runs and report on that). With none of them, it stops with a message saying what to give. The
+version table is ``agent_sessions_alembic_version`` and
 only tables named ``agent_sessions_*`` are looked at, so a host application's own tables and its
 own ``alembic_version`` are never touched.
 
@@ -62,8 +65,12 @@ def _url() -> str:
     url = url or os.environ.get("AGENT_SESSION_STORE_DATABASE_URL")
     url = url or config.get_main_option("sqlalchemy.url")
     if not url:
+        # Exit status 1 and this line on stderr, before anything is opened or created.
         raise SystemExit(
-            "no database URL: pass -x url=..., or set AGENT_SESSION_STORE_DATABASE_URL"
+            "agent_session_store migrations: no database URL: pass -x url=... (e.g. "
+            "-x url=postgresql+asyncpg://user:password@host/db or "
+            "-x url=sqlite+aiosqlite:///path/to/sessions.db), or set "
+            "AGENT_SESSION_STORE_DATABASE_URL"
         )
     return url
 

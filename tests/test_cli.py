@@ -8,7 +8,10 @@ repository; a fake clock puts heartbeats and deletions in the past.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import inspect
 import json
 import os
 import pty
@@ -24,6 +27,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from agent_session_store import SessionRepository, SessionState, create_engine, migrations
+from agent_session_store import _cli_format as fmt
 from agent_session_store.cli import build_parser, main
 from agent_session_store.redis_cache import RedisCache
 from tests.conftest import FakeClock
@@ -135,11 +139,51 @@ def test_every_level_has_help(path: list[str], capsys: pytest.CaptureFixture[str
     )
 
 
+def _parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every parser of the command tree, with the words that reach it."""
+    found = [(path, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _parsers(sub, (*path, name))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("path", "parser"),
+    [
+        pytest.param(path, parser, id=" ".join(path) or "top")
+        for path, parser in _parsers(build_parser())
+    ],
+)
+def test_help_is_complete_without_the_docs(
+    path: tuple[str, ...], parser: argparse.ArgumentParser
+) -> None:
+    """The wheel ships no docs/cli.md: --help alone says what, which options, which variables."""
+    text = parser.format_help()
+    assert "docs/cli.md" not in text
+    for variable in (*ENV_VARS, "AGENT_SESSION_STORE_REDIS_NAMESPACE"):
+        assert variable in text
+    assert "exit codes:" in text
+    commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    options = [a for a in parser._actions if a not in commands]
+    assert [a.dest for a in options if not a.help] == []
+    assert [c.dest for a in commands for c in a._choices_actions if not c.help] == []
+    assert parser.description
+    if not commands:  # a command says what it does, in more than its one-line summary
+        assert len(parser.description.split()) >= 20, parser.description
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["cleanup"], "--older-than"),
         (["cleanup", "--older-than", "3x"], "invalid duration '3x'"),
+        (["cleanup", "--older-than", "-1h"], "'-1h': a negative age is not allowed"),
+        (["cleanup", "--older-than=-1h"], "'-1h': a negative age is not allowed"),
+        (["cleanup", "--older", "-1h"], "'-1h': a negative age is not allowed"),
+        (["purge", "--deleted-before", "-30d"], "'-30d': a negative age is not allowed"),
         (["purge", "--deleted-before", "soon"], "invalid duration 'soon'"),
         (["cleanup", "--older-than", "9999999999d"], "too long"),
         (["purge", "--deleted-before", "5000000d"], "too long"),
@@ -304,7 +348,7 @@ async def test_sessions_list_pages_with_the_printed_cursor(
     lines = first.out.splitlines()
     assert lines[0].split() == [
         "SESSION_ID", "AGENT_TYPE", "USER_ID", "KEY", "STATE", "CHECKPOINTS", "VERSION",
-        "UPDATED_AT",
+        "CREATED_AT",
     ]  # fmt: skip
     assert [line.split()[0] for line in lines[1:3]] == newest_first[:2]
     assert [line.split()[3] for line in lines[1:3]] == ["chat-2", "chat-1"]
@@ -321,6 +365,27 @@ async def test_sessions_list_pages_with_the_printed_cursor(
     assert page["items"][0]["user_id"] == "user-0"
     assert page["items"][0]["key"] == "chat-0"
     assert page["next_cursor"] is None
+
+
+async def test_sessions_list_shows_the_creation_time_it_is_ordered_by(
+    url: str, repo: SessionRepository, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    older = await repo.create_session("planner")
+    clock.advance(hours=1)
+    newer = await repo.create_session("planner")
+    clock.advance(hours=1)
+    await repo.heartbeat(older.session_id)  # the older one is now the last updated
+
+    listed = await asyncio.to_thread(in_process, capsys, "sessions", "list", "--url", url)
+
+    assert listed.code == 0, listed.err
+    header, *rows = listed.out.splitlines()
+    assert header.split()[-1] == "CREATED_AT"
+    assert [row.split()[0] for row in rows] == [newer.session_id, older.session_id]
+    assert [" ".join(row.split()[-2:]) for row in rows] == [
+        fmt.timestamp(newer.created_at),
+        fmt.timestamp(older.created_at),
+    ]
 
 
 async def test_sessions_show_prints_the_session_and_recent_checkpoints(
@@ -357,6 +422,90 @@ async def test_sessions_show_json_and_unknown_id(
     missing = await asyncio.to_thread(in_process, capsys, "sessions", "show", unknown, "--url", url)
     assert missing.code == 4
     assert f"session '{unknown}' not found" in missing.err
+
+
+async def test_sessions_show_shows_a_soft_deleted_session_with_its_state(
+    url: str, repo: SessionRepository, capsys: pytest.CaptureFixture[str]
+) -> None:
+    session = await repo.create_session("planner", "u1", context={"goal": "ship"}, key="chat-9")
+    for i in range(3):
+        await repo.add_checkpoint(session.session_id, f"step-{i}", {"i": i})
+    await repo.delete_session(session.session_id)
+    listed = await asyncio.to_thread(
+        in_process, capsys, "sessions", "list", "--state", "deleted", "--json", "--url", url
+    )
+    assert [s["session_id"] for s in json.loads(listed.out)["items"]] == [session.session_id]
+
+    text = await asyncio.to_thread(
+        in_process, capsys, "sessions", "show", session.session_id, "--url", url
+    )
+    assert text.code == 0, text.err
+    assert f"session_id:     {session.session_id}" in text.out
+    assert "state:          deleted" in text.out
+    assert "recent checkpoints (1-4 of 4):" in text.out
+    assert "4    step-2" in text.out and '{"i":2}' in text.out
+
+    shown = await asyncio.to_thread(
+        in_process, capsys, "sessions", "show", session.session_id, "--json",
+        "--checkpoints", "2", "--url", url,
+    )  # fmt: skip
+    assert shown.code == 0, shown.err
+    data = json.loads(shown.out)
+    assert (data["session_id"], data["state"], data["key"]) == (
+        session.session_id, "deleted", "chat-9",
+    )  # fmt: skip
+    assert [cp["name"] for cp in data["checkpoints"]] == ["step-1", "step-2"]
+
+
+async def test_sessions_show_by_key_shows_the_live_session_with_that_key(
+    url: str, repo: SessionRepository, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = await repo.create_session("planner", "u1", key="chat-7")
+    await repo.delete_session(gone.session_id)  # frees the key
+    live = await repo.create_session("planner", "u1", key="chat-7")
+    await repo.create_session("planner", "u2", key="chat-7")  # another user's
+    keyless_user = await repo.create_session("planner", key="chat-7")
+
+    def show(*args: str) -> Result:
+        return in_process(capsys, "sessions", "show", *args, "--json", "--url", url)
+
+    found = await asyncio.to_thread(
+        show, "--key", " chat-7 ", "--agent-type", "planner", "--user-id", "u1"
+    )
+    assert found.code == 0, found.err
+    assert json.loads(found.out)["session_id"] == live.session_id
+    no_user = await asyncio.to_thread(show, "--key", "chat-7", "--agent-type", "planner")
+    assert json.loads(no_user.out)["session_id"] == keyless_user.session_id
+
+    missing = await asyncio.to_thread(
+        show, "--key", "chat-7", "--agent-type", "coder", "--user-id", "u1"
+    )
+    assert missing.code == 4
+    assert (
+        "no live session has the key 'chat-7' for agent type 'coder' and user 'u1'" in missing.err
+    )
+    assert "`agent-session-store sessions list --agent-type coder --user-id u1`" in missing.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([str(uuid.UUID(int=1)), "--key", "k", "--agent-type", "a"], "not both"),
+        ([], "give a session ID, or --key KEY --agent-type TYPE"),
+        (["--key", "chat-7"], "--key needs --agent-type"),
+        ([str(uuid.UUID(int=1)), "--agent-type", "a"], "--agent-type and --user-id go with --key"),
+        ([str(uuid.UUID(int=1)), "--user-id", "u"], "--agent-type and --user-id go with --key"),
+    ],
+)
+def test_sessions_show_arguments_are_checked_before_connecting(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The URL is unreachable: connecting first would exit 1, not 2.
+    result = in_process(
+        capsys, "sessions", "show", *args, "--url", "postgresql+asyncpg://u@127.0.0.1:1/x"
+    )
+    assert result.code == 2, result.err
+    assert message in result.err
 
 
 async def test_sessions_checkpoints_pages_by_seq(
@@ -425,7 +574,7 @@ async def test_cleanup_dry_run_counts_then_cleanup_fails_stale_sessions(
     assert "nothing was changed" in dry.out
     assert await _states(repo, [*stale, fresh]) == [SessionState.ACTIVE] * 3
 
-    done = await cli("cleanup", "--older-than", "48h", "--url", url, cwd=tmp_path)
+    done = await cli("cleanup", "--older-than", "48h", "--no-cache", "--url", url, cwd=tmp_path)
     assert done.code == 0, done.err
     assert done.out.startswith("cleanup: failed 2 ACTIVE sessions with no heartbeat for 48h")
     assert done.err == ""  # no progress display when stderr is not a terminal
@@ -437,12 +586,109 @@ async def test_cleanup_on_a_terminal_shows_progress(
     tmp_path: Path, url: str, repo: SessionRepository, clock: FakeClock
 ) -> None:
     stale, _ = await _seed_stale(repo, clock)
-    result = await cli("cleanup", "--older-than", "2d", "--url", url, cwd=tmp_path, stderr_tty=True)
+    result = await cli(
+        "cleanup", "--older-than", "2d", "--no-cache", "--url", url, cwd=tmp_path,
+        stderr_tty=True,
+    )  # fmt: skip
     assert result.code == 0, result.err
     assert "cleanup: failing 2 stale sessions" in result.err  # the first spinner frame
     assert result.err.endswith("\r\x1b[K")  # the progress line is cleared at the end
     assert result.out.startswith("cleanup: failed 2 ")
     assert await _states(repo, stale) == [SessionState.FAILED] * 2
+
+
+async def test_cleanup_without_redis_url_or_no_cache_changes_nothing_and_exits_2(
+    url: str, repo: SessionRepository, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stale, _ = await _seed_stale(repo, clock)
+
+    refused = await asyncio.to_thread(
+        in_process, capsys, "cleanup", "--older-than", "48h", "--url", url
+    )
+
+    assert refused.code == 2
+    assert "--redis-url" in refused.err and "--no-cache" in refused.err
+    assert "AGENT_SESSION_STORE_REDIS_URL" in refused.err
+    assert refused.out == ""
+    assert await _states(repo, stale) == [SessionState.ACTIVE] * 2
+    # --dry-run changes nothing, so it needs neither.
+    dry = await asyncio.to_thread(
+        in_process, capsys, "cleanup", "--older-than", "48h", "--dry-run", "--url", url
+    )
+    assert dry.code == 0, dry.err
+
+
+def test_cleanup_refuses_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+    result = in_process(
+        capsys, "cleanup", "--url", "postgresql+asyncpg://u@127.0.0.1:1/x"
+    )  # unreachable: connecting first would exit 1
+    assert result.code == 2, result.err
+    assert "nothing was changed" in result.err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--redis-url", "redis://127.0.0.1:1/0", "cleanup", "--no-cache"],
+        ["--no-cache", "cleanup", "--redis-url", "redis://127.0.0.1:1/0"],
+        ["cleanup", "--no-cache", "--redis-url", "redis://127.0.0.1:1/0"],
+    ],
+)
+def test_no_cache_and_redis_url_together_are_a_usage_error(
+    args: list[str], url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main([*args, "--url", url])
+    except SystemExit as exited:  # argparse, when both are on one side of the command
+        code = int(exited.code or 0)
+    assert code == 2
+    assert "--no-cache" in capsys.readouterr().err
+
+
+async def test_cleanup_takes_the_redis_url_from_the_environment_and_no_cache_overrides_it(
+    url: str, repo: SessionRepository, clock: FakeClock, redis_url: str, namespace: str,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    stale, _ = await _seed_stale(repo, clock)
+    monkeypatch.setenv("AGENT_SESSION_STORE_REDIS_URL", redis_url)
+    monkeypatch.setenv("AGENT_SESSION_STORE_REDIS_NAMESPACE", namespace)
+    swept = await asyncio.to_thread(
+        in_process, capsys, "cleanup", "--older-than", "48h", "--url", url
+    )
+    assert swept.code == 0, swept.err
+    assert await _states(repo, stale) == [SessionState.FAILED] * 2
+
+    # Nothing listens there: with --no-cache it is not even tried.
+    monkeypatch.setenv("AGENT_SESSION_STORE_REDIS_URL", "redis://127.0.0.1:1/0")
+    again = await asyncio.to_thread(
+        in_process, capsys, "cleanup", "--older-than", "48h", "--no-cache", "--url", url
+    )
+    assert again.code == 0, again.err
+    assert again.err == ""
+
+
+async def test_cleanup_without_older_than_uses_the_repositorys_default(
+    url: str, repo: SessionRepository, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    default = inspect.signature(SessionRepository.cleanup_stale_sessions).parameters["max_age"]
+    max_age = default.default
+    clock.advance(seconds=-(max_age.total_seconds() + 3600))
+    stale = await repo.create_session("planner")
+    clock.advance(seconds=7200)  # silent for an hour less than the default
+    recent = await repo.create_session("planner")
+    clock.advance(seconds=max_age.total_seconds() - 3600)
+
+    dry = await asyncio.to_thread(in_process, capsys, "cleanup", "--dry-run", "--url", url)
+    assert dry.code == 0, dry.err
+    assert dry.out.startswith(
+        f"cleanup --dry-run: 1 ACTIVE session with no heartbeat for {fmt.duration_text(max_age)} "
+    )
+    swept = await asyncio.to_thread(in_process, capsys, "cleanup", "--no-cache", "--url", url)
+    assert swept.code == 0, swept.err
+    assert swept.out.startswith("cleanup: failed 1 ACTIVE session with no heartbeat for ")
+    assert await _states(repo, [stale.session_id, recent.session_id]) == [
+        SessionState.FAILED, SessionState.ACTIVE,
+    ]  # fmt: skip
 
 
 async def test_purge_removes_sessions_deleted_long_ago(
@@ -458,7 +704,8 @@ async def test_purge_removes_sessions_deleted_long_ago(
 
     result = await cli("purge", "--deleted-before", "30d", "--url", url, cwd=tmp_path)
     assert result.code == 0, result.err
-    assert result.out.startswith("purge: removed 1 sessions soft-deleted more than 30d ago")
+    assert result.out.startswith("purge: removed 1 session soft-deleted more than 30d ago")
+    assert result.out.rstrip().endswith(", with its checkpoints")
     stats = await repo.stats()
     assert stats.by_state == {"deleted": 1, "active": 1}
     assert await repo.get_session(kept.session_id) is not None
@@ -475,8 +722,31 @@ async def test_purge_dry_run_changes_nothing(
         in_process, capsys, "purge", "--deleted-before", "30d", "--dry-run", "--url", url
     )
     assert result.code == 0, result.err
-    assert result.out.startswith("purge --dry-run: 1 sessions soft-deleted more than 30d ago")
+    assert result.out.startswith("purge --dry-run: 1 session soft-deleted more than 30d ago")
     assert (await repo.stats()).by_state == {"deleted": 1}
+
+
+def test_import_legacy_of_one_row_says_row(
+    tmp_path: Path, url: str, engine: AsyncEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(old)) as db:
+        db.execute(
+            "CREATE TABLE agent_sessions (id TEXT PRIMARY KEY, agent_type TEXT, user_id TEXT, "
+            "state TEXT, context TEXT, checkpoints TEXT, created_at TEXT, updated_at TEXT, "
+            "last_heartbeat TEXT)"
+        )
+        db.execute(
+            "INSERT INTO agent_sessions VALUES ('chat-1', 'planner', 'u1', 'active', '{}', '[]', "
+            "'2024-05-01 09:00:00', '2024-05-01 09:00:00', '2024-05-01 09:00:00')"
+        )
+        db.commit()
+    result = in_process(
+        capsys, "import-legacy", "--from-url", f"sqlite+aiosqlite:///{old}", "--url", url,
+        "--dry-run",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert result.out.startswith("import-legacy --dry-run: 1 row of 'agent_sessions' at ")
 
 
 async def test_stats_json_and_text(

@@ -6,12 +6,15 @@ release, missing databases and directories, connect timeouts, Redis down, Ctrl-C
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import io
 import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -30,7 +33,13 @@ from agent_session_store import (
     create_engine,
     migrations,
 )
-from agent_session_store._cli_format import MAX_DURATION, duration
+from agent_session_store._cli_format import (
+    MAX_DURATION,
+    count,
+    draw_progress,
+    duration,
+    duration_text,
+)
 from agent_session_store.cli import EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, main
 from agent_session_store.tables import VERSION_TABLE
 from tests.conftest import FakeClock
@@ -132,6 +141,36 @@ def test_huge_durations_are_usage_errors(
 
 def test_the_longest_duration_is_accepted() -> None:
     assert duration(f"{MAX_DURATION.days}d").delta == MAX_DURATION
+
+
+@pytest.mark.parametrize("text", ["-1h", "-0s", " -2d ", "-1d12h"])
+def test_a_negative_age_is_refused_by_name(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="a negative age is not allowed"):
+        duration(text)
+
+
+@pytest.mark.parametrize("text", ["2d", "1d12h", "90s", "1h30m", "0s", "12d"])
+def test_duration_text_reads_back_as_the_same_duration(text: str) -> None:
+    delta = timedelta(seconds=duration(text).delta.total_seconds())
+    assert duration(duration_text(delta)).delta == delta
+
+
+# -- plurals ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [(0, "0 sessions"), (1, "1 session"), (2, "2 sessions")],
+)
+def test_a_count_agrees_with_its_noun(n: int, expected: str) -> None:
+    assert count(n, "session") == expected
+    assert count(1, "session was", "sessions were") == "1 session was"
+
+
+def test_the_progress_bar_of_one_row_says_row() -> None:
+    stream = io.StringIO()
+    draw_progress(stream, "import-legacy", 1, 1)
+    assert stream.getvalue().endswith("] 1/1 row\x1b[K")
 
 
 # -- bug 4: a malformed id reaches the database first -----------------------------------------
@@ -338,7 +377,7 @@ async def test_ctrl_c_during_cleanup_says_how_many_were_committed(
             await holder.commit()
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "agent_session_store.cli", "cleanup", "--older-than", "48h",
-                "--batch-size", "1", "--url", fresh_pg, cwd=tmp_path, env=_env(),
+                "--batch-size", "1", "--no-cache", "--url", fresh_pg, cwd=tmp_path, env=_env(),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             waiting = text(
@@ -362,11 +401,50 @@ async def test_ctrl_c_during_cleanup_says_how_many_were_committed(
         ]
         assert proc.returncode == EXIT_INTERRUPTED, err.decode()
         assert failed, "the first batch committed before the interrupt"
+        noun = "stale session" if len(failed) == 1 else "stale sessions"
         assert (
-            f"interrupted: {len(failed)} stale sessions had already been failed and committed"
+            f"interrupted: {len(failed)} {noun} had already been failed and committed"
             in err.decode()
         )
         assert "Run the same command again" in err.decode()
         assert out.decode() == ""
     finally:
         await engine.dispose()
+
+
+# -- alembic without a URL --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ini",
+    [migrations.alembic_ini(), Path(__file__).resolve().parent.parent / "alembic.ini"],
+    ids=["shipped-ini", "checkout-ini"],
+)
+@pytest.mark.parametrize(
+    "command", [["current"], ["upgrade", "head"], ["upgrade", "head", "--sql"]]
+)
+def test_alembic_without_a_url_says_what_to_give_and_creates_nothing(
+    ini: Path, command: list[str], tmp_path: Path
+) -> None:
+    # A default sqlalchemy.url in alembic.ini once made `alembic current` create an empty
+    # agent_sessions.db in the working directory and exit 0.
+    ran = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ini), *command],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode != 0
+    assert "-x url=" in ran.stderr
+    assert "AGENT_SESSION_STORE_DATABASE_URL" in ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_alembic_takes_the_url_from_the_environment(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'env.db'}"
+    ran = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(migrations.alembic_ini()), "upgrade", "head"],
+        cwd=tmp_path, env={**_env(), "AGENT_SESSION_STORE_DATABASE_URL": url},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert main(["db", "check", "--url", url]) == 0
