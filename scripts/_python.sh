@@ -16,3 +16,28 @@ find_python() {
         fi
     done
 }
+
+# supported PYTHON: exit 0 when PYTHON runs and is 3.11 or newer (what the library needs).
+supported() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
+
+# ensure_venv DIR PYTHON: make DIR a virtualenv of PYTHON, unless it already is one of a supported
+# Python. scripts/demo and scripts/test share .venv: neither deletes one the other made with
+# another supported Python (it says so and uses it; remove DIR to rebuild it). Only a venv whose
+# Python no longer runs or is older than 3.11 is replaced.
+ensure_venv() {
+    local dir=$1 python=$2 have want
+    if [[ -e "$dir" ]] && ! supported "$dir/bin/python"; then
+        echo "== replacing $dir: it was made by $("$dir/bin/python" -V 2>&1 || echo 'a Python that no longer runs'), and agent-session-store needs 3.11 or newer"
+        rm -rf "$dir"
+    fi
+    if [[ ! -x "$dir/bin/python" ]]; then
+        echo "== creating a virtualenv in $dir with $("$python" -V 2>&1)"
+        "$python" -m venv "$dir"
+        return
+    fi
+    have=$("$dir/bin/python" -V 2>&1 | cut -d' ' -f2 | cut -d. -f1,2)
+    want=$("$python" -V 2>&1 | cut -d' ' -f2 | cut -d. -f1,2)
+    if [[ "$have" != "$want" ]]; then
+        echo "== using $dir as it is (Python $have; $python is $want): remove $dir to rebuild it with $want"
+    fi
+}

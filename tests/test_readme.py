@@ -142,9 +142,7 @@ def test_the_demo_says_what_it_does_and_what_to_try_next(tmp_path: Path) -> None
 
 
 def test_the_demo_replaces_a_venv_of_an_unsupported_python(tmp_path: Path) -> None:
-    copy = tmp_path / "checkout"
-    (copy / "scripts").mkdir(parents=True)
-    shutil.copy2(ROOT / "scripts" / "demo", copy / "scripts" / "demo")
+    copy = _scripts_only(tmp_path)
     old = copy / ".venv" / "bin" / "python"
     old.parent.mkdir(parents=True)
     old.write_text("#!/bin/sh\n[ \"$1\" = -V ] && echo 'Python 3.8.10'\nexit 1\n")
@@ -161,6 +159,34 @@ def test_the_demo_replaces_a_venv_of_an_unsupported_python(tmp_path: Path) -> No
     assert "== creating a virtualenv in .venv with Python 3.12.1" in result.stdout
     assert (tmp_path / "made").read_text().split() == ["-m", "venv", ".venv"]
     assert not old.exists()
+
+
+def _scripts_only(tmp_path: Path) -> Path:
+    copy = tmp_path / "checkout"
+    (copy / "scripts").mkdir(parents=True)
+    for script in ("demo", "_python.sh"):
+        shutil.copy2(ROOT / "scripts" / script, copy / "scripts" / script)
+    return copy
+
+
+def test_the_demo_keeps_a_venv_that_scripts_test_made_with_another_python(tmp_path: Path) -> None:
+    # scripts/test and scripts/demo share .venv; each used to rebuild it for its own Python.
+    copy = _scripts_only(tmp_path)
+    venv_python = copy / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    # A supported Python whose pip install fails, so the demo stops right after choosing.
+    venv_python.write_text(
+        "#!/bin/sh\n[ \"$1\" = -V ] && echo 'Python 3.13.0' && exit 0\n"
+        '[ "$1" = -c ] && exit 0\nexit 9\n'
+    )
+    venv_python.chmod(0o755)
+    other = tmp_path / "python3.11"
+    other.write_text("#!/bin/sh\n[ \"$1\" = -V ] && echo 'Python 3.11.7'\nexit 0\n")
+    other.chmod(0o755)
+    result = _run_demo(copy, PYTHON=str(other))
+    assert venv_python.exists()
+    assert "replacing" not in result.stdout and "creating a virtualenv" not in result.stdout
+    assert f"== using .venv as it is (Python 3.13; {other} is 3.11)" in result.stdout
 
 
 def test_the_demo_refuses_an_unsupported_python(tmp_path: Path) -> None:
