@@ -4,13 +4,14 @@ The behaviours are those the SDK's ``Session`` protocol docstrings promise and i
 tests check for its stores (``tests/extensions/memory/`` and ``tests/memory/`` of its source
 distribution), plus regression tests for the upstream reports: concurrent first writes dropping
 items (openai/openai-agents-python#2722) and concurrent pops returning one item twice (#4205).
-Every test runs on SQLite and PostgreSQL (direct and behind PgBouncer), without and with the
-Redis cache (the ``repo`` fixture).
+Every test taking ``repo`` runs on SQLite and PostgreSQL (direct and behind PgBouncer), without
+and with the Redis cache; the session id -> key mapping is also tested on its own, as a function.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
 import os
 import subprocess
@@ -18,8 +19,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import unquote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import event, func, select
 
 from agent_session_store import (
@@ -27,6 +31,7 @@ from agent_session_store import (
     SessionValidationError,
     migrations,
 )
+from agent_session_store._arguments import check_key
 from agent_session_store.tables import checkpoints_table, sessions_table
 from tests.cancelling import cancel_at
 from tests.conftest import IN_CI, Backend
@@ -39,7 +44,7 @@ except ImportError:  # pragma: no cover - the dev extra installs it
         raise
     pytest.skip("openai-agents is not installed", allow_module_level=True)
 
-from agent_session_store.integrations.openai_agents import ITEM, SessionStoreSession
+from agent_session_store.integrations.openai_agents import ITEM, SessionStoreSession, session_key
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "openai_agents_runner.py"
@@ -258,16 +263,168 @@ async def test_an_item_the_store_cannot_hold_is_refused_and_nothing_is_written(
     assert contents(await existing.get_items()) == ["before", "after"]
 
 
-@pytest.mark.parametrize("session_id", ["", "x" * 129, "tab\there"])
-async def test_a_session_id_that_cannot_be_a_key_is_refused(
-    repo: SessionRepository, db: Backend, session_id: str
+def test_a_session_id_that_is_not_a_string_is_a_type_error() -> None:
+    repo = cast("SessionRepository", object())  # never reached
+    for bad in (None, 42, b"chat", ["chat"]):
+        with pytest.raises(TypeError, match="session_id must be a str"):
+            SessionStoreSession(cast("str", bad), repo)
+        with pytest.raises(TypeError, match="session_id must be a str"):
+            session_key(cast("str", bad))
+
+
+# -- session ids: any string the SDK takes -------------------------------------------------------
+
+
+def decoded(key: str) -> str | None:
+    """The session id a key was made from (``None`` for a hashed key), by the documented rule."""
+    if key.startswith("~esc:"):
+        return unquote(key[len("~esc:") :], errors="surrogatepass")
+    if key.startswith("~sha256:"):
+        return None
+    assert not key.startswith("~")
+    return key
+
+
+def sha256_key(session_id: str) -> str:
+    return "~sha256:" + hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# The documented encoding, pinned: changing any of these loses stored conversations.
+KEY_VECTORS = [
+    ("chat-42", "chat-42"),
+    ("会話-123", "会話-123"),
+    ("a b", "a b"),
+    ("%20", "%20"),
+    ("x" * 128, "x" * 128),
+    ("", "~esc:"),
+    (" ", "~esc:%20"),
+    (" a ", "~esc:%20a%20"),
+    ("a ", "~esc:a%20"),
+    ("\n", "~esc:%0A"),
+    ("tab\there", "~esc:tab%09here"),
+    ("nul\x00byte", "~esc:nul%00byte"),
+    ("\ud800", "~esc:%ED%A0%80"),
+    ("\u00e9\n", "~esc:%C3%A9%0A"),
+    ("~", "~esc:~"),
+    ("~home", "~esc:~home"),
+    ("~esc:", "~esc:~esc:"),
+    ("~esc:%20", "~esc:~esc:%2520"),
+    ("~sha256:" + "0" * 64, "~esc:~sha256:" + "0" * 64),
+    ("x" * 129, sha256_key("x" * 129)),
+    ("\n" * 42, sha256_key("\n" * 42)),
+]
+
+# Ids the SDK takes that are not keys as they stand, or that look like encoded keys; each must be
+# its own conversation, apart from every other.
+ODD_IDS = [
+    "",
+    " ",
+    "  ",
+    " a ",
+    "a",
+    "a ",
+    " a",
+    "\n",
+    "\t",
+    "\x00",
+    "nul\x00byte",
+    "\ud800",
+    "会話-123",
+    "👨\u200d👩\u200d👧",
+    "x" * 128,
+    "x" * 129,
+    "x" * 129 + "y",
+    "z" * 10_000,
+    "~",
+    "~esc:",
+    "~esc:%20a%20",
+    "%20a%20",
+    "~sha256:" + hashlib.sha256(b"x" * 129).hexdigest(),  # the key of "x" * 129
+    "$ne",
+    '{"$ne": null}',
+]
+
+
+@pytest.mark.parametrize(
+    ("session_id", "key"), KEY_VECTORS, ids=[repr(v[0])[:24] for v in KEY_VECTORS]
+)
+def test_session_key_follows_the_documented_encoding(session_id: str, key: str) -> None:
+    assert session_key(session_id) == key
+    assert check_key(key) == key  # a key the repository stores as it is
+    assert decoded(key) in (session_id, None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(st.characters(codec=None, exclude_categories=()), max_size=150)
+    | st.text("~esc:sha256 %\n\x00az", max_size=12)
+)
+def test_every_string_maps_to_a_valid_key_it_can_be_read_back_from(session_id: str) -> None:
+    key = session_key(session_id)
+    assert check_key(key) == key
+    # Decoding gives the id back, so no two ids share a plain or escaped key; hashed keys have
+    # their own prefix, and differ as their SHA-256 digests do.
+    if decoded(key) is None:
+        assert key == sha256_key(session_id)
+        assert len(session_id) > 10  # up to 10 characters (of 4 UTF-8 bytes) are escaped
+    else:
+        assert decoded(key) == session_id
+
+
+@pytest.mark.parametrize("session_id", ODD_IDS, ids=[repr(i)[:24] for i in ODD_IDS])
+async def test_any_string_session_id_round_trips_and_stays_literal(
+    repo: SessionRepository, session_id: str
 ) -> None:
     session = SessionStoreSession(session_id, repo)
-    with pytest.raises(SessionValidationError):
-        await session.add_items([msg("hi")])
-    with pytest.raises(SessionValidationError):
-        await session.get_items()
-    assert await library_sessions(db) == 0
+    neighbour = SessionStoreSession("other-session", repo)
+    await neighbour.add_items([msg("other history")])
+    await session.add_items([msg("own history")])
+    assert session.session_id == session_id
+    assert session.key == session_key(session_id)
+    assert contents(await session.get_items()) == ["own history"]
+    assert contents(await SessionStoreSession(session_id, repo).get_items(limit=1)) == [
+        "own history"
+    ]
+    stored = await repo.get_session_by_key("openai-agents", key=session_key(session_id))
+    assert stored is not None and stored.key == session_key(session_id)
+    assert await session.pop_item() == msg("own history")
+    assert await session.get_items() == []
+    await session.add_items([msg("again")])
+    await session.clear_session()
+    assert await SessionStoreSession(session_id, repo).get_items() == []
+    assert contents(await neighbour.get_items()) == ["other history"]
+
+
+async def test_ids_that_differ_in_spaces_escapes_or_length_are_separate_conversations(
+    repo: SessionRepository, db: Backend
+) -> None:
+    sessions = [SessionStoreSession(session_id, repo) for session_id in ODD_IDS]
+    for n, session in enumerate(sessions):
+        await session.add_items([msg(f"conversation {n}")])
+    assert await library_sessions(db) == len(ODD_IDS)
+    for n, session_id in enumerate(ODD_IDS):
+        fresh = SessionStoreSession(session_id, repo)
+        assert contents(await fresh.get_items()) == [f"conversation {n}"], repr(session_id)
+        stored = await repo.get_session_by_key("openai-agents", key=session_key(session_id))
+        assert stored is not None, repr(session_id)
+        assert stored.checkpoints[-1].data == msg(f"conversation {n}"), repr(session_id)
+    await sessions[ODD_IDS.index(" a ")].clear_session()
+    assert await sessions[ODD_IDS.index("a")].pop_item() == msg(
+        f"conversation {ODD_IDS.index('a')}"
+    )
+    for n, session in enumerate(sessions):
+        expected = [] if ODD_IDS[n] in (" a ", "a") else [f"conversation {n}"]
+        assert contents(await session.get_items()) == expected, repr(ODD_IDS[n])
+
+
+async def test_a_conversation_stored_under_a_plain_key_is_read_by_its_id(
+    repo: SessionRepository,
+) -> None:
+    """Sessions written before ids were encoded (the key being the id) are still found."""
+    created = await repo.create_session("openai-agents", key="chat-42")
+    await repo.add_checkpoints(created.session_id, [(ITEM, {"role": "user", "content": "old"})])
+    assert contents(await SessionStoreSession("chat-42", repo).get_items()) == ["old"]
+    assert await SessionStoreSession(" chat-42 ", repo).get_items() == []
 
 
 # -- what the library stores ---------------------------------------------------------------------

@@ -9,9 +9,10 @@ Install with ``pip install 'agent-session-store[openai-agents]'``, then swap the
 
 How the SDK's conversation maps onto the library:
 
-- the SDK's ``session_id`` is the library session's key (``create_session(..., key=...)``), under
-  ``agent_type`` (default ``"openai-agents"``) and ``user_id`` (default ``""``); the library session
-  is created by the first ``add_items``;
+- the SDK's ``session_id`` names the library session through its key
+  (``create_session(..., key=session_key(session_id))``, see below), under ``agent_type``
+  (default ``"openai-agents"``) and ``user_id`` (default ``""``); the library session is created
+  by the first ``add_items``;
 - each item is one checkpoint named ``"item"`` whose data is the item's JSON object. The library's
   own first checkpoint (``session_created``, seq 1) is not an item and never returned or popped;
   checkpoints of any other name are not items either: ``get_items`` skips them and ``pop_item``
@@ -21,16 +22,53 @@ How the SDK's conversation maps onto the library:
 Reads list checkpoints newest first with a limit, so ``get_items(limit=n)`` costs the same at any
 history length; ``add_items`` is one atomic batch append with no read before it; ``pop_item`` is
 the library's ``pop_checkpoint`` (row-locked: concurrent pops return distinct items).
+
+Session ids and keys
+--------------------
+
+The SDK takes any string as a ``session_id`` (``""``, ``" a "``, ``"a\\nb"``, a 10,000-character
+id...); a library key is printable text of 1 to 128 characters without surrounding whitespace
+(``" a "`` and ``"a"`` would be one key). :func:`session_key` maps every string onto a key, one
+to one, and ``session_id`` stays the string the caller gave. The mapping is part of the
+storage format (changing it would lose stored conversations) and has three forms:
+
+- **plain**: an id that is a key as it stands (printable, 1 to 128 characters, no space at
+  either end) and does not start with ``~`` is its own key: ``"chat-42"`` -> ``"chat-42"``,
+  ``"会話-123"`` -> ``"会話-123"``. Conversations stored before this mapping existed keep
+  their keys, but for a key starting with ``~``, which no id maps to any more.
+- **escaped**: any other id is ``"~esc:"`` followed by the id percent-encoded as UTF-8
+  (RFC 3986 style, uppercase hex): printable ASCII stays as it is, and every other byte, the
+  space and ``%`` become ``%XX``. ``""`` -> ``"~esc:"``, ``" a "`` ->
+  ``"~esc:%20a%20"``, ``"a\\nb"`` -> ``"~esc:a%0Ab"``, ``"~home"`` -> ``"~esc:~home"``. Lone
+  surrogates are encoded as their three UTF-8 bytes (``surrogatepass``); ``"\\x00"`` becomes
+  ``%00``, which PostgreSQL can store (the key is stored, never the id). The id comes back with
+  ``urllib.parse.unquote(key[5:], errors="surrogatepass")``.
+- **hashed**: an id whose escaped form would exceed 128 characters is ``"~sha256:"`` followed by
+  the 64 lowercase hex digits of the SHA-256 of its UTF-8 bytes (``surrogatepass``). This form
+  is one to one in practice only: two ids share a key only if they collide under SHA-256. It
+  cannot be decoded; the caller's ``session_id`` is the conversation's only record of its id.
+
+Plain keys never start with ``~`` and the two encoded forms differ from their second character
+on, so no two forms can meet: an id that happens to look like an encoded key (``"~esc:%20"``)
+is escaped once more (``"~esc:~esc:%2520"``). Whether an id is plain follows Python's
+``str.isprintable``, as the key rule does, and so the Unicode version of the running Python:
+an id holding a character that Python does not know yet (unassigned in its Unicode database)
+is escaped there, and plain under a later Python that knows it.
+
+Keys are what ``agent-session-store sessions list`` shows and what
+``repo.get_session_by_key("openai-agents", user_id, key=session_key(session_id))`` takes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
+from urllib.parse import quote
 
 from agent_session_store import (
     AgentSession,
@@ -51,7 +89,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "pip install 'agent-session-store[openai-agents]'"
     ) from exc
 
-__all__ = ["ITEM", "SessionStoreSession"]
+__all__ = ["ITEM", "SessionStoreSession", "session_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +102,15 @@ _PAGE = 1000
 # by another writer between the look-up and the call). Each retry needs another writer's delete
 # to land in between, so a handful is plenty; the bound only stops a livelock.
 _ATTEMPTS = 8
+
+# The session id mapping (the module docstring): the prefix no plain key starts with, the
+# prefixes of the two encoded forms, the longest key, and the characters an escaped key keeps
+# (printable ASCII but the space and "%"; fixed, so the encoding does not follow Unicode data).
+_RESERVED = "~"
+_ESCAPED = "~esc:"
+_HASHED = "~sha256:"
+_MAX_KEY = 128
+_KEPT = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 
 _T = TypeVar("_T")
 _MemoKey = tuple[SessionRepository, str, str, str]
@@ -109,6 +156,39 @@ class _KnownIds:
 _known = _KnownIds(10_000)
 
 
+def session_key(session_id: str) -> str:
+    """The library key naming the conversation ``session_id``: one key per string, always valid.
+
+    ``session_id`` itself when it is a key as it stands and does not start with ``~``; otherwise
+    ``"~esc:"`` and its percent-encoding, or ``"~sha256:"`` and its SHA-256 digest when that
+    would exceed 128 characters (see the module docstring for the whole rule).
+
+    Raises:
+        TypeError: ``session_id`` is not a string.
+
+    Example::
+
+        session_key("chat-42")  # 'chat-42'
+        session_key(" chat-42 ")  # '~esc:%20chat-42%20'
+        session_key("")  # '~esc:'
+    """
+    if not isinstance(session_id, str):
+        raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
+    if (
+        1 <= len(session_id) <= _MAX_KEY
+        and session_id.isprintable()  # no control characters, NUL or lone surrogates
+        and session_id == session_id.strip()
+        and not session_id.startswith(_RESERVED)
+    ):
+        return session_id
+    # quote() leaves at most the whole id as it is, so an id longer than a key is hashed at once.
+    if len(session_id) <= _MAX_KEY - len(_ESCAPED):
+        escaped = _ESCAPED + quote(session_id, safe=_KEPT, errors="surrogatepass")
+        if len(escaped) <= _MAX_KEY:
+            return escaped
+    return _HASHED + hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class SessionStoreSession:
     """A conversation of the OpenAI Agents SDK stored in a :class:`SessionRepository`.
 
@@ -117,8 +197,8 @@ class SessionStoreSession:
     call) and any number of them, in any number of processes, may share one ``session_id``.
 
     Args:
-        session_id: the conversation's name, chosen by the caller: the library session's key
-            (printable text of 1 to 128 characters).
+        session_id: the conversation's name, chosen by the caller: any string. The library
+            session's key is :func:`session_key` of it; ``session_id`` stays as given.
         repository: where the conversation is stored (with or without a cache).
         agent_type: the library sessions' agent type.
         user_id: the owner; the same ``session_id`` of another user is another conversation.
@@ -141,6 +221,7 @@ class SessionStoreSession:
         user_id: str = "",
         session_settings: SessionSettings | dict[str, Any] | None = None,
     ) -> None:
+        self._key = session_key(session_id)
         self.session_id = session_id
         self.session_settings = (
             SessionSettings()
@@ -153,12 +234,17 @@ class SessionStoreSession:
         # The library's id for session_id, once looked up. A clear elsewhere makes it stale:
         # calls on it then fail with SessionNotFoundError and look the key up again.
         self._sid: str | None = None
-        self._memo_key = (repository, agent_type, user_id, session_id)
+        self._memo_key = (repository, agent_type, user_id, self._key)
 
     @property
     def repository(self) -> SessionRepository:
         """Where the conversation is stored."""
         return self._repo
+
+    @property
+    def key(self) -> str:
+        """The library session's key: :func:`session_key` of ``session_id``."""
+        return self._key
 
     @property
     def agent_type(self) -> str:
@@ -177,7 +263,7 @@ class SessionStoreSession:
 
         Raises:
             SessionValidationError: a ``limit`` that is not an integer of 0 or more, or a
-                ``session_id``/``user_id``/``agent_type`` no library session can have.
+                ``user_id``/``agent_type`` no library session can have.
         """
         window = resolve_session_limit(limit, self.session_settings)
         if window is not None and (
@@ -314,7 +400,7 @@ class SessionStoreSession:
                 return session
             self._forget(sid)
         session = await self._repo.get_session_by_key(
-            self._agent_type, self._user_id, key=self.session_id, recent_checkpoints=recent
+            self._agent_type, self._user_id, key=self._key, recent_checkpoints=recent
         )
         if session is not None:
             self._remember(session.session_id)
@@ -325,7 +411,7 @@ class SessionStoreSession:
             self._sid = _known.get(self._memo_key)
         if self._sid is None:
             found = await self._repo.get_session_by_key(
-                self._agent_type, self._user_id, key=self.session_id, recent_checkpoints=0
+                self._agent_type, self._user_id, key=self._key, recent_checkpoints=0
             )
             if found is not None:
                 self._remember(found.session_id)
@@ -347,7 +433,7 @@ class SessionStoreSession:
                 return sid
             try:
                 created = await self._repo.create_session(
-                    self._agent_type, self._user_id, key=self.session_id
+                    self._agent_type, self._user_id, key=self._key
                 )
             except SessionExistsError:
                 continue  # a concurrent first write created it: read it by key
