@@ -3,9 +3,11 @@
 Starts a throwaway PostgreSQL (``tests/servers.py``) unless ``--postgres-url`` names one (its own
 ``bench_legacy_*`` databases are created beside it and dropped at the end). The old table is
 built with the old manager's schema and filled by the server (``generate_series``), so that the
-process's peak resident set (``ru_maxrss``) is the import's: each row has a small context and
-three checkpoints; one id in ten is not a UUID (it becomes the session's key). Then the import
-runs, and runs again: the second must import nothing and count every row as present.
+process's peak resident set (``ru_maxrss``) is the import's: each row has a small context, a
+small metadata object and three checkpoints; one id in ten is not a UUID (it becomes the
+session's key). Then the import runs (its first pass reads the ids alone, looking for one
+session id spelled two ways), and runs again: the second must import nothing and count every
+row as present.
 
     .venv/bin/python -m benchmarks.import_legacy                 # 100,000 rows
     .venv/bin/python -m benchmarks.import_legacy --rows 2000     # a smoke run
@@ -57,6 +59,7 @@ def old_table(metadata: MetaData) -> Table:
         Column("user_id", Text),
         Column("state", Text),
         Column("context", JSONB),
+        Column("metadata", JSONB),
         Column("checkpoints", JSONB),
         Column("created_at", DateTime()),
         Column("updated_at", DateTime()),
@@ -91,6 +94,7 @@ async def build_old_table(engine: AsyncEngine, rows: int) -> None:
         literal("user-") + cast(n % 1000, Text),
         case((n % 3 == 0, "completed"), else_="active"),
         func.jsonb_build_object("goal", literal("goal ") + cast(n, Text), "step", n),
+        func.jsonb_build_object("source", "api", "tenant", n % 50),
         func.jsonb_build_array(*checkpoint),
         created,
         created,
