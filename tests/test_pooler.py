@@ -230,7 +230,7 @@ def test_cli_works_through_pgbouncer_with_the_option_or_the_url_flag(
     for args in (
         ["db", "check", "--url", flagged],
         ["stats", "--json", "--url", pooled, "--transaction-pooling"],
-        ["cleanup", "--older-than", "1h", "--url", flagged],
+        ["cleanup", "--older-than", "1h", "--no-cache", "--url", flagged],
         ["sessions", "show", sid, "--url", flagged],
     ):
         assert main(args) == 0, (args, capsys.readouterr().err)
