@@ -326,11 +326,12 @@ class SessionRepository:
         Like :meth:`get_session` otherwise (same window, same cache). Keys are per user:
         another user's session with the same key is never returned.
 
-        Example::
+        Example (get or create: create first, so two workers racing get one session)::
 
-            session = await repo.get_session_by_key("planner", "u1", key="chat-42")
-            if session is None:
+            try:
                 session = await repo.create_session("planner", "u1", key="chat-42")
+            except SessionExistsError:
+                session = await repo.get_session_by_key("planner", "u1", key="chat-42")
 
         Raises:
             SessionValidationError: an ``agent_type``, ``user_id`` or ``key`` no session can
