@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TextIO, TypeVar
 
-from agent_session_store.models import AgentSession, SessionCheckpoint, SessionStats
+from agent_session_store.models import AgentSession, SessionCheckpoint, SessionState, SessionStats
 
 T = TypeVar("T")
 
@@ -58,6 +58,17 @@ def duration(text: str) -> Duration:
             f"duration {text!r} is too long: at most {MAX_DURATION.days}d (100 years)"
         )
     return Duration(cleaned, delta)
+
+
+def state(text: str) -> SessionState:
+    """A session state by its name or value in any case, as the library takes it (argparse type)."""
+    try:
+        return SessionState(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown state {text!r}: use one of {', '.join(s.value for s in SessionState)} "
+            "(any case)"
+        ) from None
 
 
 def duration_text(delta: timedelta) -> str:

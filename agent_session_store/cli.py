@@ -307,7 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--agent-type", help="only this agent type")
     sub.add_argument("--user-id", help="only this user's sessions")
     sub.add_argument(
-        "--state", choices=[s.value for s in SessionState], help="only this state (not deleted)"
+        "--state",
+        type=fmt.state,
+        metavar="{" + ",".join(s.value for s in SessionState) + "}",
+        help="only this state, by name or value in any case (without it: every state but deleted)",
     )
     sub.add_argument(
         "--limit", type=fmt.int_from_1_to(MAX_PAGE_SIZE), default=20, metavar="N",

@@ -176,6 +176,12 @@ def test_help_is_complete_without_the_docs(
         assert len(parser.description.split()) >= 20, parser.description
 
 
+@pytest.mark.parametrize("spelling", ["paused", "PAUSED", "Paused"])
+def test_sessions_list_takes_a_state_in_any_case(spelling: str) -> None:
+    args = build_parser().parse_args(["sessions", "list", "--state", spelling])
+    assert args.state is SessionState.PAUSED
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -188,7 +194,7 @@ def test_help_is_complete_without_the_docs(
         (["cleanup", "--older-than", "9999999999d"], "too long"),
         (["purge", "--deleted-before", "5000000d"], "too long"),
         (["sessions", "list", "--limit", "0"], "1 or more"),
-        (["sessions", "list", "--state", "sleeping"], "invalid choice"),
+        (["sessions", "list", "--state", "sleeping"], "unknown state 'sleeping'"),
         (["sessions", "show", "x", "--checkpoints", "-1"], "0 or more"),
         (["sessions", "checkpoints", "x", "--after-seq", "-1"], "0 or more"),
         (["db"], "required"),
