@@ -18,6 +18,9 @@ class SessionState(enum.StrEnum):
 
     Allowed transitions: ACTIVE <-> PAUSED; ACTIVE or PAUSED -> COMPLETED or FAILED;
     any state but DELETED -> DELETED (through ``SessionRepository.delete_session``).
+    COMPLETED and FAILED are finished: the session's context and checkpoints are final (the
+    write that completes or fails it may still carry them), its metadata stays writable.
+    A state is taken by its name or value in any case: ``SessionState("ACTIVE")``.
     """
 
     ACTIVE = "active"
