@@ -14,7 +14,7 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NamedTuple, TypeVar, cast
@@ -27,6 +27,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from agent_session_store import telemetry
 from agent_session_store._circuit import CircuitBreaker, Permit, State
 from agent_session_store._settle import run_to_end
+from agent_session_store._signing import Keyring
 
 __all__ = ["CacheStats", "RedisCache"]
 
@@ -38,6 +39,10 @@ T = TypeVar("T")
 # The first word of every stored value; a value with another one is a miss. Change it whenever
 # the layout "<format> <epoch> <schema>\n<json>" changes.
 _FORMAT = b"as1"
+# The same, signed (with signing_keys): "<format> <key id> <epoch> <generation> <schema>
+# <signature>\n<json>", the generation "-" when the key had none. See _signing.py.
+_SIGNED_FORMAT = b"as1s"
+_NO_GENERATION = b"-"
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 # Our values are read as bytes even through a ``decode_responses=True`` client, so a truncated
 # (non-UTF-8) value is a corrupt value, not a decoding error inside redis-py.
@@ -101,6 +106,9 @@ class CacheStats:
     """Loaded values not stored because the key was invalidated while they were loading."""
     discarded: int = 0
     """Cached values dropped as unusable: corrupt, another format or schema, wrong id, old epoch."""
+    rejected: int = 0
+    """With ``signing_keys``: cached values refused as not signed by this application, for this
+    key and generation (unsigned, unknown key, altered, copied from elsewhere, replayed)."""
     epoch_bumps: int = 0
     """New namespace epochs set after invalidations that did not reach Redis."""
     circuit: State = "closed"
@@ -138,6 +146,12 @@ def _describe(exc: BaseException) -> str:
 
 class _Unavailable(Exception):
     """Redis failed or the circuit is open: the caller goes to the database."""
+
+
+class _Decoded(NamedTuple):
+    value: BaseModel | None
+    problem: str = ""  # why ``value`` is None
+    rejected: bool = False  # failed verification (``rejected``), not just unusable (``discarded``)
 
 
 class _Found(NamedTuple):
@@ -192,6 +206,13 @@ class RedisCache:
     - **Unusable values are misses.** A stored value carries a format tag, the model's schema
       fingerprint and the namespace epoch; a corrupt one, one of another format or schema, one
       whose id field is not its key, or one of another epoch is dropped and loaded again.
+    - **Signed values** (with ``signing_keys``). Each value also carries an HMAC-SHA256, made
+      with the first key, over its Redis key, the generation and epoch it was stored under,
+      its format, schema and body. A value that does not verify with one of the keys, or that
+      names a generation other than the key's current one, is never served: it is a miss,
+      counted in ``rejected`` and logged (one warning per ``cooldown``, never its contents).
+      Signing costs no round trip: the generation is read with the value already. Without
+      keys, values are stored and read exactly as before, unsigned.
     - **Lost invalidations.** The namespace has an epoch, a random token in Redis that every
       value records; the epoch is read in the same pipeline as the value. When an invalidation
       fails (or is skipped because the circuit is open), the cache marks itself dirty and sets
@@ -230,6 +251,15 @@ class RedisCache:
         failure_threshold: consecutive failures that open the circuit.
         cooldown: how long the open circuit skips Redis before probing it again.
         monotonic: the clock of the cooldown; injectable for tests.
+        signing_keys: turns on signed values: random keys of 32 bytes or more, newest first.
+            The first signs, every one verifies: to rotate, put a new key first, and drop the
+            old one once the values it signed are gone (after ``ttl``) or may be reloaded.
+            ``None`` (the default): values are not signed.
+
+    Raises:
+        ValueError: a bad ``namespace``, ``ttl`` or ``timeout``; ``signing_keys`` empty, with a
+            key shorter than 32 bytes or a key listed twice.
+        TypeError: ``signing_keys`` is not a sequence of ``bytes``.
 
     Example::
 
@@ -249,6 +279,7 @@ class RedisCache:
         failure_threshold: int = 3,
         cooldown: timedelta = timedelta(seconds=5),
         monotonic: Callable[[], float] = time.monotonic,
+        signing_keys: Sequence[bytes] | None = None,
     ) -> None:
         if not _NAMESPACE.fullmatch(namespace):
             raise ValueError(
@@ -256,6 +287,7 @@ class RedisCache:
             )
         if ttl.total_seconds() < 0.001 or timeout <= timedelta(0):
             raise ValueError(f"ttl (>= 1 ms) and timeout must be positive, got {ttl}, {timeout}")
+        self._keyring = None if signing_keys is None else Keyring(signing_keys)
         self._client = client
         self._namespace = namespace
         self._ttl_ms = int(ttl.total_seconds() * 1000)
@@ -277,7 +309,8 @@ class RedisCache:
         self._covered = 0  # of those, how many a new epoch has covered since
         self._repairing: asyncio.Task[None] | None = None
         self._stores: set[asyncio.Task[bool]] = set()  # stores running after their fetch returned
-        self._quiet_until = float("-inf")  # no failure warning before this (monotonic) time
+        # No warning of this kind ("redis": a failure, "rejected") before this (monotonic) time.
+        self._quiet_until: dict[str, float] = {}
 
     @property
     def namespace(self) -> str:
@@ -297,6 +330,7 @@ class RedisCache:
             invalidations=c["invalidations"],
             stale_sets_rejected=c["stale_sets_rejected"],
             discarded=c["discarded"],
+            rejected=c["rejected"],
             epoch_bumps=c["epoch_bumps"],
             circuit=self._circuit.state,
         )
@@ -457,12 +491,15 @@ class RedisCache:
         except _Unavailable:
             return _Found(await self._load(load), hit=False)
         if raw is not None:
-            found, problem = self._decode(raw, model, key, id_field, epoch)
+            found, problem, rejected = self._decode(raw, model, key, id_field, keys, epoch, gen)
             if found is not None:
                 return _Found(found, hit=True)
-            self._count("discarded")
-            logger.debug("cache %r: dropping %s %s: %s", self._namespace, model.__name__, key,
-                         problem)  # fmt: skip
+            if rejected:
+                self._reject(model, key, problem)
+            else:
+                self._count("discarded")
+                logger.debug("cache %r: dropping %s %s: %s", self._namespace, model.__name__,
+                             key, problem)  # fmt: skip
         value = await self._load(load)
         if value is None or getattr(value, id_field) != key:
             if raw is not None:  # the dropped value must not stay
@@ -470,8 +507,8 @@ class RedisCache:
             return _Found(value, hit=False)
         # Stored after returning: the caller does not wait on Redis a second time. The store
         # still checks the generation read above, so it cannot put back what a write replaced.
-        header, body = self._encode(value, epoch)
-        stored = self._later(self._store_checked(model, key, keys, gen, header + body))
+        payload = self._encode(value, keys, epoch, gen)
+        stored = self._later(self._store_checked(model, key, keys, gen, payload))
         return _Found(value, hit=False, stored=stored)
 
     def _later(self, step: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
@@ -540,14 +577,18 @@ class RedisCache:
             logger.info("cache %r: Redis answers again; the circuit is closed", self._namespace)
         return result
 
+    def _level(self, kind: str) -> int:
+        """WARNING for the first event of ``kind`` in a ``cooldown``, DEBUG for the others."""
+        now = self._monotonic()
+        if now < self._quiet_until.get(kind, float("-inf")):
+            return logging.DEBUG
+        self._quiet_until[kind] = now + self._cooldown
+        return logging.WARNING
+
     def _failed(self, permit: Permit, what: str, exc: BaseException) -> None:
         self._count("errors")
         self._circuit.record(permit, False)
-        now = self._monotonic()
-        level = logging.DEBUG
-        if now >= self._quiet_until:  # one warning per cooldown while Redis is down
-            self._quiet_until = now + self._cooldown
-            level = logging.WARNING
+        level = self._level("redis")  # one warning per cooldown while Redis is down
         circuit = ""
         if self._circuit.state != "closed":
             circuit = f"; the circuit is open: Redis is skipped for {self._cooldown:g} s"
@@ -632,27 +673,64 @@ class RedisCache:
             found = self._fingerprints[model] = _schema_fingerprint(model)
         return found
 
-    def _encode(self, value: BaseModel, epoch: bytes) -> tuple[bytes, bytes]:
-        """The stored value's header (with its newline) and JSON body."""
-        header = b" ".join((_FORMAT, epoch, self._fingerprint(type(value)))) + b"\n"
-        return header, value.model_dump_json(by_alias=True, round_trip=True).encode()
+    def _encode(self, value: BaseModel, keys: _Keys, epoch: bytes, gen: bytes) -> bytes:
+        """The stored value: its header line, then its JSON (signed with ``signing_keys``)."""
+        schema = self._fingerprint(type(value))
+        body = value.model_dump_json(by_alias=True, round_trip=True).encode()
+        if self._keyring is None:
+            return b" ".join((_FORMAT, epoch, schema)) + b"\n" + body
+        key_id, gen = self._keyring.signer, gen or _NO_GENERATION
+        fields = (_SIGNED_FORMAT, key_id, keys.value.encode(), epoch, gen, schema)
+        signature = self._keyring.sign(fields, body)
+        return b" ".join((_SIGNED_FORMAT, key_id, epoch, gen, schema, signature)) + b"\n" + body
 
     def _decode(
-        self, raw: bytes, model: type[BaseModel], key: str, id_field: str, epoch: bytes
-    ) -> tuple[BaseModel | None, str]:
-        """The value, or ``None`` and why it is unusable."""
+        self, raw: bytes, model: type[BaseModel], key: str, id_field: str, keys: _Keys,
+        epoch: bytes, gen: bytes,
+    ) -> _Decoded:  # fmt: skip
+        """The value, or why it is unusable (and whether it failed verification)."""
         header, newline, body = raw.partition(b"\n")
         fields = header.split(b" ")
-        if not newline or len(fields) != 3 or fields[0] != _FORMAT:
-            return None, "not a value of this format"
-        if fields[1] != epoch:
-            return None, "stored before the current epoch"
-        if fields[2] != self._fingerprint(model):
-            return None, "stored with another schema of the model"
+        if self._keyring is None:
+            if not newline or len(fields) != 3 or fields[0] != _FORMAT:
+                return _Decoded(None, "not a value of this format")
+            _, stored_epoch, schema = fields
+        else:
+            if not newline or len(fields) != 6 or fields[0] != _SIGNED_FORMAT:
+                unsigned = fields[0] == _FORMAT
+                return _Decoded(None, "unsigned" if unsigned else "not a signed value", True)
+            _, key_id, stored_epoch, stored_gen, schema, signature = fields
+            signed = (_SIGNED_FORMAT, key_id, keys.value.encode(), stored_epoch, stored_gen, schema)
+            problem = self._keyring.verify(key_id, signed, body, signature)
+            if problem:
+                return _Decoded(None, problem, True)
+            if stored_gen != (gen or _NO_GENERATION):
+                if gen:  # a write replaced it (and deleted it, in the same script): put back
+                    return _Decoded(None, "stored under another generation of the key", True)
+                # No generation now: it expired (it lives twice the ttl) or Redis evicted it.
+                return _Decoded(None, "stored under a generation that is gone")
+        if stored_epoch != epoch:
+            return _Decoded(None, "stored before the current epoch")
+        if schema != self._fingerprint(model):
+            return _Decoded(None, "stored with another schema of the model")
         try:
             value = model.model_validate_json(body)
         except ValueError as exc:  # pydantic's ValidationError is one
-            return None, f"corrupt ({_describe(exc).splitlines()[0]})"
+            return _Decoded(None, f"corrupt ({_describe(exc).splitlines()[0]})")
         if getattr(value, id_field) != key:
-            return None, f"its {id_field} is not the key"
-        return value, ""
+            return _Decoded(None, f"its {id_field} is not the key")
+        return _Decoded(value)
+
+    def _reject(self, model: type[BaseModel], key: str, problem: str) -> None:
+        """Count and log a value that failed verification (never its contents)."""
+        self._count("rejected")
+        logger.log(
+            self._level("rejected"),
+            "cache %r: rejected the cached %s %r (%s); served from the database instead. "
+            "Something other than this application's caches writes to this namespace, or uses "
+            "other signing keys (docs/security.md)",
+            self._namespace,
+            model.__name__,
+            key,
+            problem,
+        )

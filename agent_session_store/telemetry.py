@@ -13,7 +13,8 @@ What is emitted:
   ``agent_session_store.operation`` and ``error.type`` (only on failures);
 * the counter ``agent_session_store.cache.events``, by ``agent_session_store.cache.event``: the
   names of ``RedisCache.stats``'s counters (``hits``, ``misses``, ``loads``, ``errors``,
-  ``circuit_open``, ``invalidations``, ``stale_sets_rejected``, ``discarded``, ``epoch_bumps``).
+  ``circuit_open``, ``invalidations``, ``stale_sets_rejected``, ``discarded``, ``rejected``,
+  ``epoch_bumps``).
 
 Example::
 
