@@ -12,8 +12,11 @@ entries whose signature verifies. What the signature covers, and why each part:
   written;
 - **the key id**, and the JSON body itself.
 
-The fields are length-prefixed before they are hashed, so no two different entries hash the
-same bytes. The algorithm is this module's, never read from the entry; comparisons are
+What is hashed: a fixed label, then ``<length of the Redis key>:<Redis key>``, then the entry's
+header line up to its signature (``as1s <key id> <epoch> <generation> <schema>``), a newline
+and the body. No two different entries hash the same bytes: the Redis key is length-prefixed,
+an accepted header has exactly its six space-separated fields (none holds a space) and ends at
+the first newline. The algorithm is this module's, never read from the entry; comparisons are
 constant-time (``hmac.compare_digest``).
 
 Keys: the first one signs, every one verifies (rotation: put a new key first, drop the old one
@@ -33,10 +36,6 @@ MIN_KEY_BYTES = 32
 _KEY_ID_LABEL = b"agent_session_store cache signing key id"
 # Hashed first, under every key: a MAC made here means nothing to any other use of the key.
 _DOMAIN = b"agent_session_store cache entry\n"
-
-
-def _meta(*fields: bytes) -> bytes:
-    return b"".join(b"%d:%s" % (len(field), field) for field in fields)
 
 
 class Keyring:
@@ -88,22 +87,27 @@ class Keyring:
         """The ids of every key, newest first."""
         return tuple(self._macs)
 
-    def sign(self, fields: Sequence[bytes], body: bytes) -> bytes:
-        """The hex signature of ``fields`` and ``body`` with the first key."""
-        return self._mac(self._macs[self._signer], fields, body)
+    def sign(self, name: bytes, header: bytes, body: bytes) -> bytes:
+        """The hex signature, with the first key, of an entry stored under the Redis key ``name``.
 
-    def verify(self, key_id: bytes, fields: Sequence[bytes], body: bytes, signature: bytes) -> str:
-        """Why ``signature`` does not vouch for ``fields`` and ``body``; ``""`` when it does."""
+        ``header`` is the entry's header line up to its signature, naming ``signer``.
+        """
+        return self._mac(self._macs[self._signer], name, header, body)
+
+    def verify(
+        self, key_id: bytes, name: bytes, header: bytes, body: bytes, signature: bytes
+    ) -> str:
+        """Why ``signature`` does not vouch for the entry; ``""`` when it does."""
         base = self._macs.get(key_id)
         if base is None:
             return "signed with a key that is not in signing_keys"
-        if not hmac.compare_digest(self._mac(base, fields, body), signature):
+        if not hmac.compare_digest(self._mac(base, name, header, body), signature):
             return "its signature does not match its contents and place"
         return ""
 
     @staticmethod
-    def _mac(base: hmac.HMAC, fields: Sequence[bytes], body: bytes) -> bytes:
+    def _mac(base: hmac.HMAC, name: bytes, header: bytes, body: bytes) -> bytes:
         mac = base.copy()  # the key's padded state, computed once per key
-        mac.update(_meta(*fields))
-        mac.update(body)  # not joined to the fields: no copy of a large body
+        mac.update(b"%d:%s%s\n" % (len(name), name, header))
+        mac.update(body)  # not joined to the rest: no copy of a large body
         return mac.hexdigest().encode()

@@ -679,10 +679,10 @@ class RedisCache:
         body = value.model_dump_json(by_alias=True, round_trip=True).encode()
         if self._keyring is None:
             return b" ".join((_FORMAT, epoch, schema)) + b"\n" + body
-        key_id, gen = self._keyring.signer, gen or _NO_GENERATION
-        fields = (_SIGNED_FORMAT, key_id, keys.value.encode(), epoch, gen, schema)
-        signature = self._keyring.sign(fields, body)
-        return b" ".join((_SIGNED_FORMAT, key_id, epoch, gen, schema, signature)) + b"\n" + body
+        signed = b" ".join((_SIGNED_FORMAT, self._keyring.signer, epoch, gen or _NO_GENERATION,
+                            schema))  # fmt: skip
+        signature = self._keyring.sign(keys.value.encode(), signed, body)
+        return signed + b" " + signature + b"\n" + body
 
     def _decode(
         self, raw: bytes, model: type[BaseModel], key: str, id_field: str, keys: _Keys,
@@ -690,18 +690,19 @@ class RedisCache:
     ) -> _Decoded:  # fmt: skip
         """The value, or why it is unusable (and whether it failed verification)."""
         header, newline, body = raw.partition(b"\n")
-        fields = header.split(b" ")
         if self._keyring is None:
+            fields = header.split(b" ")
             if not newline or len(fields) != 3 or fields[0] != _FORMAT:
                 return _Decoded(None, "not a value of this format")
             _, stored_epoch, schema = fields
         else:
-            if not newline or len(fields) != 6 or fields[0] != _SIGNED_FORMAT:
-                unsigned = fields[0] == _FORMAT
+            signed, _, signature = header.rpartition(b" ")
+            fields = signed.split(b" ")
+            if not newline or len(fields) != 5 or fields[0] != _SIGNED_FORMAT:
+                unsigned = header.startswith(_FORMAT + b" ")
                 return _Decoded(None, "unsigned" if unsigned else "not a signed value", True)
-            _, key_id, stored_epoch, stored_gen, schema, signature = fields
-            signed = (_SIGNED_FORMAT, key_id, keys.value.encode(), stored_epoch, stored_gen, schema)
-            problem = self._keyring.verify(key_id, signed, body, signature)
+            _, key_id, stored_epoch, stored_gen, schema = fields
+            problem = self._keyring.verify(key_id, keys.value.encode(), signed, body, signature)
             if problem:
                 return _Decoded(None, problem, True)
             if stored_gen != (gen or _NO_GENERATION):

@@ -136,3 +136,27 @@ async def test_cluster_lost_invalidation_is_caught_by_a_new_epoch(
     found = await repo.get_session(sid)
     assert found is not None and found.context == {"v": 2}
     assert (cache.stats.errors, cache.stats.epoch_bumps, cache.stats.discarded) == (1, 1, 1)
+
+
+async def test_cluster_signed_values_hit_and_altered_ones_are_rejected(
+    redis_cluster_client: AsyncRedisCluster, namespace: str
+) -> None:
+    cache = RedisCache(redis_cluster_client, namespace=namespace, timeout=GENEROUS,
+                       signing_keys=[bytes(range(32))])  # fmt: skip
+    names = [f"w{i}" for i in range(12)]  # spread over the three nodes
+    source = Source(**dict.fromkeys(names, "first"))
+    for name in names:
+        await fetch(cache, source, name)
+    await cache.drain()
+    for name in names:
+        assert await fetch(cache, source, name) == Widget(widget_id=name, name="first")
+    assert (cache.stats.hits, cache.stats.rejected, source.loads) == (12, 0, 12)
+    for name in names:
+        value_key = _keys(namespace, Widget, name).value
+        raw = await redis_cluster_client.get(value_key)
+        assert isinstance(raw, bytes) and raw.startswith(b"as1s ")
+        await redis_cluster_client.set(value_key, raw.replace(b'"first"', b'"forged"'))
+        source.rows[name] = Widget(widget_id=name, name="truth")
+    for name in names:
+        assert await fetch(cache, source, name) == Widget(widget_id=name, name="truth")
+    assert (cache.stats.hits, cache.stats.rejected, source.loads) == (12, 12, 24)

@@ -54,12 +54,15 @@ def _sign(key: bytes, fmt: bytes, name: str, epoch: bytes, gen: bytes, schema: b
           body: bytes) -> bytes:  # fmt: skip
     """A signed entry made the way docs/security.md describes it, with any key."""
     key_id = hmac.digest(key, b"agent_session_store cache signing key id", "sha256")[:4].hex()
-    fields = (fmt, key_id.encode(), name.encode(), epoch, gen, schema)
-    mac = hmac.new(key, b"agent_session_store cache entry\n", hashlib.sha256)
-    mac.update(b"".join(b"%d:%s" % (len(field), field) for field in fields))
-    mac.update(body)
-    header = (fmt, key_id.encode(), epoch, gen, schema, mac.hexdigest().encode())
-    return b" ".join(header) + b"\n" + body
+    header = b" ".join((fmt, key_id.encode(), epoch, gen, schema))
+    message = b"agent_session_store cache entry\n%d:%s%s\n%s" % (
+        len(name.encode()),
+        name.encode(),
+        header,
+        body,
+    )
+    signature = hmac.new(key, message, hashlib.sha256).hexdigest().encode()
+    return header + b" " + signature + b"\n" + body
 
 
 # -- the format --------------------------------------------------------------------------------
@@ -186,7 +189,20 @@ async def _unsigned(s: Scene) -> bytes:
 
 
 async def _other_namespace(s: Scene) -> bytes:
-    return s.forged(name=_keys(f"{s.namespace}-other", AgentSession, s.victim.session_id).value)
+    """What another application sharing the key stored for this id, under our epoch and gen."""
+    other = f"{s.namespace}-other"
+    sid = s.victim.session_id
+    await s.redis.set(_epoch_key(other), s.epoch)
+    await s.redis.set(_keys(other, AgentSession, sid).gen, s.gen)
+    theirs = RedisCache(s.redis, namespace=other, timeout=GENEROUS, signing_keys=[KEY])
+    forged = AgentSession.model_validate_json(s.forged().partition(b"\n")[2])
+
+    async def load() -> AgentSession:
+        return forged
+
+    await theirs.fetch(AgentSession, sid, load, id_field="session_id")
+    await theirs.drain()
+    return await _raw_value(s.redis, _keys(other, AgentSession, sid).value)
 
 
 async def _other_model(s: Scene) -> bytes:
@@ -399,8 +415,9 @@ def test_keyring_signs_with_the_first_key_and_names_it() -> None:
     ring = Keyring([KEY, OLD_KEY])
     assert ring.signer == ring.key_ids[0] != ring.key_ids[1]
     assert "Keyring of 2 key(s)" in repr(ring)
-    fields = (b"as1s", ring.signer, b"name", b"epoch", b"-", b"schema")
-    signature = ring.sign(fields, b"{}")
-    assert ring.verify(ring.signer, fields, b"{}", signature) == ""
-    assert ring.verify(ring.key_ids[1], fields, b"{}", signature) != ""
-    assert ring.verify(ring.signer, (*fields[:-1], b"schemb"), b"{}", signature) != ""
+    header = b"as1s " + ring.signer + b" epoch - schema"
+    signature = ring.sign(b"name", header, b"{}")
+    assert ring.verify(ring.signer, b"name", header, b"{}", signature) == ""
+    assert ring.verify(ring.key_ids[1], b"name", header, b"{}", signature) != ""
+    assert ring.verify(ring.signer, b"nam", b"e" + header, b"{}", signature) != ""
+    assert ring.verify(ring.signer, b"name", header, b"{}", signature[:-1]) != ""
