@@ -917,8 +917,8 @@ async def test_attacker_entry_in_a_foreign_namespace_is_never_read(
 async def test_residual_risk_a_forged_entry_with_the_current_envelope_is_served(
     cached: tuple[SessionRepository, RedisCache], db: Backend, redis_client: Redis, namespace: str
 ) -> None:
-    # RedisCache does not authenticate entries: whoever can write to its namespace can plant a
-    # well-formed session. Pinned here so that the day entries are signed, this test says so.
+    # Without signing_keys, RedisCache does not authenticate entries: whoever can write to its
+    # namespace can plant a well-formed session. With keys it is refused (test_cache_signing).
     repo, _ = cached
     victim = await repo.create_session("planner", VICTIM, {"secret": "victim's"})
     await repo.get_session(victim.session_id)
