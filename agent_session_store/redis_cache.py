@@ -706,7 +706,11 @@ class RedisCache:
             if problem:
                 return _Decoded(None, problem, True)
             if stored_gen != (gen or _NO_GENERATION):
-                if gen:  # a write replaced it (and deleted it, in the same script): put back
+                # A write's invalidation sets a new generation and deletes the value in one
+                # script, and a read sees both in one MGET, so this is an entry put back after a
+                # write. (In a Redis Cluster both are pipelines: a read landing between the two
+                # steps of an invalidation also gets here, rarely, and is a miss as it should.)
+                if gen:
                     return _Decoded(None, "stored under another generation of the key", True)
                 # No generation now: it expired (it lives twice the ttl) or Redis evicted it.
                 return _Decoded(None, "stored under a generation that is gone")

@@ -89,3 +89,13 @@ def test_command_line_options() -> None:
     args = run.parse_args(["--quick", "--json", "x.json", "--backend", "sqlite"])
     assert (args.quick, args.json, args.backend) == (True, Path("x.json"), ["sqlite"])
     assert run.parse_args([]).json == run.DEFAULT_JSON
+
+
+async def test_signing_benchmark_reports_every_figure(redis_url: str) -> None:
+    # What `python -m benchmarks.signing --quick --redis-url ...` measures, in the test's loop.
+    from benchmarks import signing
+
+    rows = await signing.run(redis_url, signing.QUICK)
+    assert [row.figure for row in rows] == ["hit", "hit 20 checkpoints", "miss", "write"]
+    for row in rows:
+        assert row.signed > 0 and row.unsigned > 0 and row.ratio > 0 and row.control > 0, row

@@ -119,6 +119,29 @@ async def test_without_keys_signed_values_are_unusable_not_rejected(
     assert _header(await _raw_value(redis_client, _keys(namespace, Widget, "a").value))[0] == b"as1"
 
 
+async def test_signing_adds_no_redis_command(redis_client: Redis, namespace: str) -> None:
+    async def commands() -> int:
+        return int((await redis_client.info("stats"))["total_commands_processed"])
+
+    async def workload(cache: RedisCache) -> int:
+        source, before = Source(a="first"), await commands()
+        for _ in range(2):  # a miss (and its store), a hit, a write
+            await fetch(cache, source, "a")
+            await cache.drain()
+            assert await fetch(cache, source, "a") == source.rows["a"]
+            await cache.invalidate(Widget, ["a"])
+        return await commands() - before
+
+    def cache(label: str, keys: list[bytes] | None) -> RedisCache:
+        return RedisCache(redis_client, namespace=f"{namespace}-{label}", timeout=GENEROUS,
+                          signing_keys=keys)  # fmt: skip
+
+    await workload(cache("warm-up", None))  # the server caches the scripts once
+    signed = cache("signed", [KEY])
+    assert await workload(signed) == await workload(cache("plain", None))
+    assert (signed.stats.hits, signed.stats.rejected) == (2, 0)
+
+
 # -- benign mismatches are discarded, not rejected ---------------------------------------------
 
 
