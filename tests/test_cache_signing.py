@@ -68,7 +68,19 @@ def _sign(key: bytes, fmt: bytes, name: str, epoch: bytes, gen: bytes, schema: b
 # -- the format --------------------------------------------------------------------------------
 
 
-async def test_signed_value_is_served_as_a_hit(cache: RedisCache) -> None:
+@pytest.mark.parametrize("decode_responses", [False, True])
+async def test_signed_value_is_served_as_a_hit(
+    redis_url: str, namespace: str, decode_responses: bool
+) -> None:
+    client = Redis.from_url(redis_url, decode_responses=decode_responses)
+    try:
+        cache = RedisCache(client, namespace=namespace, timeout=GENEROUS, signing_keys=[KEY])
+        await _hits_after_one_miss(cache)
+    finally:
+        await client.aclose()
+
+
+async def _hits_after_one_miss(cache: RedisCache) -> None:
     source = Source(a="first")
     assert await fetch(cache, source, "a") == Widget(widget_id="a", name="first")
     await cache.drain()
@@ -77,6 +89,21 @@ async def test_signed_value_is_served_as_a_hit(cache: RedisCache) -> None:
     stats = cache.stats
     assert (stats.hits, stats.misses, stats.loads) == (3, 1, 1)
     assert (stats.rejected, stats.discarded) == (0, 0)
+
+
+async def test_signed_session_is_served_as_a_hit_through_the_repository(
+    db: Backend, clock: FakeClock, cache: RedisCache
+) -> None:
+    repo = SessionRepository(db.factory, clock=clock, cache=cache)
+    session = await repo.create_session("planner", OWNER, {"step": 1})
+    await repo.add_checkpoint(session.session_id, "first", {"n": 1})
+    first = await repo.get_session(session.session_id)
+    await cache.drain()
+    for _ in range(3):
+        assert await repo.get_session(session.session_id, user_id=OWNER) == first
+    assert await repo.get_session(session.session_id, user_id=ATTACKER) is None
+    stats = cache.stats
+    assert (stats.hits, stats.misses, stats.rejected, stats.discarded) == (4, 1, 0, 0)
 
 
 async def test_signed_value_is_hmac_sha256_over_its_key_generation_epoch_schema_and_body(
