@@ -18,10 +18,15 @@ class SessionState(enum.StrEnum):
 
     Allowed transitions: ACTIVE <-> PAUSED; ACTIVE or PAUSED -> COMPLETED or FAILED;
     any state but DELETED -> DELETED (through ``SessionRepository.delete_session``).
-    COMPLETED and FAILED are finished: the session's context and checkpoints are final (the
-    write that completes or fails it may still carry them), its metadata stays writable.
-    A state is taken by its name or value in any case: ``SessionState("ACTIVE")``.
     """
+
+    # COMPLETED and FAILED are finished: the session's context and checkpoints are final (the
+    # write that completes or fails it may still carry them), its metadata stays writable. A
+    # state is taken by its name or value in any case: SessionState("ACTIVE").
+    # (Said here, not in the docstring: the docstrings of the models and of this enum are part
+    # of AgentSession's JSON schema, whose fingerprint every cached entry carries. Changing one
+    # makes every process of the new release discard the entries of the old one, and the
+    # reverse, during a rolling deploy; tests/test_existing_data.py pins it.)
 
     ACTIVE = "active"
     PAUSED = "paused"

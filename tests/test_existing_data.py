@@ -73,6 +73,9 @@ async def test_the_release_before_the_renames_cache_entries_are_served_and_inval
         repo = SessionRepository(factory, cache=cache)
         uncached = await SessionRepository(factory).get_session(RELEASE_CACHE["session_id"])
         assert await repo.get_session(RELEASE_CACHE["session_id"]) == uncached
+        # A hit: the entry's format, namespace, epoch and schema fingerprint (which covers the
+        # models' docstrings) are still 0.1's, so old and new processes share entries and
+        # invalidations during a rolling deploy.
         assert (cache.stats.hits, cache.stats.misses) == (1, 0)
         await repo.add_checkpoint(RELEASE_CACHE["session_id"], "write", {"words": 800})
         again = await repo.get_session(RELEASE_CACHE["session_id"])
