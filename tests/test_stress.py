@@ -7,8 +7,10 @@ time it started or was acknowledged, then checked against the database afterward
 
 - every acknowledged update and append is there, at the ``seq`` it was acknowledged with, and
   each session's ``seq`` runs 1..n with no gap or duplicate;
-- every rejected update raised ``ConcurrentUpdateError`` and left no trace (its checkpoint is
-  absent and its context value was never stored);
+- every rejected update raised ``ConcurrentUpdateError`` (or, once a sweep failed its session,
+  ``InvalidStateTransitionError``: a finished session's content is final) and left no trace (its
+  checkpoint is absent and its context value was never stored); an append refused for the same
+  reason left none either;
 - each session's ``version`` is exactly 1 + its acknowledged writes + the sweeps that failed it;
 - no read that started after a write was acknowledged returned an older version (or fewer
   checkpoints), in any process: ``CLOCK_MONOTONIC`` is shared by all processes on the machine.
@@ -41,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agent_session_store import (
     ConcurrentUpdateError,
+    InvalidStateTransitionError,
     RedisCache,
     SessionRepository,
     create_engine,
@@ -106,7 +109,7 @@ async def work(
             session.checkpoint(name, {"n": n})
             try:
                 stored = await maybe_cancelled(repo.update_session(session))
-            except ConcurrentUpdateError:
+            except (ConcurrentUpdateError, InvalidStateTransitionError):
                 log.append({"op": "update", "ok": False, "sid": sid, "name": name, "key": key,
                             "n": n})  # fmt: skip
                 continue
@@ -126,7 +129,11 @@ async def work(
                         "t": time.monotonic_ns()})  # fmt: skip
         elif roll < 0.8:
             name = f"{worker}-a{n}"
-            cp = await maybe_cancelled(repo.add_checkpoint(sid, name, {"n": n}))
+            try:
+                cp = await maybe_cancelled(repo.add_checkpoint(sid, name, {"n": n}))
+            except InvalidStateTransitionError:  # swept: a failed session takes no checkpoint
+                log.append({"op": "append refused", "sid": sid, "name": name})
+                continue
             if cp is None:  # cancelled: did it happen?
                 assert plain is not None
                 seq = await cancelled_write_seq(plain, sid, name)
@@ -224,7 +231,7 @@ async def verify(db: Backend, sids: list[str], events: list[Event]) -> Counter[s
             expected_names[e["sid"]][e["seq"]] = e["name"]
             last_value[e["sid"], e["key"]] = max(e["n"], last_value.get((e["sid"], e["key"]), -1))
             writes[e["sid"]] += 1
-        elif e["op"] == "update":
+        elif e["op"] in ("update", "append refused"):
             rejected_names.add(e["name"])
         elif e["op"] == "append":
             acks[e["sid"]].append((e["t"], 0, e["seq"]))
