@@ -77,6 +77,7 @@ class App:
     factory: async_sessionmaker[AsyncSession]
     sessions: SessionRepository
     redis: Redis | None = None
+    cache: RedisCache | None = None
 
     @classmethod
     def start(cls, url: str, redis_url: str | None = None) -> App:
@@ -85,9 +86,11 @@ class App:
         factory = async_sessionmaker(engine, expire_on_commit=False)
         redis = Redis.from_url(redis_url) if redis_url else None
         cache = RedisCache(redis, namespace=CACHE_NAMESPACE) if redis is not None else None
-        return cls(engine, factory, SessionRepository(factory, cache=cache), redis)
+        return cls(engine, factory, SessionRepository(factory, cache=cache), redis, cache)
 
     async def close(self) -> None:
+        if self.cache is not None:  # a miss stores its value after returning: let it end
+            await self.cache.drain()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
