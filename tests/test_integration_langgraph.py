@@ -8,17 +8,35 @@ forks, concurrency, the strict serializer and bad input.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.base import Checkpoint
+from langgraph.checkpoint.base.id import uuid6
 
 # Imported plainly, not with importorskip: langgraph is in the dev extra, and CI must fail,
 # not skip, when it is missing.
 from langgraph.checkpoint.conformance import checkpointer_test, validate
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command
+from sqlalchemy import func, select
 
-from agent_session_store import SessionRepository
+from agent_session_store import SessionNotFoundError, SessionRepository
 from agent_session_store.integrations.langgraph import SessionStoreSaver
+from agent_session_store.tables import LANGGRAPH_TABLES
+from examples.langgraph_runner import build_graph, converse
+from tests.conftest import Backend
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def fresh_agent_type() -> str:
@@ -27,8 +45,22 @@ def fresh_agent_type() -> str:
     return f"lg-{uuid.uuid4().hex[:12]}"
 
 
+def checkpoint(values: dict[str, Any], versions: dict[str, Any] | None = None) -> Checkpoint:
+    """A new checkpoint holding ``values`` (at version 1 of each channel unless given)."""
+    return Checkpoint(
+        v=1,
+        id=str(uuid6(clock_seq=-1)),
+        ts=datetime.now(UTC).isoformat(),
+        channel_values=values,
+        channel_versions=versions if versions is not None else dict.fromkeys(values, 1),
+        versions_seen={},
+        updated_channels=None,
+    )
+
+
 @pytest.fixture
-def saver(repo: SessionRepository) -> SessionStoreSaver:
+async def saver(repo: SessionRepository) -> SessionStoreSaver:
+    """Made inside the event loop, which its sync methods then use."""
     return SessionStoreSaver(repo, agent_type=fresh_agent_type())
 
 
@@ -46,3 +78,151 @@ async def test_conformance_suite_passes_every_capability(repo: SessionRepository
     assert all(result.detected for result in report.results.values()), report.results
     passed = sum(result.tests_passed for result in report.results.values())
     assert passed == 81
+
+
+# -- a real graph, against LangGraph's own InMemorySaver -------------------------------------
+
+
+async def test_real_graph_matches_in_memory_saver(saver: SessionStoreSaver) -> None:
+    """Tool loop, parallel branch, subgraph, interrupt and resume, history and time travel."""
+    ours = await converse(saver, "graph-1")
+    theirs = await converse(InMemorySaver(), "graph-1")
+    assert ours == theirs
+    assert ours[-1] > 10  # the history was really read back
+    # the subgraph checkpointed in its own namespace, and the parallel step left writes
+    config: Any = {"configurable": {"thread_id": "graph-1"}}
+    every = [t async for t in saver.alist(config)]
+    assert {t.config["configurable"]["checkpoint_ns"] for t in every} - {""}
+    assert any(len(t.pending_writes or []) >= 2 for t in every)
+
+
+async def test_graph_state_survives_a_new_saver(repo: SessionRepository) -> None:
+    agent_type = fresh_agent_type()
+    config: Any = {"configurable": {"thread_id": "restart"}}
+    first = build_graph(SessionStoreSaver(repo, agent_type=agent_type))
+    paused = await first.ainvoke({"messages": [HumanMessage("q", id="h")]}, config)
+    assert "__interrupt__" in paused
+    again = build_graph(SessionStoreSaver(repo, agent_type=agent_type))  # a "restarted" process
+    done = await again.ainvoke(Command(resume="later"), config)
+    assert done["approved"] == "later"
+
+
+def test_runner_example_runs_on_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'lg.db'}"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "langgraph_runner.py")],
+        env={**os.environ, "AGENT_SESSION_STORE_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "answer: answer: WHERE IS THE CAT (2 messages so far)" in lines
+    assert "alice's threads: ['demo-1']" in lines
+    assert lines[-1].startswith("after delete: StateSnapshot(values={}")
+
+
+# -- the sync methods, from other threads ----------------------------------------------------
+
+
+async def test_sync_methods_work_from_other_threads(saver: SessionStoreSaver) -> None:
+    config: Any = {"configurable": {"thread_id": "sync-1", "checkpoint_ns": ""}}
+    stored = await saver.aput(
+        config, checkpoint({"a": 1}), {"source": "input", "step": -1}, {"a": 1}
+    )
+
+    def in_a_thread() -> tuple[Any, ...]:
+        got = saver.get_tuple(stored)
+        step = {"source": "loop", "step": 0}
+        later = saver.put(stored, checkpoint({"a": 2}, {"a": 2}), step, {"a": 2})
+        saver.put_writes(later, [("a", 3)], "task-1")
+        listed = list(saver.list({"configurable": {"thread_id": "sync-1"}}))
+        saver.copy_thread("sync-1", "sync-2")
+        saver.prune(["sync-2"])
+        saver.delete_for_runs(["no-such-run"])
+        copied = list(saver.list({"configurable": {"thread_id": "sync-2"}}))
+        saver.delete_thread("sync-1")
+        return got, listed, copied, saver.get_tuple(config)
+
+    got, listed, copied, gone = await asyncio.to_thread(in_a_thread)
+    assert got.checkpoint["channel_values"] == {"a": 1}
+    assert [t.checkpoint["channel_values"] for t in listed] == [{"a": 2}, {"a": 1}]
+    assert listed[0].pending_writes == [("task-1", "a", 3)]
+    assert len(copied) == 1 and copied[0].pending_writes == [("task-1", "a", 3)]
+    assert gone is None
+
+
+async def test_sync_call_on_the_event_loop_thread_is_refused(saver: SessionStoreSaver) -> None:
+    await saver.aget_tuple({"configurable": {"thread_id": "x"}})
+    with pytest.raises(asyncio.InvalidStateError, match="different thread"):
+        saver.get_tuple({"configurable": {"thread_id": "x"}})
+
+
+async def test_a_sync_graph_runs_in_a_worker_thread(saver: SessionStoreSaver) -> None:
+    graph = build_graph(saver)
+    config: Any = {"configurable": {"thread_id": "sync-graph"}}
+    paused = await asyncio.to_thread(
+        graph.invoke, {"messages": [HumanMessage("sync", id="h")]}, config
+    )
+    assert paused["__interrupt__"][0].value["question"] == "publish?"
+    done = await asyncio.to_thread(graph.invoke, Command(resume="ok"), config)
+    assert done["approved"] == "ok"
+
+
+# -- a thread is a session -------------------------------------------------------------------
+
+
+async def test_a_users_thread_is_a_session_listed_and_deleted_as_one(
+    repo: SessionRepository,
+) -> None:
+    saver = SessionStoreSaver(repo)  # the default agent type
+    tid = f"chat-{uuid.uuid4().hex[:8]}"
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    graph = build_graph(saver)
+    config: Any = {"configurable": {"thread_id": tid, "user_id": user}}
+    await graph.ainvoke({"messages": [HumanMessage("hi", id="h")]}, config)
+    page = await repo.list_sessions(user_id=user, agent_type="langgraph")
+    assert [(s.key, s.state.value) for s in page.items] == [(tid, "paused")]
+    # another user neither reads nor writes it; LangGraph without a user reads it
+    foreign: Any = {"configurable": {"thread_id": tid, "user_id": "mallory"}}
+    assert await saver.aget_tuple(foreign) is None
+    assert [t async for t in saver.alist(foreign)] == []
+    with pytest.raises(SessionNotFoundError):
+        await saver.aput(foreign, checkpoint({}), {}, {})
+    assert await saver.aget_tuple({"configurable": {"thread_id": tid}}) is not None
+    await saver.adelete_thread(tid)
+    assert await repo.get_session_by_key("langgraph", user, key=tid) is None
+    assert await saver.aget_tuple({"configurable": {"thread_id": tid}}) is None
+
+
+async def test_stale_sweep_leaves_idle_threads_alone(saver: SessionStoreSaver, clock: Any) -> None:
+    config: Any = {"configurable": {"thread_id": "idle"}}
+    first = await saver.aput(config, checkpoint({"n": 1}), {"step": 0}, {"n": 1})
+    clock.advance(days=30)
+    await saver.repository.cleanup_stale_sessions()
+    second = await saver.aput(first, checkpoint({"n": 2}, {"n": 2}), {"step": 1}, {"n": 2})
+    got = await saver.aget_tuple(config)
+    assert got is not None and got.config == second
+    assert got.checkpoint["channel_values"] == {"n": 2}
+
+
+async def test_hard_delete_of_the_session_removes_its_langgraph_rows(
+    saver: SessionStoreSaver, db: Backend
+) -> None:
+    config: Any = {"configurable": {"thread_id": "erase"}}
+    stored = await saver.aput(config, checkpoint({"a": "x"}), {}, {"a": 1})
+    await saver.aput_writes(stored, [("a", "y")], "t")
+    session = await saver.repository.get_session_by_key(saver.agent_type, key="erase")
+    assert session is not None
+    assert await saver.repository.delete_session(session.session_id, hard=True)
+    async with db.engine.connect() as conn:
+        for table in LANGGRAPH_TABLES:
+            count = await conn.scalar(select(func.count()).select_from(table))
+            left = await conn.scalar(
+                select(func.count())
+                .select_from(table)
+                .where(table.c.session_id == uuid.UUID(session.session_id))
+            )
+            assert left == 0, (table.name, count)
+    assert await saver.aget_tuple(config) is None

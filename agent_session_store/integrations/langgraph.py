@@ -756,7 +756,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
 
     # -- sync: from other threads, on the saver's event loop --------------------------------
 
-    def _run(self, coro: Awaitable[_T]) -> _T:
+    def _run(self, call: Callable[[], Awaitable[_T]]) -> _T:
         loop = self.loop
         if loop is None:
             raise RuntimeError(
@@ -771,10 +771,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 )
         except RuntimeError:
             pass
-        return asyncio.run_coroutine_threadsafe(_awaited(coro), loop).result()
+        return asyncio.run_coroutine_threadsafe(_awaited(call), loop).result()
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return self._run(self.aget_tuple(config))
+        return self._run(lambda: self.aget_tuple(config))
 
     def list(
         self,
@@ -787,7 +787,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         async def collect() -> list[CheckpointTuple]:
             return [t async for t in self.alist(config, filter=filter, before=before, limit=limit)]
 
-        yield from self._run(collect())
+        yield from self._run(collect)
 
     def put(
         self,
@@ -796,7 +796,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return self._run(self.aput(config, checkpoint, metadata, new_versions))
+        return self._run(lambda: self.aput(config, checkpoint, metadata, new_versions))
 
     def put_writes(
         self,
@@ -805,24 +805,24 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        self._run(self.aput_writes(config, writes, task_id, task_path))
+        self._run(lambda: self.aput_writes(config, writes, task_id, task_path))
 
     def delete_thread(self, thread_id: str) -> None:
-        self._run(self.adelete_thread(thread_id))
+        self._run(lambda: self.adelete_thread(thread_id))
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
-        self._run(self.adelete_for_runs(run_ids))
+        self._run(lambda: self.adelete_for_runs(run_ids))
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        self._run(self.acopy_thread(source_thread_id, target_thread_id))
+        self._run(lambda: self.acopy_thread(source_thread_id, target_thread_id))
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        self._run(self.aprune(thread_ids, strategy=strategy))
+        self._run(lambda: self.aprune(thread_ids, strategy=strategy))
 
 
 class _Retry(Exception):
     """The thread was created or deleted by another writer meanwhile: look it up again."""
 
 
-async def _awaited(coro: Awaitable[_T]) -> _T:
-    return await coro
+async def _awaited(call: Callable[[], Awaitable[_T]]) -> _T:
+    return await call()
