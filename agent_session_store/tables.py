@@ -214,7 +214,16 @@ class LangGraphCheckpointRow(Base):
 
 
 class LangGraphBlobRow(Base):
-    """A channel's value at one version: stored once per (thread, namespace, channel, version)."""
+    """A channel's value at one version: stored once per (thread, namespace, channel, version).
+
+    A list that grows (a conversation's messages) is stored as a *delta* when its serialized
+    form starts with the bytes of an earlier version of the same channel: ``blob`` holds only
+    the items added since ``base_version``, so a thread stores each message once rather than
+    once per turn. ``item_count``, ``size`` and ``digest`` (SHA-256) describe the whole list at this
+    version; ``delta_size`` counts the bytes held in deltas down to the nearest full copy
+    (``base_version`` NULL), which is written again once the deltas outgrow it, so a read
+    costs at most about twice the value's size.
+    """
 
     __tablename__ = "agent_sessions_lg_blobs"
 
@@ -226,6 +235,11 @@ class LangGraphBlobRow(Base):
     version: Mapped[str] = mapped_column(Text, primary_key=True)
     type: Mapped[str] = mapped_column(String(32))
     blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    base_version: Mapped[str | None] = mapped_column(Text, nullable=True)
+    item_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    delta_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    digest: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class LangGraphWriteRow(Base):

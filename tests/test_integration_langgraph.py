@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 
 from agent_session_store import SessionNotFoundError, SessionRepository
 from agent_session_store.integrations.langgraph import SessionStoreSaver
-from agent_session_store.tables import LANGGRAPH_TABLES
+from agent_session_store.tables import LANGGRAPH_TABLES, lg_blobs_table
 from examples.langgraph_runner import build_graph, converse
 from tests.conftest import Backend
 
@@ -226,3 +226,73 @@ async def test_hard_delete_of_the_session_removes_its_langgraph_rows(
             )
             assert left == 0, (table.name, count)
     assert await saver.aget_tuple(config) is None
+
+
+# -- growth: a channel value is stored once per version, a growing list in linear space ------
+
+
+@pytest.fixture
+async def uncached_saver(db: Backend) -> SessionStoreSaver:
+    """A saver without a cache, for tests about what reaches the database."""
+    return SessionStoreSaver(SessionRepository(db.factory), agent_type=fresh_agent_type())
+
+
+async def stored_bytes(db: Backend, channel: str) -> int:
+    async with db.engine.connect() as conn:
+        total = await conn.scalar(
+            select(func.coalesce(func.sum(func.length(lg_blobs_table.c.blob)), 0)).where(
+                lg_blobs_table.c.channel == channel
+            )
+        )
+    return int(total)
+
+
+async def test_a_growing_message_list_is_stored_in_linear_space(
+    uncached_saver: SessionStoreSaver, db: Backend
+) -> None:
+    saver = uncached_saver
+    parent: Any = {"configurable": {"thread_id": "long", "checkpoint_ns": ""}}
+    messages: list[dict[str, str]] = []
+    version: str | None = None
+    halfway: tuple[Any, list[dict[str, str]]] | None = None
+    before = await stored_bytes(db, "messages")
+    for turn in range(500):
+        messages = [
+            *messages,
+            {"role": "user", "content": f"question {turn}: " + "why " * 10},
+            {"role": "assistant", "content": f"answer {turn}: " + "because " * 10},
+        ]
+        version = saver.get_next_version(version, None)
+        versions = {"messages": version, "turn": version}
+        cp = checkpoint({"messages": messages, "turn": turn}, versions)
+        parent = await saver.aput(parent, cp, {"source": "loop", "step": turn}, versions)
+        if turn == 250:
+            halfway = (parent, messages)
+    final = len(saver.serde.dumps_typed(messages)[1])
+    stored = await stored_bytes(db, "messages") - before
+    # every message once, plus whole copies that double in size: a few times the final value
+    # (storing the list whole every turn would be about 250 times it)
+    assert stored < 4 * final, (stored, final)
+    latest = await saver.aget_tuple({"configurable": {"thread_id": "long"}})
+    assert latest is not None and latest.checkpoint["channel_values"]["messages"] == messages
+    assert halfway is not None
+    old = await saver.aget_tuple(halfway[0])
+    assert old is not None and old.checkpoint["channel_values"]["messages"] == halfway[1]
+
+
+async def test_a_list_that_changes_is_stored_whole_and_reads_back(
+    uncached_saver: SessionStoreSaver,
+) -> None:
+    saver = uncached_saver
+    config: Any = {"configurable": {"thread_id": "edits", "checkpoint_ns": ""}}
+    values = [["a"] * 20, ["a"] * 20 + ["b"] * 5, ["c"] + ["a"] * 30, ["c"] + ["a"] * 30 + ["d"]]
+    version: str | None = None
+    stored = []
+    for n, value in enumerate(values):
+        version = saver.get_next_version(version, None)
+        cp = checkpoint({"items": value}, {"items": version})
+        config = await saver.aput(config, cp, {"step": n}, {"items": version})
+        stored.append(config)
+    for config, value in zip(stored, values, strict=True):
+        got = await saver.aget_tuple(config)
+        assert got is not None and got.checkpoint["channel_values"]["items"] == value

@@ -96,9 +96,41 @@ def checkpoints(agent_type: str) -> Select[Any]:
 
 
 def blobs(wanted: Sequence[tuple[uuid.UUID, str, str, str]]) -> Select[Any]:
-    """The blobs at these (session, namespace, channel, version) keys."""
-    return select(B.session_id, B.checkpoint_ns, B.channel, B.version, B.type, B.blob).where(
-        tuple_(B.session_id, B.checkpoint_ns, B.channel, B.version).in_(wanted)
+    """The blobs at these (session, namespace, channel, version) keys, and the blobs their
+    deltas build on, down to each one's full copy (one recursive query)."""
+    columns = (B.session_id, B.checkpoint_ns, B.channel, B.version, B.type, B.blob,
+               B.base_version, B.item_count)  # fmt: skip
+    chain = (
+        select(*columns)
+        .where(tuple_(B.session_id, B.checkpoint_ns, B.channel, B.version).in_(wanted))
+        .cte("chain", recursive=True)
+    )
+    below = select(*columns).join(
+        chain,
+        and_(
+            B.session_id == chain.c.session_id,
+            B.checkpoint_ns == chain.c.checkpoint_ns,
+            B.channel == chain.c.channel,
+            B.version == chain.c.base_version,
+        ),
+    )
+    whole: Select[Any] = select(chain.union(below))
+    return whole
+
+
+def list_base(sid: uuid.UUID, ns: str, channel: str, version: str) -> Select[Any]:
+    """The newest stored list value of a channel below ``version``: a delta's candidate base."""
+    return (
+        select(B.version, B.item_count, B.size, B.delta_size, B.digest)
+        .where(
+            B.session_id == sid,
+            B.checkpoint_ns == ns,
+            B.channel == channel,
+            B.item_count.is_not(None),
+            B.version < version,
+        )
+        .order_by(B.version.desc())
+        .limit(1)
     )
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import uuid
@@ -537,11 +538,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             blob_rows = (await db.execute(sql.blobs(wanted))).all() if wanted else []
             keys = [(row.session_id, row.checkpoint_ns, row.checkpoint_id) for row in rows]
             write_rows = (await db.execute(sql.writes(keys))).all()
-        blobs = {
-            (b.session_id, b.checkpoint_ns, b.channel, b.version): b
-            for b in blob_rows
-            if b.type != "empty"
-        }
+        blobs = {(b.session_id, b.checkpoint_ns, b.channel, b.version): b for b in blob_rows}
         writes: dict[tuple[Any, ...], list[tuple[str, str, Any]]] = {}
         for w in write_rows:
             writes.setdefault((w.session_id, w.checkpoint_ns, w.checkpoint_id), []).append(
@@ -550,9 +547,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         for row, checkpoint in loaded:
             values = {}
             for channel, version in checkpoint["channel_versions"].items():
-                blob = blobs.get((row.session_id, row.checkpoint_ns, str(channel), str(version)))
-                if blob is not None:
-                    values[channel] = self._loads(blob.type, blob.blob)
+                key = (row.session_id, row.checkpoint_ns, str(channel), str(version))
+                blob = blobs.get(key)
+                if blob is not None and blob.type != "empty":
+                    values[channel] = self._loads(*_whole(blob, blobs))
             checkpoint["channel_values"] = values
             thread = {"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns}
             parent = row.parent_checkpoint_id
@@ -596,13 +594,20 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         values = checkpoint["channel_values"]
         blob_rows = []
         for channel, version in new_versions.items():
+            grown = None
             if channel in values:
                 blob_kind, blob = self._dumps(values[channel], f"channel {channel!r:.80}")
+                grown = _list_value(values[channel], blob_kind, blob)
             else:
                 blob_kind, blob = "empty", None
             blob_rows.append(
-                {"checkpoint_ns": target.ns, "channel": str(channel), "version": str(version),
-                 "type": blob_kind, "blob": blob}
+                (
+                    {"checkpoint_ns": target.ns, "channel": str(channel),
+                     "version": str(version), "type": blob_kind, "blob": blob,
+                     "base_version": None, "item_count": None, "size": None, "delta_size": None,
+                     "digest": None},
+                    grown,
+                )
             )  # fmt: skip
         meta = dict(get_serializable_checkpoint_metadata(config, metadata))
         try:
@@ -622,9 +627,11 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         stmts = await self._sql()
 
         async def put(db: AsyncSession, sid: uuid.UUID) -> None:
-            if blob_rows:
-                await db.execute(stmts.add_blobs, [{**b, "session_id": sid} for b in blob_rows])
+            # The checkpoint first: on SQLite a write takes the write lock before any read.
             await db.execute(stmts.put_checkpoint, {**row, "session_id": sid})
+            if blob_rows:
+                rows = [await _blob_row(db, sid, blob, grown) for blob, grown in blob_rows]
+                await db.execute(stmts.add_blobs, rows)
 
         await self._write("langgraph aput", target, put)
         return {
@@ -818,6 +825,87 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self._run(lambda: self.aprune(thread_ids, strategy=strategy))
+
+
+@dataclass(frozen=True)
+class _Grown:
+    """A list value as serialized: its items' bytes (no array header), count and digest."""
+
+    body: bytes
+    items: int
+    digest: bytes
+
+
+def _array_header(items: int) -> bytes:
+    """The msgpack array header for ``items`` items."""
+    if items < 16:
+        return bytes([0x90 | items])
+    if items < 2**16:
+        return b"\xdc" + items.to_bytes(2, "big")
+    return b"\xdd" + items.to_bytes(4, "big")
+
+
+def _list_value(value: Any, kind: str, data: bytes | None) -> _Grown | None:
+    """``value``'s serialized items, when it is a list msgpack wrote as one array."""
+    if kind != "msgpack" or not isinstance(value, list) or not data:
+        return None
+    header = _array_header(len(value))
+    if not data.startswith(header):
+        return None
+    body = data[len(header) :]
+    return _Grown(body, len(value), hashlib.sha256(body).digest())
+
+
+async def _blob_row(
+    db: AsyncSession, sid: uuid.UUID, blob: dict[str, Any], grown: _Grown | None
+) -> dict[str, Any]:
+    """The row storing one channel value: whole, or as a delta on an earlier list value.
+
+    A delta is written when an earlier version of the channel is a prefix of this one (checked
+    by its digest, so a wrong guess only costs a whole copy) and the deltas since the last
+    whole copy stay no larger than it; otherwise the value is stored whole. Each stored byte
+    is then written once, plus whole copies that at least double each time: O(size) in all.
+    """
+    row = {**blob, "session_id": sid}
+    if grown is None:
+        return row
+    size = len(grown.body)
+    row.update(item_count=grown.items, size=size, delta_size=0, digest=grown.digest)
+    found = (
+        await db.execute(
+            sql.list_base(sid, blob["checkpoint_ns"], blob["channel"], blob["version"])
+        )
+    ).first()
+    if found is None or found.size > size or found.item_count > grown.items:
+        return row
+    delta = found.delta_size + size - found.size
+    if delta > found.size - found.delta_size:
+        return row  # the deltas would outgrow their whole copy: a new whole copy
+    if hashlib.sha256(grown.body[: found.size]).digest() != found.digest:
+        return row  # not a prefix (another branch, or a list that changed): whole
+    row.update(blob=grown.body[found.size :], base_version=found.version, delta_size=delta)
+    return row
+
+
+def _whole(blob: Any, blobs: dict[tuple[Any, ...], Any]) -> tuple[str, bytes | None]:
+    """A stored value as the serializer wrote it: a delta's chain joined back into the list."""
+    if blob.base_version is None:
+        return blob.type, blob.blob
+    items = blob.item_count
+    tails = []
+    while blob.base_version is not None:
+        tails.append(blob.blob or b"")
+        below = blobs.get((blob.session_id, blob.checkpoint_ns, blob.channel, blob.base_version))
+        if below is None or below.item_count is None:
+            raise StorageError(
+                f"the stored value of channel {blob.channel!r:.80} at version "
+                f"{blob.version!r:.40} builds on one that is no longer stored; the thread's "
+                "data is incomplete"
+            )
+        blob = below
+    whole = blob.blob or b""
+    body = whole[len(_array_header(blob.item_count)) :] + b"".join(reversed(tails))
+    return "msgpack", _array_header(items) + body
 
 
 class _Retry(Exception):

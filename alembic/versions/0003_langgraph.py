@@ -76,6 +76,11 @@ def upgrade() -> None:
         sa.Column("version", sa.Text(), nullable=False),
         sa.Column("type", sa.String(32), nullable=False),
         sa.Column("blob", sa.LargeBinary(), nullable=True),
+        sa.Column("base_version", sa.Text(), nullable=True),
+        sa.Column("item_count", sa.Integer(), nullable=True),
+        sa.Column("size", sa.Integer(), nullable=True),
+        sa.Column("delta_size", sa.Integer(), nullable=True),
+        sa.Column("digest", sa.LargeBinary(), nullable=True),
         _session_fk("agent_sessions_lg_blobs"),
         sa.PrimaryKeyConstraint(
             "session_id", "checkpoint_ns", "channel", "version", name="pk_agent_sessions_lg_blobs"
