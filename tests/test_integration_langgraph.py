@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import ormsgpack
 import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.base import Checkpoint
@@ -27,16 +28,23 @@ from langgraph.checkpoint.base.id import uuid6
 # not skip, when it is missing.
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
-from sqlalchemy import func, select
+from pydantic import BaseModel
+from sqlalchemy import func, select, update
 
-from agent_session_store import SessionNotFoundError, SessionRepository
+from agent_session_store import SessionNotFoundError, SessionRepository, SessionValidationError
 from agent_session_store.integrations.langgraph import SessionStoreSaver
 from agent_session_store.tables import LANGGRAPH_TABLES, lg_blobs_table
 from examples.langgraph_runner import build_graph, converse
 from tests.conftest import Backend
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class Point(BaseModel):
+    x: int
+    y: int
 
 
 def fresh_agent_type() -> str:
@@ -296,3 +304,220 @@ async def test_a_list_that_changes_is_stored_whole_and_reads_back(
     for config, value in zip(stored, values, strict=True):
         got = await saver.aget_tuple(config)
         assert got is not None and got.checkpoint["channel_values"]["items"] == value
+
+
+# -- no silent fork: racing writers are kept as siblings -------------------------------------
+
+
+async def test_two_writers_racing_from_one_parent_are_both_kept_as_siblings(
+    saver: SessionStoreSaver,
+) -> None:
+    config: Any = {"configurable": {"thread_id": "race", "checkpoint_ns": ""}}
+    parent = await saver.aput(config, checkpoint({"n": 0}, {"n": "1"}), {"step": 0}, {"n": "1"})
+    left = checkpoint({"n": "left"}, {"n": saver.get_next_version("1", None)})
+    right = checkpoint({"n": "right"}, {"n": saver.get_next_version("1", None)})
+    stored = await asyncio.gather(
+        saver.aput(parent, left, {"step": 1, "writer": "left"}, left["channel_versions"]),
+        saver.aput(parent, right, {"step": 1, "writer": "right"}, right["channel_versions"]),
+    )
+    listed = [t async for t in saver.alist(config)]
+    assert len(listed) == 3
+    children = [t for t in listed if t.parent_config is not None]
+    assert {t.parent_config["configurable"]["checkpoint_id"] for t in children} == {
+        parent["configurable"]["checkpoint_id"]
+    }
+    assert sorted(t.checkpoint["channel_values"]["n"] for t in children) == ["left", "right"]
+    # the thread's latest is defined: the greater checkpoint id, with its own value
+    newest = max(stored, key=lambda c: c["configurable"]["checkpoint_id"])
+    latest = await saver.aget_tuple(config)
+    assert latest is not None and latest.config == newest
+    won = "left" if newest["configurable"]["checkpoint_id"] == left["id"] else "right"
+    assert latest.checkpoint["channel_values"]["n"] == won
+    assert latest.metadata["writer"] == won
+
+
+# -- concurrency: many graph runs at once, on SQLite and PostgreSQL ---------------------------
+
+
+def loop_graph(saver: SessionStoreSaver) -> Any:
+    """The example's tool loop alone: model, tool, model, done."""
+    from examples.langgraph_runner import State, model, tools
+
+    graph = StateGraph(State)
+    graph.add_node("model", model)
+    graph.add_node("tools", tools)
+    graph.add_edge(START, "model")
+    graph.add_conditional_edges(
+        "model", lambda s: "tools" if s["messages"][-1].tool_calls else END, ["tools", END]
+    )
+    graph.add_edge("tools", "model")
+    return graph.compile(checkpointer=saver)
+
+
+async def test_concurrent_graph_runs_lose_nothing(saver: SessionStoreSaver) -> None:
+    graph = build_graph(saver)
+    threads = [f"many-{n}" for n in range(20)]
+
+    async def run(thread: str) -> Any:
+        config: Any = {"configurable": {"thread_id": thread}}
+        await graph.ainvoke({"messages": [HumanMessage(thread, id="h")]}, config)
+        return await graph.ainvoke(Command(resume=thread), config)
+
+    results = await asyncio.gather(*(run(t) for t in threads))
+    assert [r["approved"] for r in results] == threads
+    for thread in threads:
+        state = await graph.aget_state({"configurable": {"thread_id": thread}})
+        assert state.values["approved"] == thread
+        assert (
+            state.values["messages"][-1].content == f"answer: {thread.upper()} (2 messages so far)"
+        )
+
+    # five runs on one thread at once: each one's input and answer are stored
+    looped = loop_graph(saver)
+    one: Any = {"configurable": {"thread_id": "one"}}
+    questions = [f"q{n}" for n in range(5)]
+    answers = await asyncio.gather(
+        *(looped.ainvoke({"messages": [HumanMessage(q, id=f"h-{q}")]}, one) for q in questions)
+    )
+    for q, answer in zip(questions, answers, strict=True):
+        assert answer["messages"][-1].content.startswith(f"answer: {q.upper()}")
+    inputs = [t async for t in saver.alist(one, filter={"source": "input"})]
+    assert len(inputs) == 5
+
+
+# -- safe by default: stored bytes never import an unexpected type ---------------------------
+
+
+def planted(module: str, name: str) -> bytes:
+    """What JsonPlusSerializer writes for an object of ``module.name`` built from one argument."""
+    return ormsgpack.packb(ormsgpack.Ext(0, ormsgpack.packb((module, name, "echo planted"))))
+
+
+async def plant(db: Backend, kind: str, blob: bytes) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            update(lg_blobs_table)
+            .where(lg_blobs_table.c.channel == "secret")
+            .values(type=kind, blob=blob)
+        )
+
+
+async def test_a_planted_blob_naming_an_unexpected_type_fails_closed(
+    uncached_saver: SessionStoreSaver, db: Backend
+) -> None:
+    saver = uncached_saver
+    config: Any = {"configurable": {"thread_id": "planted"}}
+    await saver.aput(config, checkpoint({"secret": "fine"}), {}, {"secret": 1})
+    await plant(db, "msgpack", planted("os", "system"))
+    with pytest.raises(SessionValidationError, match=r"'os\.system'.*not on the .*allow-list"):
+        await saver.aget_tuple(config)
+    with pytest.raises(SessionValidationError, match=r"os\.system"):
+        [t async for t in saver.alist(config)]
+    # nested inside an allowed value, too; and formats this saver never writes
+    await plant(db, "msgpack", ormsgpack.packb({"inner": [ormsgpack.Ext(0, planted("os", "x"))]}))
+    with pytest.raises(SessionValidationError):
+        await saver.aget_tuple(config)
+    for kind in ("pickle", "json"):
+        await plant(db, kind, b"\x80\x04K\x01.")
+        with pytest.raises(SessionValidationError, match="does not read"):
+            await saver.aget_tuple(config)
+
+
+async def test_the_strict_serializer_still_reads_langchain_messages_and_allowed_types(
+    uncached_saver: SessionStoreSaver,
+) -> None:
+    saver = uncached_saver.with_allowlist([Point])
+    assert isinstance(saver, SessionStoreSaver)
+    config: Any = {"configurable": {"thread_id": "typed"}}
+    values = {"m": [HumanMessage("hi", id="1")], "p": Point(x=1, y=2), "when": datetime(2026, 1, 1)}
+    await saver.aput(config, checkpoint(values), {}, dict.fromkeys(values, 1))
+    got = await saver.aget_tuple(config)
+    assert got is not None and got.checkpoint["channel_values"] == values
+    # the same bytes, read without the allow-list entry: refused, not imported
+    with pytest.raises(SessionValidationError, match="Point"):
+        await uncached_saver.aget_tuple(config)
+
+
+# -- bad input: a clear error, nothing written -----------------------------------------------
+
+
+async def nothing_stored(saver: SessionStoreSaver) -> bool:
+    page = await saver.repository.list_sessions(agent_type=saver.agent_type)
+    return page.items == [] and [t async for t in saver.alist(None)] == []
+
+
+async def test_a_config_without_a_thread_id_is_refused(saver: SessionStoreSaver) -> None:
+    for config in ({"configurable": {}}, {}, {"configurable": {"thread_id": None}}):
+        with pytest.raises(SessionValidationError, match="thread_id"):
+            await saver.aput(config, checkpoint({"a": 1}), {}, {"a": 1})  # type: ignore[arg-type]
+        with pytest.raises(SessionValidationError, match="thread_id"):
+            await saver.aget_tuple(config)  # type: ignore[arg-type]
+    with pytest.raises(SessionValidationError, match="checkpoint_id"):
+        await saver.aput_writes({"configurable": {"thread_id": "t"}}, [("a", 1)], "task")
+    assert await nothing_stored(saver)
+
+
+@pytest.mark.parametrize(
+    "thread_id", ["", " a ", "a", "a ", "~esc:a", "x" * 300, "Grüße, 世界", "tab\there"]
+)
+async def test_any_thread_id_is_its_own_thread(saver: SessionStoreSaver, thread_id: str) -> None:
+    config: Any = {"configurable": {"thread_id": thread_id}}
+    stored = await saver.aput(config, checkpoint({"id": thread_id}), {}, {"id": 1})
+    assert stored["configurable"]["thread_id"] == thread_id
+    others = {"", " a ", "a", "a "} - {thread_id}
+    for other in others:
+        assert await saver.aget_tuple({"configurable": {"thread_id": other}}) is None
+    got = await saver.aget_tuple(config)
+    assert got is not None and got.checkpoint["channel_values"] == {"id": thread_id}
+    assert [t.config["configurable"]["thread_id"] async for t in saver.alist(None)] == [thread_id]
+    await saver.adelete_thread(thread_id)
+    assert await nothing_stored(saver)
+
+
+async def test_ids_no_database_can_hold_are_refused(saver: SessionStoreSaver) -> None:
+    for configurable in (
+        {"thread_id": "nul\x00"},
+        {"thread_id": "lone \ud800"},
+        {"thread_id": "t", "checkpoint_ns": "a\x00"},
+        {"thread_id": "t", "user_id": "x" * 300},
+        {"thread_id": ["a list"]},
+    ):
+        with pytest.raises(SessionValidationError):
+            await saver.aput({"configurable": configurable}, checkpoint({}), {}, {})
+    assert await nothing_stored(saver)
+
+
+async def test_values_the_serializer_cannot_store_are_refused_before_writing(
+    saver: SessionStoreSaver,
+) -> None:
+    config: Any = {"configurable": {"thread_id": "bad-values"}}
+    with pytest.raises(SessionValidationError, match="channel 'a'") as refused:
+        await saver.aput(config, checkpoint({"a": object()}), {}, {"a": 1})
+    assert "object at" not in str(refused.value)  # payloads stay out of messages
+    with pytest.raises(SessionValidationError, match="metadata"):
+        await saver.aput(config, checkpoint({}), {"odd": {1, 2}}, {})  # type: ignore[typeddict-unknown-key]
+    with pytest.raises(SessionValidationError, match="metadata"):
+        await saver.aput(config, checkpoint({}), {"nan": float("nan")}, {})  # type: ignore[typeddict-unknown-key]
+    assert await nothing_stored(saver)
+    stored = await saver.aput(config, checkpoint({}), {}, {})
+    with pytest.raises(SessionValidationError, match="write to channel 'w'"):
+        await saver.aput_writes(stored, [("ok", 1), ("w", object())], "task")
+    got = await saver.aget_tuple(stored)
+    assert got is not None and got.pending_writes == []
+
+
+@pytest.mark.parametrize("key", ["source') OR 1=1 --", 'a"b', "$.x", "a b", "", "x" * 200, "é"])
+async def test_metadata_filter_keys_must_be_plain_names(saver: SessionStoreSaver, key: str) -> None:
+    config: Any = {"configurable": {"thread_id": "filtered"}}
+    await saver.aput(config, checkpoint({}), {"source": "input"}, {})
+    for where in (config, None):
+        with pytest.raises(SessionValidationError, match="not a plain name"):
+            [t async for t in saver.alist(where, filter={key: "input"})]
+    found = [t async for t in saver.alist(config, filter={"source": "input", "x-y_1": None})]
+    assert found == []
+    assert len([t async for t in saver.alist(config, filter={"source": "input"})]) == 1
+
+
+async def test_an_unknown_prune_strategy_is_refused(saver: SessionStoreSaver) -> None:
+    with pytest.raises(SessionValidationError, match="strategy"):
+        await saver.aprune(["t"], strategy="everything")

@@ -135,20 +135,24 @@ class StrictSerializer(JsonPlusSerializer):
         allowed = self._allowed_msgpack_modules
         return allowed is True or (bool(allowed) and (module, name) in allowed)  # type: ignore[operator]
 
-    def _check(self, code: int, data: bytes) -> Any:
-        if code in _CONSTRUCTOR_CODES or code == _METHOD_CODE:
-            fields = ormsgpack.unpackb(
-                data, ext_hook=self._check, option=ormsgpack.OPT_NON_STR_KEYS
-            )
-            module, name = str(fields[0]), str(fields[1])
-            allowed = (
-                (module, name, str(fields[3])) in lg_msgpack.SAFE_MSGPACK_METHODS
-                if code == _METHOD_CODE
-                else self._allowed(module, name)
-            )
-            if not allowed:
-                raise _Blocked(f"{module}.{name}")
-        return self._unpack_ext_hook(code, data)
+    def _hook(self, blocked: list[str]) -> Callable[[int, bytes], Any]:
+        """An ext hook that checks each named type before LangGraph's hook rebuilds it."""
+
+        def check(code: int, data: bytes) -> Any:
+            if code in _CONSTRUCTOR_CODES or code == _METHOD_CODE:
+                fields = ormsgpack.unpackb(data, ext_hook=check, option=ormsgpack.OPT_NON_STR_KEYS)
+                module, name = str(fields[0]), str(fields[1])
+                allowed = (
+                    (module, name, str(fields[3])) in lg_msgpack.SAFE_MSGPACK_METHODS
+                    if code == _METHOD_CODE
+                    else self._allowed(module, name)
+                )
+                if not allowed:
+                    blocked.append(f"{module}.{name}")
+                    raise _Blocked(blocked[-1])
+            return self._unpack_ext_hook(code, data)
+
+        return check
 
     def loads_typed(self, data: tuple[str, bytes]) -> Any:
         kind, payload = data
@@ -159,20 +163,20 @@ class StrictSerializer(JsonPlusSerializer):
             )
         if kind != "msgpack":
             return super().loads_typed(data)
+        blocked: list[str] = []  # ormsgpack re-raises a failed hook as its own ValueError
         try:
             return ormsgpack.unpackb(
-                payload, ext_hook=self._check, option=ormsgpack.OPT_NON_STR_KEYS
+                payload, ext_hook=self._hook(blocked), option=ormsgpack.OPT_NON_STR_KEYS
             )
-        except Exception as exc:
-            blocked = exc if isinstance(exc, _Blocked) else exc.__cause__ or exc.__context__
-            if isinstance(blocked, _Blocked):
-                raise SessionValidationError(
-                    f"a stored value names the type {blocked.name!r:.200}, which is not on the "
-                    "serializer's allow-list, so it was not imported; nothing was loaded. If "
-                    "your graph stores it, allow it: StrictSerializer(allowed_msgpack_modules="
-                    "[(module, name)]) or saver.with_allowlist([...])"
-                ) from None
-            raise
+        except Exception:
+            if not blocked:
+                raise
+            raise SessionValidationError(
+                f"a stored value names the type {blocked[0]!r:.200}, which is not on the "
+                "serializer's allow-list, so it was not imported; nothing was loaded. If your "
+                "graph stores it, allow it: StrictSerializer(allowed_msgpack_modules="
+                "[(module, name)]) or saver.with_allowlist([...])"
+            ) from None
 
 
 @dataclass(frozen=True)
