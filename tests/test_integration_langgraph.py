@@ -32,12 +32,14 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 from pydantic import BaseModel
 from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from agent_session_store import SessionNotFoundError, SessionRepository, SessionValidationError
 from agent_session_store.integrations.langgraph import SessionStoreSaver
 from agent_session_store.tables import LANGGRAPH_TABLES, lg_blobs_table
 from examples.langgraph_runner import build_graph, converse
-from tests.conftest import Backend
+from tests.conftest import Backend, FakeClock
+from tests.conftest import _backend as conftest_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -521,3 +523,45 @@ async def test_metadata_filter_keys_must_be_plain_names(saver: SessionStoreSaver
 async def test_an_unknown_prune_strategy_is_refused(saver: SessionStoreSaver) -> None:
     with pytest.raises(SessionValidationError, match="strategy"):
         await saver.aprune(["t"], strategy="everything")
+
+
+async def leftover_rows(engine: Any, session_id: str) -> dict[str, int]:
+    async with engine.connect() as conn:
+        return {
+            table.name: await conn.scalar(
+                select(func.count())
+                .select_from(table)
+                .where(table.c.session_id == uuid.UUID(session_id))
+            )
+            for table in LANGGRAPH_TABLES
+        }
+
+
+@pytest.mark.usefixtures("_dispose_engines")
+@pytest.mark.parametrize("how", ["hard delete", "purge"])
+async def test_langgraph_rows_go_with_their_session_without_foreign_keys(
+    sqlite_url: str, how: str
+) -> None:
+    """SQLite enforces ON DELETE CASCADE only when the engine turned foreign keys on: the
+    repository's hard delete and purge remove the LangGraph rows explicitly all the same."""
+    backend = await conftest_backend("sqlite", sqlite_url)
+    saver = SessionStoreSaver(SessionRepository(backend.factory), agent_type=fresh_agent_type())
+    config: Any = {"configurable": {"thread_id": "no-fk"}}
+    stored = await saver.aput(config, checkpoint({"a": [1, 2]}), {}, {"a": 1})
+    await saver.aput_writes(stored, [("a", 3)], "task")
+    session = await saver.repository.get_session_by_key(saver.agent_type, key="no-fk")
+    assert session is not None
+    assert all(await leftover_rows(backend.engine, session.session_id))
+    bare = create_async_engine(sqlite_url)  # no PRAGMA foreign_keys=ON
+    try:
+        clock = FakeClock()
+        repo = SessionRepository(async_sessionmaker(bare, expire_on_commit=False), clock=clock)
+        if how == "hard delete":
+            assert await repo.delete_session(session.session_id, hard=True)
+        else:
+            assert await repo.delete_session(session.session_id)
+            clock.advance(days=31)
+            assert await repo.purge_deleted_sessions() >= 1
+        assert set((await leftover_rows(bare, session.session_id)).values()) == {0}
+    finally:
+        await bare.dispose()
