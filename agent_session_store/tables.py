@@ -209,6 +209,8 @@ class LangGraphCheckpointRow(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType)
     # metadata["run_id"], for adelete_for_runs (NULL when the checkpoint has none).
     run_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # {channel: version} as text: the blobs to read with the checkpoint, in the same statement.
+    channel_versions: Mapped[dict[str, str]] = mapped_column(JsonType)
 
     __table_args__ = (Index(None, "run_id"),)
 

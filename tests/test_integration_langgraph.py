@@ -9,11 +9,12 @@ forks, concurrency, the strict serializer and bad input.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,16 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 from pydantic import BaseModel
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from agent_session_store import SessionNotFoundError, SessionRepository, SessionValidationError
+from agent_session_store import (
+    SchemaOutOfDateError,
+    SessionNotFoundError,
+    SessionRepository,
+    SessionValidationError,
+)
 from agent_session_store.integrations.langgraph import SessionStoreSaver
 from agent_session_store.tables import LANGGRAPH_TABLES, lg_blobs_table
 from examples.langgraph_runner import build_graph, converse
@@ -565,3 +572,56 @@ async def test_langgraph_rows_go_with_their_session_without_foreign_keys(
         assert set((await leftover_rows(bare, session.session_id)).values()) == {0}
     finally:
         await bare.dispose()
+
+
+# -- fast paths -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def statements(db: Backend) -> Iterator[list[str]]:
+    """The SQL statements the engine sends while the block runs."""
+    sent: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    sa_event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield sent
+    finally:
+        sa_event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+
+
+async def test_the_latest_checkpoint_with_writes_and_values_is_one_round_trip(
+    uncached_saver: SessionStoreSaver, db: Backend
+) -> None:
+    saver = uncached_saver
+    config: Any = {"configurable": {"thread_id": "fast"}}
+    stored = config
+    version: str | None = None
+    for turn in range(5):
+        version = saver.get_next_version(version, None)
+        versions = {"messages": version, "turn": version}
+        values = {"messages": list(range(20 + turn)), "turn": turn}
+        stored = await saver.aput(stored, checkpoint(values, versions), {"step": turn}, versions)
+    await saver.aput_writes(stored, [("messages", [99]), ("turn", 5)], "task-a")
+    with statements(db) as sent:
+        got = await saver.aget_tuple(config)
+    assert len(sent) == 1, sent
+    assert got is not None and got.config == stored
+    assert got.checkpoint["channel_values"] == {"messages": list(range(24)), "turn": 4}
+    assert got.pending_writes == [("task-a", "messages", [99]), ("task-a", "turn", 5)]
+    with statements(db) as sent:
+        assert await saver.aget_tuple({"configurable": {"thread_id": "unknown"}}) is None
+    assert len(sent) == 1
+    with statements(db) as sent:
+        page = [t async for t in saver.alist(config, limit=3, filter={"step": 2})]
+    assert [t.metadata["step"] for t in page] == [2]
+    assert len(sent) == 3  # the checkpoints, their blobs, their writes
+
+
+async def test_an_unmigrated_database_is_named_with_the_command_to_run(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    async with SessionStoreSaver.from_url(url) as saver:
+        with pytest.raises(SchemaOutOfDateError, match="upgrade"):
+            await saver.aget_tuple({"configurable": {"thread_id": "t"}})

@@ -18,15 +18,21 @@ from sqlalchemy import (
     ColumnElement,
     Delete,
     Insert,
+    Integer,
     Select,
+    Text,
     and_,
+    cast,
     delete,
     func,
     literal,
+    literal_column,
+    null,
     select,
     true,
     tuple_,
     type_coerce,
+    union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
@@ -95,17 +101,14 @@ def checkpoints(agent_type: str) -> Select[Any]:
     )
 
 
-def blobs(wanted: Sequence[tuple[uuid.UUID, str, str, str]]) -> Select[Any]:
-    """The blobs at these (session, namespace, channel, version) keys, and the blobs their
-    deltas build on, down to each one's full copy (one recursive query)."""
-    columns = (B.session_id, B.checkpoint_ns, B.channel, B.version, B.type, B.blob,
-               B.base_version, B.item_count)  # fmt: skip
-    chain = (
-        select(*columns)
-        .where(tuple_(B.session_id, B.checkpoint_ns, B.channel, B.version).in_(wanted))
-        .cte("chain", recursive=True)
-    )
-    below = select(*columns).join(
+_BLOB_COLUMNS = (B.session_id, B.checkpoint_ns, B.channel, B.version, B.type, B.blob,
+                 B.base_version, B.item_count)  # fmt: skip
+
+
+def _chain(start: Select[Any]) -> Any:
+    """The blobs ``start`` selects and, recursively, the blobs their deltas build on."""
+    chain = start.cte("chain", recursive=True)
+    below = select(*_BLOB_COLUMNS).join(
         chain,
         and_(
             B.session_id == chain.c.session_id,
@@ -114,7 +117,16 @@ def blobs(wanted: Sequence[tuple[uuid.UUID, str, str, str]]) -> Select[Any]:
             B.version == chain.c.base_version,
         ),
     )
-    whole: Select[Any] = select(chain.union(below))
+    return chain.union(below)
+
+
+def blobs(wanted: Sequence[tuple[uuid.UUID, str, str, str]]) -> Select[Any]:
+    """The blobs at these (session, namespace, channel, version) keys, and the blobs their
+    deltas build on, down to each one's full copy (one recursive query)."""
+    start = select(*_BLOB_COLUMNS).where(
+        tuple_(B.session_id, B.checkpoint_ns, B.channel, B.version).in_(wanted)
+    )
+    whole: Select[Any] = select(_chain(start))
     return whole
 
 
@@ -235,6 +247,90 @@ class Statements:
                 "task_path": writes.excluded.task_path,
             },
         )
+
+    def one_checkpoint(self, query: Select[Any]) -> Select[Any]:
+        """The checkpoint ``query`` selects (at most one), its pending writes and the blobs of
+        its channel versions (with the blobs their deltas build on), in one statement.
+
+        Rows of three kinds, told apart by ``kind``: ``c`` the checkpoint (``k1`` its id, ``k2``
+        its parent, ``k3`` the thread id, ``data`` its bytes, ``meta`` its metadata), ``w`` a
+        write (``k1`` task, ``k2`` channel, ``k3`` task path, ``n`` index), ``b`` a blob
+        (``k1`` channel, ``k2`` version, ``k3`` base version, ``n`` item count).
+        """
+        cp = query.add_columns(C.channel_versions).cte("cp")
+        if self.postgres:
+            each = func.jsonb_each_text(type_coerce(cp.c.channel_versions, JSONB))
+        else:
+            each = func.json_each(cp.c.channel_versions)
+        pairs = each.table_valued("key", "value").alias("versions")
+        wanted = (
+            select(
+                cp.c.session_id,
+                cp.c.checkpoint_ns,
+                pairs.c.key.label("channel"),
+                cast(pairs.c.value, Text).label("version"),
+            )
+            .select_from(cp)
+            .join(pairs, true())
+            .cte("wanted")
+        )
+        chain = _chain(
+            select(*_BLOB_COLUMNS).join(
+                wanted,
+                and_(
+                    B.session_id == wanted.c.session_id,
+                    B.checkpoint_ns == wanted.c.checkpoint_ns,
+                    B.channel == wanted.c.channel,
+                    B.version == wanted.c.version,
+                ),
+            )
+        )
+        untyped = null()
+        return union_all(
+            select(
+                literal_column("'c'").label("kind"),
+                cp.c.checkpoint_id.label("k1"),
+                cp.c.parent_checkpoint_id.label("k2"),
+                cp.c.thread_id.label("k3"),
+                cp.c.type.label("type"),
+                cp.c.checkpoint.label("data"),
+                cast(untyped, Integer).label("n"),
+                cp.c.metadata.label("meta"),
+                cp.c.session_id.label("session_id"),
+                cp.c.checkpoint_ns.label("checkpoint_ns"),
+            ),
+            select(
+                literal_column("'w'"),
+                W.task_id,
+                W.channel,
+                W.task_path,
+                W.type,
+                W.blob,
+                W.idx,
+                cast(untyped, C["metadata"].type),
+                W.session_id,
+                W.checkpoint_ns,
+            ).join(
+                cp,
+                and_(
+                    W.session_id == cp.c.session_id,
+                    W.checkpoint_ns == cp.c.checkpoint_ns,
+                    W.checkpoint_id == cp.c.checkpoint_id,
+                ),
+            ),
+            select(
+                literal_column("'b'"),
+                chain.c.channel,
+                chain.c.version,
+                chain.c.base_version,
+                chain.c.type,
+                chain.c.blob,
+                chain.c.item_count,
+                cast(untyped, C["metadata"].type),
+                chain.c.session_id,
+                chain.c.checkpoint_ns,
+            ),
+        )  # type: ignore[return-value]
 
     def copy_rows(self, source: uuid.UUID, target: uuid.UUID) -> list[Insert]:
         """Copy every checkpoint, blob and write of ``source`` into ``target`` (kept if there)."""

@@ -47,7 +47,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from redis.asyncio import Redis
 from sqlalchemy import Select, delete, insert, tuple_
@@ -67,6 +67,7 @@ from agent_session_store._errors import INTEGRITY_ERRORS, storage_errors
 from agent_session_store._validation import check_json_object, check_text
 from agent_session_store.integrations import _langgraph_sql as sql
 from agent_session_store.integrations._keys import session_key
+from agent_session_store.migrations import SchemaGate
 from agent_session_store.tables import lg_threads_table
 
 try:
@@ -186,6 +187,28 @@ class _Thread:
     state: str
 
 
+class _CheckpointRow(NamedTuple):
+    session_id: uuid.UUID
+    checkpoint_ns: str
+    checkpoint_id: str
+    parent_checkpoint_id: str | None
+    type: str
+    checkpoint: bytes
+    metadata: Any
+    thread_id: str
+
+
+class _BlobRow(NamedTuple):
+    session_id: uuid.UUID
+    checkpoint_ns: str
+    channel: str
+    version: str
+    type: str
+    blob: bytes | None
+    base_version: str | None
+    item_count: int | None
+
+
 @dataclass(frozen=True)
 class _Target:
     """Where a config points: its thread, namespace and checkpoint (``None``: the latest)."""
@@ -230,6 +253,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         self.agent_type = agent_type
         self._factory = repository.session_factory
         self._statements: sql.Statements | None = None
+        self._gate = SchemaGate()
         self._writers: asyncio.Lock | None = None
         self._engine: AsyncEngine | None = None
         self._redis: Redis | None = None
@@ -297,8 +321,12 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         """The dialect's statements, learned from the factory's engine (no round trip)."""
         self._bind_loop()
         if self._statements is None:
-            async with self._factory() as db:
-                name = db.get_bind().dialect.name
+            with storage_errors("langgraph schema check"):
+                async with self._factory() as db:
+                    name = db.get_bind().dialect.name
+                    # Once: the schema is at the library's head (else SchemaOutOfDateError
+                    # naming the command to run), before any statement needs its tables.
+                    await self._gate.pass_through(db)
             self._statements = sql.Statements(name)
             # SQLite has one writer at a time; this saver's writers queue here rather than
             # in SQLite's busy handler (see _dialects.Sqlite.queue_writers).
@@ -460,8 +488,28 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             query = query.where(sql.C.checkpoint_id == target.checkpoint_id)
         else:
             query = query.order_by(sql.C.checkpoint_id.desc()).limit(1)
-        found = [t async for t in self._tuples(query, "langgraph aget_tuple")]
-        return found[0] if found else None
+        stmts = await self._sql()
+        # One round trip: the checkpoint, its pending writes and its channel values.
+        async with self._reading("langgraph aget_tuple") as db:
+            rows = (await db.execute(stmts.one_checkpoint(query))).all()
+        found = [r for r in rows if r.kind == "c"]
+        if not found:
+            return None
+        row = found[0]
+        blobs = {
+            (r.session_id, r.checkpoint_ns, r.k1, r.k2): _BlobRow(
+                r.session_id, r.checkpoint_ns, r.k1, r.k2, r.type, r.data, r.k3, r.n
+            )
+            for r in rows
+            if r.kind == "b"
+        }
+        writes = sorted((r for r in rows if r.kind == "w"), key=lambda r: (r.k3, r.k1, r.n))
+        return self._tuple(
+            _CheckpointRow(row.session_id, row.checkpoint_ns, row.k1, row.k2, row.type,
+                           row.data, row.meta, row.k3),
+            blobs,
+            [(w.k1, w.k2, self._loads(w.type, w.data)) for w in writes],
+        )  # fmt: skip
 
     async def alist(
         self,
@@ -516,10 +564,6 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             if count < page_size:
                 return
 
-    async def _tuples(self, query: Select[Any], operation: str) -> AsyncIterator[CheckpointTuple]:
-        async for tup, _ in self._tuples_with_keys(query, operation):
-            yield tup
-
     async def _tuples_with_keys(
         self, query: Select[Any], operation: str
     ) -> AsyncIterator[tuple[CheckpointTuple, tuple[Any, ...]]]:
@@ -549,27 +593,40 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 (w.task_id, w.channel, self._loads(w.type, w.blob))
             )
         for row, checkpoint in loaded:
-            values = {}
-            for channel, version in checkpoint["channel_versions"].items():
-                key = (row.session_id, row.checkpoint_ns, str(channel), str(version))
-                blob = blobs.get(key)
-                if blob is not None and blob.type != "empty":
-                    values[channel] = self._loads(*_whole(blob, blobs))
-            checkpoint["channel_values"] = values
-            thread = {"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns}
-            parent = row.parent_checkpoint_id
-            tup = CheckpointTuple(
-                config={"configurable": {**thread, "checkpoint_id": row.checkpoint_id}},
-                checkpoint=checkpoint,
-                metadata=row.metadata,
-                parent_config=(
-                    {"configurable": {**thread, "checkpoint_id": parent}} if parent else None
-                ),
-                pending_writes=writes.get(
-                    (row.session_id, row.checkpoint_ns, row.checkpoint_id), []
-                ),
-            )
+            key = (row.session_id, row.checkpoint_ns, row.checkpoint_id)
+            tup = self._assemble(row, checkpoint, blobs, writes.get(key, []))
             yield tup, (row.checkpoint_id, row.session_id, row.checkpoint_ns)
+
+    def _tuple(
+        self, row: Any, blobs: dict[tuple[Any, ...], Any], writes: list[tuple[str, str, Any]]
+    ) -> CheckpointTuple:
+        return self._assemble(row, self._loads(row.type, row.checkpoint), blobs, writes)
+
+    def _assemble(
+        self,
+        row: Any,
+        checkpoint: Any,
+        blobs: dict[tuple[Any, ...], Any],
+        writes: list[tuple[str, str, Any]],
+    ) -> CheckpointTuple:
+        """A stored checkpoint row, its blobs and its writes as LangGraph's tuple."""
+        values = {}
+        for channel, version in checkpoint["channel_versions"].items():
+            blob = blobs.get((row.session_id, row.checkpoint_ns, str(channel), str(version)))
+            if blob is not None and blob.type != "empty":
+                values[channel] = self._loads(*_whole(blob, blobs))
+        checkpoint["channel_values"] = values
+        thread = {"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns}
+        parent = row.parent_checkpoint_id
+        return CheckpointTuple(
+            config={"configurable": {**thread, "checkpoint_id": row.checkpoint_id}},
+            checkpoint=checkpoint,
+            metadata=row.metadata,
+            parent_config=(
+                {"configurable": {**thread, "checkpoint_id": parent}} if parent else None
+            ),
+            pending_writes=writes,
+        )
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -627,6 +684,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             "checkpoint": data,
             "metadata": meta,
             "run_id": None if run_id is None else str(run_id),
+            "channel_versions": {str(k): str(v) for k, v in checkpoint["channel_versions"].items()},
         }
         stmts = await self._sql()
 

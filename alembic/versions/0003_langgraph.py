@@ -60,6 +60,7 @@ def upgrade() -> None:
         sa.Column("checkpoint", sa.LargeBinary(), nullable=False),
         sa.Column("metadata", JSON, nullable=False),
         sa.Column("run_id", sa.Text(), nullable=True),
+        sa.Column("channel_versions", JSON, nullable=False),
         _session_fk("agent_sessions_lg_checkpoints"),
         sa.PrimaryKeyConstraint(
             "session_id", "checkpoint_ns", "checkpoint_id", name="pk_agent_sessions_lg_checkpoints"
