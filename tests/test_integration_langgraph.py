@@ -625,3 +625,19 @@ async def test_an_unmigrated_database_is_named_with_the_command_to_run(tmp_path:
     async with SessionStoreSaver.from_url(url) as saver:
         with pytest.raises(SchemaOutOfDateError, match="upgrade"):
             await saver.aget_tuple({"configurable": {"thread_id": "t"}})
+
+
+def test_readme_langgraph_block_runs(tmp_path: Path, redis_url: str) -> None:
+    from tests.test_readme import readme_block
+
+    code = readme_block("LangGraph")
+    code = code.replace(
+        "postgresql+asyncpg://app@db/app", f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    )
+    code = code.replace("redis://localhost:6379/0", redis_url)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["['hi', 'echo 1', 'again', 'echo 3']", "['chat-42']"]
+    assert result.stderr == ""
