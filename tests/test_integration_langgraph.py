@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,18 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 from pydantic import BaseModel
 from sqlalchemy import event as sa_event
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from agent_session_store import (
     SchemaOutOfDateError,
     SessionNotFoundError,
     SessionRepository,
     SessionValidationError,
+    create_engine,
+    migrations,
 )
 from agent_session_store.integrations.langgraph import SessionStoreSaver
 from agent_session_store.tables import LANGGRAPH_TABLES, lg_blobs_table
@@ -641,3 +646,137 @@ def test_readme_langgraph_block_runs(tmp_path: Path, redis_url: str) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["['hi', 'echo 1', 'again', 'echo 3']", "['chat-42']"]
     assert result.stderr == ""
+
+
+# -- the planner serves the saver's reads from indexes (PostgreSQL) --------------------------
+
+THREADS = 2_000
+PER_THREAD = 10
+LONG_THREAD = 5_000
+LG_TABLES = re.compile(r"\bagent_sessions_(lg_\w+|sessions)\b")
+LG_SEQ_SCAN = re.compile(r"Seq Scan on agent_sessions_(lg_\w+|sessions)\b")
+
+_SEED_THREADS = """
+INSERT INTO agent_sessions_sessions (id, agent_type, user_id, state, context, metadata,
+    checkpoint_count, version, created_at, updated_at, last_heartbeat)
+SELECT gen_random_uuid(), :agent, 'user-' || mod(i, 50), 'paused', '{}', '{}', 1, 2,
+    now(), now(), now()
+FROM generate_series(1, :threads) AS s(i);
+"""
+_SEED_THREAD_ROWS = """
+INSERT INTO agent_sessions_lg_threads (agent_type, thread_key, thread_id, session_id)
+SELECT :agent, 'thread-' || n, 'thread-' || n, id
+FROM (SELECT id, row_number() OVER () AS n FROM agent_sessions_sessions
+      WHERE agent_type = :agent AND key IS NULL) AS made
+"""
+# Copies of the template thread's one checkpoint, blob and write, under other ids and threads.
+_SEED_CHECKPOINTS = """
+INSERT INTO agent_sessions_lg_checkpoints (session_id, checkpoint_ns, checkpoint_id,
+    parent_checkpoint_id, type, checkpoint, metadata, run_id, channel_versions)
+SELECT t.session_id, '', lpad(n::text, 8, '0'), NULL, c.type, c.checkpoint,
+    jsonb_build_object('source', CASE WHEN mod(n, 3) = 0 THEN 'input' ELSE 'loop' END, 'step', n),
+    'run-' || t.thread_key || '-' || n, c.channel_versions
+FROM agent_sessions_lg_threads AS t
+CROSS JOIN generate_series(1, :count) AS n
+CROSS JOIN (SELECT * FROM agent_sessions_lg_checkpoints WHERE session_id = :template) AS c
+WHERE t.agent_type = :agent AND (t.session_id = :only OR CAST(:only AS uuid) IS NULL)
+ON CONFLICT DO NOTHING
+"""
+_SEED_BLOBS_AND_WRITES = """
+INSERT INTO agent_sessions_lg_blobs (session_id, checkpoint_ns, channel, version, type, blob)
+SELECT t.session_id, '', 'ch', lpad(n::text, 8, '0'), 'msgpack', '\\x01'
+FROM agent_sessions_lg_threads AS t CROSS JOIN generate_series(1, 5) AS n
+WHERE t.agent_type = :agent;
+"""
+_SEED_WRITES = """
+INSERT INTO agent_sessions_lg_writes (session_id, checkpoint_ns, checkpoint_id, task_id, idx,
+    channel, type, blob, task_path)
+SELECT session_id, checkpoint_ns, checkpoint_id, 'task', 0, 'ch', 'msgpack', '\\x01', ''
+FROM agent_sessions_lg_checkpoints
+ON CONFLICT DO NOTHING
+"""
+
+
+@pytest.fixture(scope="module")
+async def seeded_saver(postgres_url: str) -> AsyncIterator[SessionStoreSaver]:
+    """A fresh database with 2,000 threads of 10 checkpoints and one of 5,000, analyzed."""
+    name = f"lg_explain_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    async with admin.connect() as conn:
+        await conn.execute(text(f"CREATE DATABASE {name}"))  # our own generated name
+    engine = create_engine(make_url(postgres_url).set(database=name).render_as_string(False))
+    try:
+        await migrations.upgrade(engine)
+        saver = SessionStoreSaver(SessionRepository(async_sessionmaker(engine)), agent_type="lg")
+        template = await saver.aput(
+            {"configurable": {"thread_id": "long"}}, checkpoint({"a": 1}), {}, {"a": 1}
+        )
+        await saver.aput_writes(template, [("a", 2)], "task")
+        found = await saver.repository.get_session_by_key("lg", key="long")
+        assert found is not None
+        long_sid = uuid.UUID(found.session_id)
+        params = {"agent": "lg", "threads": THREADS, "template": long_sid}
+        async with engine.begin() as conn:
+            await conn.execute(text(_SEED_THREADS), params)
+            await conn.execute(text(_SEED_THREAD_ROWS), params)
+            await conn.execute(
+                text(_SEED_CHECKPOINTS), {**params, "count": PER_THREAD, "only": None}
+            )
+            await conn.execute(
+                text(_SEED_CHECKPOINTS), {**params, "count": LONG_THREAD, "only": long_sid}
+            )
+            await conn.execute(text(_SEED_BLOBS_AND_WRITES), params)
+            await conn.execute(text(_SEED_WRITES))
+        async with engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.execute(text("ANALYZE"))
+        yield saver
+    finally:
+        await engine.dispose()
+        async with admin.connect() as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        await admin.dispose()
+
+
+LONG: Any = {"configurable": {"thread_id": "long", "checkpoint_ns": ""}}
+MIDDLE: Any = {"configurable": {"thread_id": "long", "checkpoint_id": "00002500"}}
+READS: dict[str, Callable[[SessionStoreSaver], Awaitable[object]]] = {
+    "aget_tuple, the latest": lambda s: s.aget_tuple(LONG),
+    "aget_tuple, one by id": lambda s: s.aget_tuple(MIDDLE),
+    "alist, limit": lambda s: first(s.alist(LONG, limit=10)),
+    "alist, before and limit": lambda s: first(s.alist(LONG, before=MIDDLE, limit=10)),
+    "alist, filter and limit": lambda s: first(s.alist(LONG, filter={"source": "input"}, limit=5)),
+    "alist, filter, before, limit": lambda s: first(
+        s.alist(LONG, filter={"step": 2400}, before=MIDDLE, limit=1)
+    ),
+    "adelete_for_runs": lambda s: s.adelete_for_runs(["run-thread-7-3"]),
+    "aprune keep_latest": lambda s: s.aprune(["thread-9"]),
+}
+
+
+async def first(tuples: AsyncIterator[Any]) -> list[Any]:
+    return [t async for t in tuples]
+
+
+@pytest.mark.parametrize("operation", READS)
+async def test_saver_statements_use_indexes_not_seq_scans(
+    seeded_saver: SessionStoreSaver, operation: str
+) -> None:
+    engine = seeded_saver.repository.session_factory.kw["bind"]
+    sent: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if LG_TABLES.search(statement):
+            sent.append((statement, params))
+
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        await READS[operation](seeded_saver)
+    finally:
+        sa_event.remove(engine.sync_engine, "before_cursor_execute", capture)
+    assert sent
+    for statement, params in sent:
+        async with engine.connect() as conn:
+            rows = await conn.exec_driver_sql(f"EXPLAIN {statement}", params)
+            plan = "\n".join(row[0] for row in rows)
+        assert not LG_SEQ_SCAN.search(plan), f"{operation}:\n{statement}\n{params}\n{plan}"
