@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import uuid
@@ -71,7 +70,6 @@ from agent_session_store.migrations import SchemaGate
 from agent_session_store.tables import lg_threads_table
 
 try:
-    import ormsgpack
     from langchain_core.runnables import RunnableConfig
     from langgraph.checkpoint.base import (
         WRITES_IDX_MAP,
@@ -83,9 +81,10 @@ try:
         get_checkpoint_id,
         get_serializable_checkpoint_metadata,
     )
-    from langgraph.checkpoint.serde import _msgpack as lg_msgpack
     from langgraph.checkpoint.serde.base import SerializerProtocol
-    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    from agent_session_store.integrations._langgraph_serde import StrictSerializer
+    from agent_session_store.integrations._langgraph_values import blob_row, list_value, whole
 except ImportError as exc:  # pragma: no cover - the extra is part of the dev install
     raise ImportError(
         "agent_session_store.integrations.langgraph needs langgraph-checkpoint: "
@@ -100,84 +99,8 @@ DEFAULT_AGENT_TYPE = "langgraph"
 _ATTEMPTS = 8  # a thread created or deleted by another writer between look-up and write
 _PAGE = 100  # checkpoints read per round trip by alist
 _LIVE = ("active", "paused")
-_STORED_TYPES = frozenset({"null", "bytes", "bytearray", "msgpack", "empty"})
-# The msgpack extension codes that name a Python type to rebuild (langgraph's serde/jsonplus).
-_CONSTRUCTOR_CODES = frozenset({0, 1, 2, 4, 5})
-_METHOD_CODE = 3
 
 _T = TypeVar("_T")
-
-
-class _Blocked(Exception):
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-class StrictSerializer(JsonPlusSerializer):
-    """LangGraph's serializer, failing closed on stored types that are not allowed.
-
-    ``JsonPlusSerializer`` by default imports whatever type a stored value names (or, in its
-    strict mode, silently hands back the raw fields). This one rebuilds LangGraph's and
-    LangChain's own safe types and those on its allow-list (``allowed_msgpack_modules``, or
-    added by LangGraph for a compiled graph's state schema through ``with_allowlist``), and
-    raises ``SessionValidationError`` for anything else. It never unpickles.
-
-    Example::
-
-        saver = SessionStoreSaver(repo, serde=StrictSerializer(allowed_msgpack_modules=[MyState]))
-    """
-
-    def __init__(self, *, allowed_msgpack_modules: Sequence[tuple[str, ...] | type] = ()) -> None:
-        super().__init__(allowed_msgpack_modules=list(allowed_msgpack_modules) or None)
-
-    def _allowed(self, module: str, name: str) -> bool:
-        if (module, name) in lg_msgpack.SAFE_MSGPACK_TYPES:
-            return True
-        allowed = self._allowed_msgpack_modules
-        return allowed is True or (bool(allowed) and (module, name) in allowed)  # type: ignore[operator]
-
-    def _hook(self, blocked: list[str]) -> Callable[[int, bytes], Any]:
-        """An ext hook that checks each named type before LangGraph's hook rebuilds it."""
-
-        def check(code: int, data: bytes) -> Any:
-            if code in _CONSTRUCTOR_CODES or code == _METHOD_CODE:
-                fields = ormsgpack.unpackb(data, ext_hook=check, option=ormsgpack.OPT_NON_STR_KEYS)
-                module, name = str(fields[0]), str(fields[1])
-                allowed = (
-                    (module, name, str(fields[3])) in lg_msgpack.SAFE_MSGPACK_METHODS
-                    if code == _METHOD_CODE
-                    else self._allowed(module, name)
-                )
-                if not allowed:
-                    blocked.append(f"{module}.{name}")
-                    raise _Blocked(blocked[-1])
-            return self._unpack_ext_hook(code, data)
-
-        return check
-
-    def loads_typed(self, data: tuple[str, bytes]) -> Any:
-        kind, payload = data
-        if kind not in _STORED_TYPES - {"empty"}:
-            raise SessionValidationError(
-                f"a stored value has the serialization type {kind!r:.40}, which this saver never "
-                "writes and does not read (no pickle, no JSON constructors); nothing was loaded"
-            )
-        if kind != "msgpack":
-            return super().loads_typed(data)
-        blocked: list[str] = []  # ormsgpack re-raises a failed hook as its own ValueError
-        try:
-            return ormsgpack.unpackb(
-                payload, ext_hook=self._hook(blocked), option=ormsgpack.OPT_NON_STR_KEYS
-            )
-        except Exception:
-            if not blocked:
-                raise
-            raise SessionValidationError(
-                f"a stored value names the type {blocked[0]!r:.200}, which is not on the "
-                "serializer's allow-list, so it was not imported; nothing was loaded. If your "
-                "graph stores it, allow it: StrictSerializer(allowed_msgpack_modules="
-                "[(module, name)]) or saver.with_allowlist([...])"
-            ) from None
 
 
 @dataclass(frozen=True)
@@ -614,7 +537,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         for channel, version in checkpoint["channel_versions"].items():
             blob = blobs.get((row.session_id, row.checkpoint_ns, str(channel), str(version)))
             if blob is not None and blob.type != "empty":
-                values[channel] = self._loads(*_whole(blob, blobs))
+                values[channel] = self._loads(*whole(blob, blobs))
         checkpoint["channel_values"] = values
         thread = {"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns}
         parent = row.parent_checkpoint_id
@@ -658,7 +581,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             grown = None
             if channel in values:
                 blob_kind, blob = self._dumps(values[channel], f"channel {channel!r:.80}")
-                grown = _list_value(values[channel], blob_kind, blob)
+                grown = list_value(values[channel], blob_kind, blob)
             else:
                 blob_kind, blob = "empty", None
             blob_rows.append(
@@ -692,7 +615,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             # The checkpoint first: on SQLite a write takes the write lock before any read.
             await db.execute(stmts.put_checkpoint, {**row, "session_id": sid})
             if blob_rows:
-                rows = [await _blob_row(db, sid, blob, grown) for blob, grown in blob_rows]
+                rows = [await blob_row(db, sid, blob, grown) for blob, grown in blob_rows]
                 await db.execute(stmts.add_blobs, rows)
 
         await self._write("langgraph aput", target, put)
@@ -887,87 +810,6 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self._run(lambda: self.aprune(thread_ids, strategy=strategy))
-
-
-@dataclass(frozen=True)
-class _Grown:
-    """A list value as serialized: its items' bytes (no array header), count and digest."""
-
-    body: bytes
-    items: int
-    digest: bytes
-
-
-def _array_header(items: int) -> bytes:
-    """The msgpack array header for ``items`` items."""
-    if items < 16:
-        return bytes([0x90 | items])
-    if items < 2**16:
-        return b"\xdc" + items.to_bytes(2, "big")
-    return b"\xdd" + items.to_bytes(4, "big")
-
-
-def _list_value(value: Any, kind: str, data: bytes | None) -> _Grown | None:
-    """``value``'s serialized items, when it is a list msgpack wrote as one array."""
-    if kind != "msgpack" or not isinstance(value, list) or not data:
-        return None
-    header = _array_header(len(value))
-    if not data.startswith(header):
-        return None
-    body = data[len(header) :]
-    return _Grown(body, len(value), hashlib.sha256(body).digest())
-
-
-async def _blob_row(
-    db: AsyncSession, sid: uuid.UUID, blob: dict[str, Any], grown: _Grown | None
-) -> dict[str, Any]:
-    """The row storing one channel value: whole, or as a delta on an earlier list value.
-
-    A delta is written when an earlier version of the channel is a prefix of this one (checked
-    by its digest, so a wrong guess only costs a whole copy) and the deltas since the last
-    whole copy stay no larger than it; otherwise the value is stored whole. Each stored byte
-    is then written once, plus whole copies that at least double each time: O(size) in all.
-    """
-    row = {**blob, "session_id": sid}
-    if grown is None:
-        return row
-    size = len(grown.body)
-    row.update(item_count=grown.items, size=size, delta_size=0, digest=grown.digest)
-    found = (
-        await db.execute(
-            sql.list_base(sid, blob["checkpoint_ns"], blob["channel"], blob["version"])
-        )
-    ).first()
-    if found is None or found.size > size or found.item_count > grown.items:
-        return row
-    delta = found.delta_size + size - found.size
-    if delta > found.size - found.delta_size:
-        return row  # the deltas would outgrow their whole copy: a new whole copy
-    if hashlib.sha256(grown.body[: found.size]).digest() != found.digest:
-        return row  # not a prefix (another branch, or a list that changed): whole
-    row.update(blob=grown.body[found.size :], base_version=found.version, delta_size=delta)
-    return row
-
-
-def _whole(blob: Any, blobs: dict[tuple[Any, ...], Any]) -> tuple[str, bytes | None]:
-    """A stored value as the serializer wrote it: a delta's chain joined back into the list."""
-    if blob.base_version is None:
-        return blob.type, blob.blob
-    items = blob.item_count
-    tails = []
-    while blob.base_version is not None:
-        tails.append(blob.blob or b"")
-        below = blobs.get((blob.session_id, blob.checkpoint_ns, blob.channel, blob.base_version))
-        if below is None or below.item_count is None:
-            raise StorageError(
-                f"the stored value of channel {blob.channel!r:.80} at version "
-                f"{blob.version!r:.40} builds on one that is no longer stored; the thread's "
-                "data is incomplete"
-            )
-        blob = below
-    whole = blob.blob or b""
-    body = whole[len(_array_header(blob.item_count)) :] + b"".join(reversed(tails))
-    return "msgpack", _array_header(items) + body
 
 
 class _Retry(Exception):
