@@ -780,3 +780,49 @@ async def test_saver_statements_use_indexes_not_seq_scans(
             rows = await conn.exec_driver_sql(f"EXPLAIN {statement}", params)
             plan = "\n".join(row[0] for row in rows)
         assert not LG_SEQ_SCAN.search(plan), f"{operation}:\n{statement}\n{params}\n{plan}"
+
+
+# -- cancellation: a cancelled call happened whole or not at all -----------------------------
+
+
+async def test_a_cancelled_put_is_stored_whole_or_not_at_all(saver: SessionStoreSaver) -> None:
+    """Cancelled as its 1st, 2nd, 3rd... statement is sent: before its write transaction (the
+    thread look-up), nothing is stored; once that began, all of it is."""
+    config: Any = {"configurable": {"thread_id": "cancelled", "checkpoint_ns": ""}}
+    parent = await saver.aput(config, checkpoint({"n": []}, {"n": "1"}), {}, {"n": "1"})
+    engine = saver.repository.session_factory.kw["bind"]
+    sent: list[str] = []
+    reached = asyncio.Event()
+    wanted = 0
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+        if len(sent) >= wanted:
+            reached.set()
+
+    outcomes = []
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        for wanted in range(1, 6):
+            sent.clear()
+            reached.clear()
+            version = saver.get_next_version(str(wanted + 1), None)
+            cp = checkpoint({"n": list(range(wanted)), "m": wanted}, {"n": version, "m": version})
+            put = asyncio.ensure_future(saver.aput(parent, cp, {}, cp["channel_versions"]))
+            waiting = asyncio.ensure_future(reached.wait())
+            await asyncio.wait({put, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            put.cancel()
+            result = (await asyncio.gather(put, return_exceptions=True))[0]
+            at = {"configurable": {**config["configurable"], "checkpoint_id": cp["id"]}}
+            stored = await saver.aget_tuple(at)
+            if stored is not None:  # the checkpoint and every one of its values
+                assert stored.checkpoint["channel_values"] == cp["channel_values"]
+            outcomes.append((stored is not None, type(result).__name__))
+    finally:
+        sa_event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert outcomes[0] == (False, "CancelledError")  # cut while looking the thread up
+    assert (True, "CancelledError") in outcomes[1:]  # cut inside the write: finished first
+    # nothing left behind: no connection checked out, no lock held
+    latest = await saver.aput(parent, checkpoint({"n": [1]}, {"n": "9"}), {}, {"n": "9"})
+    assert (await saver.aget_tuple(config)).config == latest  # type: ignore[union-attr]

@@ -67,6 +67,7 @@ CHECKPOINT_COLUMNS = (
     C.type,
     C.checkpoint,
     C["metadata"],
+    C.channel_versions,
     T.thread_id,
     S.user_id,
 )
@@ -257,7 +258,7 @@ class Statements:
         write (``k1`` task, ``k2`` channel, ``k3`` task path, ``n`` index), ``b`` a blob
         (``k1`` channel, ``k2`` version, ``k3`` base version, ``n`` item count).
         """
-        cp = query.add_columns(C.channel_versions).cte("cp")
+        cp = query.cte("cp")
         if self.postgres:
             each = func.jsonb_each_text(type_coerce(cp.c.channel_versions, JSONB))
         else:

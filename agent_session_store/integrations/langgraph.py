@@ -39,7 +39,6 @@ importing it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import uuid
@@ -49,7 +48,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
 from redis.asyncio import Redis
-from sqlalchemy import Select, delete, insert, tuple_
+from sqlalchemy import Executable, Select, delete, insert, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agent_session_store import (
@@ -63,6 +62,7 @@ from agent_session_store import (
     create_engine,
 )
 from agent_session_store._errors import INTEGRITY_ERRORS, storage_errors
+from agent_session_store._settle import run_to_end
 from agent_session_store._validation import check_json_object, check_text
 from agent_session_store.integrations import _langgraph_sql as sql
 from agent_session_store.integrations._keys import session_key
@@ -244,29 +244,59 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         """The dialect's statements, learned from the factory's engine (no round trip)."""
         self._bind_loop()
         if self._statements is None:
-            with storage_errors("langgraph schema check"):
-                async with self._factory() as db:
-                    name = db.get_bind().dialect.name
-                    # Once: the schema is at the library's head (else SchemaOutOfDateError
-                    # naming the command to run), before any statement needs its tables.
-                    await self._gate.pass_through(db)
-            self._statements = sql.Statements(name)
+
+            async def check() -> str:
+                with storage_errors("langgraph schema check"):
+                    async with self._factory() as db:
+                        # Once: the schema is at the library's head (else SchemaOutOfDateError
+                        # naming the command to run), before any statement needs its tables.
+                        await self._gate.pass_through(db)
+                        return db.get_bind().dialect.name
+
+            self._statements = sql.Statements(await run_to_end(check()))
             # SQLite has one writer at a time; this saver's writers queue here rather than
             # in SQLite's busy handler (see _dialects.Sqlite.queue_writers).
             self._writers = None if self._statements.postgres else asyncio.Lock()
         return self._statements
 
-    @contextlib.asynccontextmanager
-    async def _reading(self, operation: str) -> AsyncIterator[AsyncSession]:
-        # A transaction even for reads: behind a transaction pooler the server connection is
-        # ours only from BEGIN to COMMIT.
-        with storage_errors(operation):
-            async with self._factory() as db, db.begin():
-                yield db
+    async def _transaction(
+        self,
+        operation: str,
+        work: Callable[[AsyncSession], Awaitable[_T]],
+        *,
+        write: bool = False,
+    ) -> _T:
+        """Run ``work`` in a transaction of its own, committed when it returns.
+
+        Reads run in a transaction too: behind a transaction pooler the server connection is
+        ours only from BEGIN to COMMIT. Once started, the transaction runs to its end (commit,
+        or rollback on an error) even if the caller is cancelled meanwhile, then the caller gets
+        its ``CancelledError``: a cancelled call happened whole or not at all, and leaves no
+        connection checked out (on SQLite, no write lock held). Writers on SQLite queue first,
+        and may be cancelled while they wait.
+
+        Raises:
+            _Retry: a write's row was refused by a key (a thread created or deleted meanwhile).
+        """
+
+        async def run() -> _T:
+            with storage_errors(operation):
+                try:
+                    async with self._factory() as db, db.begin():
+                        return await work(db)
+                except INTEGRITY_ERRORS as exc:
+                    raise _Retry from exc
+
+        if write and self._writers is not None:
+            async with self._writers:
+                return await run_to_end(run())
+        return await run_to_end(run())
 
     async def _find(self, key: str) -> _Thread | None:
-        async with self._reading("langgraph get_thread") as db:
-            row = (await db.execute(sql.thread_rows(self.agent_type, key))).first()
+        async def read(db: AsyncSession) -> Any:
+            return (await db.execute(sql.thread_rows(self.agent_type, key))).first()
+
+        row = await self._transaction("langgraph get_thread", read)
         if row is None or row.state == sql.DELETED:
             return None
         return _Thread(row.session_id, row.user_id, row.state)
@@ -294,30 +324,21 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                         str(found.session_id), found.state, found.state, change="take checkpoints"
                     )
             owner = create_for if create_for is not None else (target.user_id or "")
+
+            async def write(
+                db: AsyncSession, found: _Thread | None = found, owner: str = owner
+            ) -> _T:
+                sid = found.session_id if found else await self._create(db, target, owner)
+                return await work(db, sid)
+
             try:
-                with storage_errors(operation):
-                    try:
-                        async with self._queued(), self._factory() as db, db.begin():
-                            sid = (
-                                found.session_id if found else await self._create(db, target, owner)
-                            )
-                            return await work(db, sid)
-                    except INTEGRITY_ERRORS as exc:  # the session was deleted meanwhile
-                        raise _Retry from exc
+                return await self._transaction(operation, write, write=True)
             except _Retry:
                 continue  # created or deleted by another writer in between: look again
         raise StorageError(
             f"{operation}: thread {target.thread_id!r:.140} kept being created and deleted by "
             "other writers; nothing was written: retry"
         )
-
-    @contextlib.asynccontextmanager
-    async def _queued(self) -> AsyncIterator[None]:
-        if self._writers is None:
-            yield
-            return
-        async with self._writers:
-            yield
 
     async def _create(self, db: AsyncSession, target: _Target, owner: str) -> uuid.UUID:
         """Create the thread's session (PAUSED) and its thread row, in the caller's transaction."""
@@ -413,8 +434,12 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             query = query.order_by(sql.C.checkpoint_id.desc()).limit(1)
         stmts = await self._sql()
         # One round trip: the checkpoint, its pending writes and its channel values.
-        async with self._reading("langgraph aget_tuple") as db:
-            rows = (await db.execute(stmts.one_checkpoint(query))).all()
+
+        async def read(db: AsyncSession) -> Sequence[Any]:
+            rows: Sequence[Any] = (await db.execute(stmts.one_checkpoint(query))).all()
+            return rows
+
+        rows = await self._transaction("langgraph aget_tuple", read)
         found = [r for r in rows if r.kind == "c"]
         if not found:
             return None
@@ -494,21 +519,24 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
 
         One round trip for the checkpoints, one for the blobs of them all, one for the writes.
         """
-        async with self._reading(operation) as db:
+
+        async def read(db: AsyncSession) -> tuple[Sequence[Any], Sequence[Any], Sequence[Any]]:
             rows = (await db.execute(query)).all()
             if not rows:
-                return
-            loaded = [(row, self._loads(row.type, row.checkpoint)) for row in rows]
+                return rows, [], []
             wanted = sorted(
                 {
                     (row.session_id, row.checkpoint_ns, str(channel), str(version))
-                    for row, checkpoint in loaded
-                    for channel, version in checkpoint["channel_versions"].items()
+                    for row in rows
+                    for channel, version in row.channel_versions.items()
                 }
             )
             blob_rows = (await db.execute(sql.blobs(wanted))).all() if wanted else []
             keys = [(row.session_id, row.checkpoint_ns, row.checkpoint_id) for row in rows]
-            write_rows = (await db.execute(sql.writes(keys))).all()
+            return rows, blob_rows, (await db.execute(sql.writes(keys))).all()
+
+        rows, blob_rows, write_rows = await self._transaction(operation, read)
+        loaded = [(row, self._loads(row.type, row.checkpoint)) for row in rows]
         blobs = {(b.session_id, b.checkpoint_ns, b.channel, b.version): b for b in blob_rows}
         writes: dict[tuple[Any, ...], list[tuple[str, str, Any]]] = {}
         for w in write_rows:
@@ -669,19 +697,24 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         """Delete the thread: its session (a hard delete) and every checkpoint, blob and write."""
         target = self._target({"configurable": {"thread_id": thread_id}})
         await self._sql()
-        async with self._reading("langgraph adelete_thread") as db:
-            row = (await db.execute(sql.thread_rows(self.agent_type, target.key))).first()
+
+        async def find(db: AsyncSession) -> Any:  # a soft-deleted thread's session too
+            return (await db.execute(sql.thread_rows(self.agent_type, target.key))).first()
+
+        row = await self._transaction("langgraph adelete_thread", find)
         if row is None:
             return
         sid = row.session_id
-        with storage_errors("langgraph adelete_thread"):
-            async with self._queued(), self._factory() as db, db.begin():
-                # Explicitly, not only by ON DELETE CASCADE: SQLite enforces foreign keys only
-                # when the host's engine turned them on.
-                for stmt in sql.delete_thread_rows(sid):
-                    await db.execute(stmt)
-                await db.execute(delete(lg_threads_table).where(sql.T.session_id == sid))
-                await self.repository.bind(db).delete_session(str(sid), hard=True)
+
+        async def erase(db: AsyncSession) -> None:
+            # Explicitly, not only by ON DELETE CASCADE: SQLite enforces foreign keys only
+            # when the host's engine turned them on.
+            for stmt in sql.delete_thread_rows(sid):
+                await db.execute(stmt)
+            await db.execute(delete(lg_threads_table).where(sql.T.session_id == sid))
+            await self.repository.bind(db).delete_session(str(sid), hard=True)
+
+        await self._transaction("langgraph adelete_thread", erase, write=True)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints (and their writes) that these runs made, in every thread."""
@@ -689,10 +722,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         if not ids:
             return
         await self._sql()
-        with storage_errors("langgraph adelete_for_runs"):
-            async with self._queued(), self._factory() as db, db.begin():
-                for stmt in sql.delete_for_runs(self.agent_type, ids):
-                    await db.execute(stmt)
+        await self._run_all("langgraph adelete_for_runs", sql.delete_for_runs(self.agent_type, ids))
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint, blob and write of one thread into another (same owner).
@@ -730,10 +760,16 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 if strategy == "keep_latest"
                 else sql.delete_thread_rows(found.session_id)
             )
-            with storage_errors("langgraph aprune"):
-                async with self._queued(), self._factory() as db, db.begin():
-                    for stmt in doomed:
-                        await db.execute(stmt)
+            await self._run_all("langgraph aprune", doomed)
+
+    async def _run_all(self, operation: str, statements: Sequence[Executable]) -> None:
+        """Run ``statements`` in one write transaction."""
+
+        async def run(db: AsyncSession) -> None:
+            for stmt in statements:
+                await db.execute(stmt)
+
+        await self._transaction(operation, run, write=True)
 
     def get_next_version(self, current: str | None, channel: None = None) -> str:
         """A version greater than ``current``: a counter, then a random tie-breaker, so that
