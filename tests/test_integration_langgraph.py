@@ -206,6 +206,7 @@ async def test_a_users_thread_is_a_session_listed_and_deleted_as_one(
     await graph.ainvoke({"messages": [HumanMessage("hi", id="h")]}, config)
     page = await repo.list_sessions(user_id=user, agent_type="langgraph")
     assert [(s.key, s.state.value) for s in page.items] == [(tid, "paused")]
+    assert (await repo.stats()).by_agent_type["langgraph"] >= 1
     # another user neither reads nor writes it; LangGraph without a user reads it
     foreign: Any = {"configurable": {"thread_id": tid, "user_id": "mallory"}}
     assert await saver.aget_tuple(foreign) is None
@@ -499,6 +500,17 @@ async def test_ids_no_database_can_hold_are_refused(saver: SessionStoreSaver) ->
         with pytest.raises(SessionValidationError):
             await saver.aput({"configurable": configurable}, checkpoint({}), {}, {})
     assert await nothing_stored(saver)
+    stored = await saver.aput({"configurable": {"thread_id": "t"}}, checkpoint({}), {}, {})
+    for bad in ({"task_id": "t\x00"}, {"task_path": "\ud800"}, {"channel": "c\x00"}):
+        arguments = {"task_id": "task", "task_path": "", "channel": "c", **bad}
+        with pytest.raises(SessionValidationError, match="nothing was written"):
+            await saver.aput_writes(
+                stored, [(arguments["channel"], 1)], arguments["task_id"], arguments["task_path"]
+            )
+    with pytest.raises(SessionValidationError, match="channel"):
+        await saver.aput(stored, checkpoint({"c\x00": 1}), {}, {"c\x00": 1})
+    got = await saver.aget_tuple(stored)
+    assert got is not None and got.pending_writes == []
 
 
 async def test_values_the_serializer_cannot_store_are_refused_before_writing(

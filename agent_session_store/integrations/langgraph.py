@@ -601,11 +601,13 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             InvalidStateTransitionError: the thread's session was completed or failed.
         """
         target = self._target(config)
+        _check_names(checkpoint_id=checkpoint["id"])
         stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
         kind, data = self._dumps(stored, "the checkpoint")
         values = checkpoint["channel_values"]
         blob_rows = []
         for channel, version in new_versions.items():
+            _check_names(channel=channel, version=str(version))
             grown = None
             if channel in values:
                 blob_kind, blob = self._dumps(values[channel], f"channel {channel!r:.80}")
@@ -673,8 +675,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 "the config names no checkpoint (configurable['checkpoint_id']); pending "
                 "writes belong to one: pass the config aput returned"
             )
+        _check_names(task_id=task_id, task_path=task_path)
         rows = []
         for i, (channel, value) in enumerate(writes):
+            _check_names(channel=channel)
             kind, blob = self._dumps(value, f"the write to channel {channel!r:.80}")
             rows.append(
                 {"checkpoint_ns": target.ns, "checkpoint_id": target.checkpoint_id,
@@ -846,6 +850,17 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self._run(lambda: self.aprune(thread_ids, strategy=strategy))
+
+
+def _check_names(**names: object) -> None:
+    """Refuse ids and names no database can hold (not text, NUL, lone surrogates)."""
+    for what, value in names.items():
+        if not isinstance(value, str):
+            raise SessionValidationError(f"{what} must be a string, got {type(value).__name__}")
+        try:
+            check_text(value, what)
+        except ValueError as exc:
+            raise SessionValidationError(f"{exc}; nothing was written") from None
 
 
 class _Retry(Exception):
