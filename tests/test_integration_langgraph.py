@@ -838,3 +838,23 @@ async def test_a_cancelled_put_is_stored_whole_or_not_at_all(saver: SessionStore
     # nothing left behind: no connection checked out, no lock held
     latest = await saver.aput(parent, checkpoint({"n": [1]}, {"n": "9"}), {}, {"n": "9"})
     assert (await saver.aget_tuple(config)).config == latest  # type: ignore[union-attr]
+
+
+async def test_two_savers_with_their_own_engines_share_one_sqlite_file(tmp_path: Path) -> None:
+    """Two processes' worth of writers (each saver its own engine and writer queue): they
+    meet in SQLite's busy handler, never in "database is locked"."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    await migrations.upgrade(url)
+    async with SessionStoreSaver.from_url(url) as one, SessionStoreSaver.from_url(url) as two:
+        graphs = [loop_graph(one), loop_graph(two)]
+
+        async def run(n: int) -> Any:
+            config: Any = {"configurable": {"thread_id": f"shared-{n % 4}"}}
+            question = HumanMessage(f"q{n}", id=f"h-{n}")
+            return await graphs[n % 2].ainvoke({"messages": [question]}, config)
+
+        answers = await asyncio.gather(*(run(n) for n in range(16)))
+        for n, answer in enumerate(answers):
+            assert answer["messages"][-1].content.startswith(f"answer: Q{n}")
+        inputs = [t async for t in one.alist(None, filter={"source": "input"})]
+        assert len(inputs) == 16
