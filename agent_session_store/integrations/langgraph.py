@@ -361,9 +361,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             raise _Retry from exc
         except INTEGRITY_ERRORS as exc:
             raise _Retry from exc
+        logger.debug("LangGraph thread stored as session %s", session.session_id)
         return uuid.UUID(session.session_id)
 
-    def _target(self, config: RunnableConfig | None, *, need_thread: bool = True) -> _Target:
+    def _target(self, config: RunnableConfig | None) -> _Target:
         configurable = (config or {}).get("configurable") or {}
         thread_id = configurable.get("thread_id")
         if thread_id is None:
@@ -719,6 +720,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             await self.repository.bind(db).delete_session(str(sid), hard=True)
 
         await self._transaction("langgraph adelete_thread", erase, write=True)
+        logger.debug("LangGraph thread of session %s deleted", sid)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Delete the checkpoints (and their writes) that these runs made, in every thread."""
