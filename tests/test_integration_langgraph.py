@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from agent_session_store import (
+    InvalidStateTransitionError,
     SchemaOutOfDateError,
     SessionNotFoundError,
     SessionRepository,
@@ -858,3 +859,19 @@ async def test_two_savers_with_their_own_engines_share_one_sqlite_file(tmp_path:
             assert answer["messages"][-1].content.startswith(f"answer: Q{n}")
         inputs = [t async for t in one.alist(None, filter={"source": "input"})]
         assert len(inputs) == 16
+
+
+async def test_a_finished_threads_checkpoints_are_final(saver: SessionStoreSaver) -> None:
+    config: Any = {"configurable": {"thread_id": "done"}}
+    stored = await saver.aput(config, checkpoint({"a": 1}), {}, {"a": 1})
+    session = await saver.repository.get_session_by_key(saver.agent_type, key="done")
+    assert session is not None
+    session.complete()
+    await saver.repository.update_session(session)
+    with pytest.raises(InvalidStateTransitionError, match="completed"):
+        await saver.aput(stored, checkpoint({"a": 2}, {"a": 2}), {}, {"a": 2})
+    with pytest.raises(InvalidStateTransitionError):
+        await saver.aput_writes(stored, [("a", 3)], "task")
+    got = await saver.aget_tuple(config)  # still readable, as it was
+    assert got is not None and got.checkpoint["channel_values"] == {"a": 1}
+    assert got.pending_writes == []
