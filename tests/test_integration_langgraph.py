@@ -875,3 +875,28 @@ async def test_a_finished_threads_checkpoints_are_final(saver: SessionStoreSaver
     got = await saver.aget_tuple(config)  # still readable, as it was
     assert got is not None and got.checkpoint["channel_values"] == {"a": 1}
     assert got.pending_writes == []
+
+
+async def test_from_url_closes_the_engine_and_client_it_opened(
+    tmp_path: Path, redis_url: str
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'owned.db'}"
+    await migrations.upgrade(url)
+    async with SessionStoreSaver.from_url(url, redis_url=redis_url) as saver:
+        engine, client = saver._engine, saver._redis
+        assert engine is not None and client is not None
+        config: Any = {"configurable": {"thread_id": "owned", "user_id": "u"}}
+        await saver.aput(config, checkpoint({"a": 1}), {}, {"a": 1})
+        assert await saver.repository.get_session_by_key("langgraph", "u", key="owned")
+        assert await saver.aget_tuple(config) is not None
+    assert (saver._engine, saver._redis) == (None, None)
+    assert engine.sync_engine.pool.checkedout() == 0
+    # a saver over a repository you built closes nothing of yours
+    mine = create_engine(url)
+    try:
+        async with SessionStoreSaver(SessionRepository(async_sessionmaker(mine))) as borrowed:
+            assert await borrowed.aget_tuple(config) is not None
+        async with mine.connect() as conn:  # still open
+            assert await conn.scalar(select(func.count()).select_from(lg_blobs_table)) >= 1
+    finally:
+        await mine.dispose()
