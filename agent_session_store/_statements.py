@@ -37,6 +37,7 @@ from sqlalchemy.sql.operators import eq
 
 from agent_session_store._rows import CHECKPOINT_COLUMNS, SESSION_COLUMNS, C, S
 from agent_session_store.tables import (
+    LANGGRAPH_TABLES,
     JsonType,
     UtcDateTime,
     checkpoints_table,
@@ -318,6 +319,8 @@ APPEND_MANY = _scoped(
 
 HARD_DELETE = _scoped(delete(sessions_table).where(S.id == _SID).returning(S.id))
 HARD_DELETE_CHECKPOINTS = delete(checkpoints_table).where(C.session_id == _SID)
+# The LangGraph checkpointer's rows of the session (integrations/langgraph.py), children first.
+HARD_DELETE_LANGGRAPH = tuple(delete(t).where(t.c.session_id == _SID) for t in LANGGRAPH_TABLES)
 
 
 def _append_many_in_one(scoped: bool) -> Any:

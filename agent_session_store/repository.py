@@ -71,7 +71,7 @@ from agent_session_store.models import (
     validation_error,
 )
 from agent_session_store.readthrough import ModelCache, read_through
-from agent_session_store.tables import checkpoints_table, sessions_table
+from agent_session_store.tables import LANGGRAPH_TABLES, checkpoints_table, sessions_table
 
 __all__ = ["SessionRepository"]
 
@@ -875,6 +875,8 @@ class SessionRepository:
                 # Explicitly, not only by ON DELETE CASCADE: SQLite enforces foreign keys only
                 # when the host's engine turned them on.
                 await db.execute(sql.HARD_DELETE_CHECKPOINTS, params)
+                for children in sql.HARD_DELETE_LANGGRAPH:
+                    await db.execute(children, params)
                 db.invalidate_on_commit([sid])
         return deleted
 
@@ -1000,6 +1002,8 @@ class SessionRepository:
                     # Explicitly, not by ON DELETE CASCADE: SQLite enforces foreign keys only
                     # when the host's engine turned them on.
                     await db.execute(delete(checkpoints_table).where(C.session_id.in_(ids)))
+                    for table in LANGGRAPH_TABLES:
+                        await db.execute(delete(table).where(table.c.session_id.in_(ids)))
                     await db.execute(delete(sessions_table).where(S.id.in_(ids)))
             total += len(ids)
             if len(ids) < batch_size:

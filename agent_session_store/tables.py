@@ -18,9 +18,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
+    Text,
     TypeDecorator,
     Uuid,
     and_,
@@ -161,6 +163,111 @@ class SharedStateRow(Base):
     )
 
 
+# -- LangGraph checkpoints (agent_session_store.integrations.langgraph) -----------------------
+# A LangGraph thread is a session; these tables hold what LangGraph stores per thread. Every row
+# hangs off its session (ON DELETE CASCADE), so a hard delete or a purge removes it too.
+
+
+class LangGraphThreadRow(Base):
+    """A LangGraph thread: its id, global per agent type, and the session that is the thread.
+
+    LangGraph reads a thread by its id alone (no user), so the id is unique per agent type
+    across users; the session's own key (unique per user) cannot say that.
+    """
+
+    __tablename__ = "agent_sessions_lg_threads"
+
+    agent_type: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # The session's key (the thread id mapped onto the key rule), and the thread id as given.
+    thread_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(Text)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid(), ForeignKey(SessionRow.id, ondelete="CASCADE")
+    )
+
+    # A session is one thread at most; also the way from a session to its thread.
+    __table_args__ = (Index("uq_agent_sessions_lg_threads_session_id", "session_id", unique=True),)
+
+
+class LangGraphCheckpointRow(Base):
+    """One LangGraph checkpoint, without its channel values (those are blobs, stored once).
+
+    ``checkpoint`` is the serializer's bytes (``type`` names its format); ``metadata`` is JSON
+    so that ``alist(filter=...)`` is a query; ``channel_versions`` says which blobs it needs.
+    """
+
+    __tablename__ = "agent_sessions_lg_checkpoints"
+
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid(), ForeignKey(SessionRow.id, ondelete="CASCADE"), primary_key=True
+    )
+    checkpoint_ns: Mapped[str] = mapped_column(Text, primary_key=True)
+    checkpoint_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    parent_checkpoint_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    type: Mapped[str] = mapped_column(String(32))
+    checkpoint: Mapped[bytes] = mapped_column(LargeBinary)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JsonType)
+    # metadata["run_id"], for adelete_for_runs (NULL when the checkpoint has none).
+    run_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # {channel: version} as text: the blobs to read with the checkpoint, in the same statement.
+    channel_versions: Mapped[dict[str, str]] = mapped_column(JsonType)
+
+    __table_args__ = (Index(None, "run_id"),)
+
+
+class LangGraphBlobRow(Base):
+    """A channel's value at one version: stored once per (thread, namespace, channel, version).
+
+    A list that grows (a conversation's messages) is stored as a *delta* when its serialized
+    form starts with the bytes of an earlier version of the same channel: ``blob`` holds only
+    the items added since ``base_version``, so a thread stores each message once rather than
+    once per turn. ``item_count``, ``size`` and ``digest`` (SHA-256) describe the whole list at this
+    version; ``delta_size`` counts the bytes held in deltas down to the nearest full copy
+    (``base_version`` NULL), which is written again once the deltas outgrow it, so a read
+    costs at most about twice the value's size.
+    """
+
+    __tablename__ = "agent_sessions_lg_blobs"
+
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid(), ForeignKey(SessionRow.id, ondelete="CASCADE"), primary_key=True
+    )
+    checkpoint_ns: Mapped[str] = mapped_column(Text, primary_key=True)
+    channel: Mapped[str] = mapped_column(Text, primary_key=True)
+    version: Mapped[str] = mapped_column(Text, primary_key=True)
+    type: Mapped[str] = mapped_column(String(32))
+    blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    base_version: Mapped[str | None] = mapped_column(Text, nullable=True)
+    item_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    delta_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    digest: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class LangGraphWriteRow(Base):
+    """A pending write of a task, attached to the checkpoint it was made from."""
+
+    __tablename__ = "agent_sessions_lg_writes"
+
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid(), ForeignKey(SessionRow.id, ondelete="CASCADE"), primary_key=True
+    )
+    checkpoint_ns: Mapped[str] = mapped_column(Text, primary_key=True)
+    checkpoint_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    task_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    channel: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(32))
+    blob: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    task_path: Mapped[str] = mapped_column(Text, server_default="")
+
+
 sessions_table: Table = SessionRow.__table__  # type: ignore[assignment]
 checkpoints_table: Table = CheckpointRow.__table__  # type: ignore[assignment]
 shared_state_table: Table = SharedStateRow.__table__  # type: ignore[assignment]
+lg_threads_table: Table = LangGraphThreadRow.__table__  # type: ignore[assignment]
+lg_checkpoints_table: Table = LangGraphCheckpointRow.__table__  # type: ignore[assignment]
+lg_blobs_table: Table = LangGraphBlobRow.__table__  # type: ignore[assignment]
+lg_writes_table: Table = LangGraphWriteRow.__table__  # type: ignore[assignment]
+LANGGRAPH_TABLES = (lg_writes_table, lg_blobs_table, lg_checkpoints_table, lg_threads_table)
+"""The LangGraph tables, children first (the order their rows are deleted in)."""

@@ -22,12 +22,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-DEV_EXTRAS = frozenset({"dev", "test", "tests", "docs", "lint", "bench"})
+DEV_EXTRAS = frozenset({"dev", "test", "tests", "docs", "lint", "bench", "langgraph-tests"})
 # The framework backends' extras pull in the frameworks, which need far newer versions of our
 # own dependencies (openai-agents needs pydantic 2.12): at our floors they cannot be installed at
 # all. The lowest job tests the core library at its floors; the backends are tested in the
 # newest job, against the frameworks as their users install them.
-FRAMEWORK_EXTRAS = frozenset({"adk", "openai-agents"})
+FRAMEWORK_EXTRAS = frozenset({"adk", "langgraph", "openai-agents"})
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 

@@ -61,14 +61,12 @@ Keys are what ``agent-session-store sessions list`` shows and what
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
-from urllib.parse import quote
 
 from agent_session_store import (
     AgentSession,
@@ -78,6 +76,7 @@ from agent_session_store import (
     SessionRepository,
     SessionValidationError,
 )
+from agent_session_store.integrations._keys import session_key
 
 try:
     from agents.items import TResponseInputItem
@@ -102,15 +101,6 @@ _PAGE = 1000
 # by another writer between the look-up and the call). Each retry needs another writer's delete
 # to land in between, so a handful is plenty; the bound only stops a livelock.
 _ATTEMPTS = 8
-
-# The session id mapping (the module docstring): the prefix no plain key starts with, the
-# prefixes of the two encoded forms, the longest key, and the characters an escaped key keeps
-# (printable ASCII but the space and "%"; fixed, so the encoding does not follow Unicode data).
-_RESERVED = "~"
-_ESCAPED = "~esc:"
-_HASHED = "~sha256:"
-_MAX_KEY = 128
-_KEPT = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 
 _T = TypeVar("_T")
 _MemoKey = tuple[SessionRepository, str, str, str]
@@ -154,39 +144,6 @@ class _KnownIds:
 
 
 _known = _KnownIds(10_000)
-
-
-def session_key(session_id: str) -> str:
-    """The library key naming the conversation ``session_id``: one key per string, always valid.
-
-    ``session_id`` itself when it is a key as it stands and does not start with ``~``; otherwise
-    ``"~esc:"`` and its percent-encoding, or ``"~sha256:"`` and its SHA-256 digest when that
-    would exceed 128 characters (see the module docstring for the whole rule).
-
-    Raises:
-        TypeError: ``session_id`` is not a string.
-
-    Example::
-
-        session_key("chat-42")  # 'chat-42'
-        session_key(" chat-42 ")  # '~esc:%20chat-42%20'
-        session_key("")  # '~esc:'
-    """
-    if not isinstance(session_id, str):
-        raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
-    if (
-        1 <= len(session_id) <= _MAX_KEY
-        and session_id.isprintable()  # no control characters, NUL or lone surrogates
-        and session_id == session_id.strip()
-        and not session_id.startswith(_RESERVED)
-    ):
-        return session_id
-    # quote() leaves at most the whole id as it is, so an id longer than a key is hashed at once.
-    if len(session_id) <= _MAX_KEY - len(_ESCAPED):
-        escaped = _ESCAPED + quote(session_id, safe=_KEPT, errors="surrogatepass")
-        if len(escaped) <= _MAX_KEY:
-            return escaped
-    return _HASHED + hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class SessionStoreSession:

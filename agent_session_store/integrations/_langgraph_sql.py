@@ -1,0 +1,371 @@
+"""The LangGraph checkpointer's statements: SQLAlchemy Core on the tables in ``tables.py``.
+
+Built once per dialect (:class:`Statements`): what differs between PostgreSQL and SQLite is the
+upsert (``INSERT ... ON CONFLICT``, one import per dialect) and the metadata filter (JSONB
+containment against ``json_extract`` per key). The saver (``langgraph.py``) runs them through
+the repository's session factory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    Insert,
+    Integer,
+    Select,
+    Text,
+    and_,
+    cast,
+    delete,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    true,
+    tuple_,
+    type_coerce,
+    union_all,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import aliased
+
+from agent_session_store.errors import SessionValidationError
+from agent_session_store.tables import (
+    LangGraphCheckpointRow,
+    SessionRow,
+    lg_blobs_table,
+    lg_checkpoints_table,
+    lg_threads_table,
+    lg_writes_table,
+)
+
+T = lg_threads_table.c
+C = lg_checkpoints_table.c
+B = lg_blobs_table.c
+W = lg_writes_table.c
+S = SessionRow.__table__.c
+
+DELETED = "deleted"
+# A metadata filter key is a plain name: it becomes part of a JSON path on SQLite. LangGraph's
+# own SQLite saver pasted keys into its SQL (an injection); here they are checked and bound.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}")
+
+CHECKPOINT_COLUMNS = (
+    C.session_id,
+    C.checkpoint_ns,
+    C.checkpoint_id,
+    C.parent_checkpoint_id,
+    C.type,
+    C.checkpoint,
+    C["metadata"],
+    C.channel_versions,
+    T.thread_id,
+    S.user_id,
+)
+
+
+def check_filter_keys(filter: Mapping[str, Any]) -> None:
+    """Refuse metadata filter keys that are not plain names (letters, digits, ``_``, ``-``)."""
+    for key in filter:
+        if not isinstance(key, str) or not _PLAIN_NAME.fullmatch(key):
+            raise SessionValidationError(
+                f"metadata filter key {key!r:.80} is not a plain name (letters, digits, '_' "
+                "and '-', 1 to 128 characters); nothing was read"
+            )
+
+
+def thread_rows(agent_type: str, key: str) -> Select[Any]:
+    """The thread named ``key`` with its session's owner and state (live or deleted)."""
+    return (
+        select(T.session_id, T.thread_id, S.user_id, S.state)
+        .join(SessionRow, S.id == T.session_id)
+        .where(T.agent_type == agent_type, T.thread_key == key)
+    )
+
+
+def checkpoints(agent_type: str) -> Select[Any]:
+    """Checkpoints of this agent type's live threads, with their thread id and owner."""
+    return (
+        select(*CHECKPOINT_COLUMNS)
+        .join(lg_threads_table, T.session_id == C.session_id)
+        .join(SessionRow, S.id == C.session_id)
+        .where(T.agent_type == agent_type, S.state != DELETED)
+    )
+
+
+_BLOB_COLUMNS = (B.session_id, B.checkpoint_ns, B.channel, B.version, B.type, B.blob,
+                 B.base_version, B.item_count)  # fmt: skip
+
+
+def _chain(start: Select[Any]) -> Any:
+    """The blobs ``start`` selects and, recursively, the blobs their deltas build on."""
+    chain = start.cte("chain", recursive=True)
+    below = select(*_BLOB_COLUMNS).join(
+        chain,
+        and_(
+            B.session_id == chain.c.session_id,
+            B.checkpoint_ns == chain.c.checkpoint_ns,
+            B.channel == chain.c.channel,
+            B.version == chain.c.base_version,
+        ),
+    )
+    return chain.union(below)
+
+
+def blobs(wanted: Sequence[tuple[uuid.UUID, str, str, str]]) -> Select[Any]:
+    """The blobs at these (session, namespace, channel, version) keys, and the blobs their
+    deltas build on, down to each one's full copy (one recursive query)."""
+    start = select(*_BLOB_COLUMNS).where(
+        tuple_(B.session_id, B.checkpoint_ns, B.channel, B.version).in_(wanted)
+    )
+    whole: Select[Any] = select(_chain(start))
+    return whole
+
+
+def list_base(sid: uuid.UUID, ns: str, channel: str, version: str) -> Select[Any]:
+    """The newest stored list value of a channel below ``version``: a delta's candidate base."""
+    return (
+        select(B.version, B.item_count, B.size, B.delta_size, B.digest)
+        .where(
+            B.session_id == sid,
+            B.checkpoint_ns == ns,
+            B.channel == channel,
+            B.item_count.is_not(None),
+            B.version < version,
+        )
+        .order_by(B.version.desc())
+        .limit(1)
+    )
+
+
+def writes(wanted: Sequence[tuple[uuid.UUID, str, str]]) -> Select[Any]:
+    """The pending writes of these (session, namespace, checkpoint) keys, in LangGraph's order."""
+    return (
+        select(
+            W.session_id,
+            W.checkpoint_ns,
+            W.checkpoint_id,
+            W.task_id,
+            W.channel,
+            W.type,
+            W.blob,
+            W.task_path,
+            W.idx,
+        )
+        .where(tuple_(W.session_id, W.checkpoint_ns, W.checkpoint_id).in_(wanted))
+        .order_by(W.task_path, W.task_id, W.idx)
+    )
+
+
+def stale_thread_rows(agent_type: str, key: str) -> Delete:
+    """The thread row named ``key`` when its session was soft-deleted (the key is free again)."""
+    gone = select(S.id).where(S.state == DELETED).scalar_subquery()
+    return delete(lg_threads_table).where(
+        T.agent_type == agent_type, T.thread_key == key, T.session_id.in_(gone)
+    )
+
+
+def delete_thread_rows(sid: uuid.UUID) -> list[Delete]:
+    """Every LangGraph row of session ``sid`` but its thread row, children first."""
+    return [
+        delete(lg_writes_table).where(W.session_id == sid),
+        delete(lg_blobs_table).where(B.session_id == sid),
+        delete(lg_checkpoints_table).where(C.session_id == sid),
+    ]
+
+
+def delete_for_runs(agent_type: str, run_ids: Sequence[str]) -> list[Delete]:
+    """The checkpoints made by these runs in this agent type's threads, and their writes."""
+    mine = select(T.session_id).where(T.agent_type == agent_type)
+    doomed = select(C.session_id, C.checkpoint_ns, C.checkpoint_id).where(
+        C.run_id.in_(run_ids), C.session_id.in_(mine)
+    )
+    return [
+        delete(lg_writes_table).where(
+            tuple_(W.session_id, W.checkpoint_ns, W.checkpoint_id).in_(doomed)
+        ),
+        delete(lg_checkpoints_table).where(C.run_id.in_(run_ids), C.session_id.in_(mine)),
+    ]
+
+
+def keep_latest(sid: uuid.UUID) -> list[Delete]:
+    """Remove all but the newest checkpoint of each namespace of session ``sid`` (and writes)."""
+    newest = aliased(LangGraphCheckpointRow)
+
+    def latest(ns: Any) -> Any:
+        return (
+            select(func.max(newest.checkpoint_id))
+            .where(newest.session_id == sid, newest.checkpoint_ns == ns)
+            .scalar_subquery()
+        )
+
+    return [
+        delete(lg_writes_table).where(
+            W.session_id == sid, W.checkpoint_id != latest(W.checkpoint_ns)
+        ),
+        delete(lg_checkpoints_table).where(
+            C.session_id == sid, C.checkpoint_id != latest(C.checkpoint_ns)
+        ),
+    ]
+
+
+class Statements:
+    """The statements that differ by dialect, built for one (``postgresql`` or ``sqlite``)."""
+
+    def __init__(self, dialect: str) -> None:
+        self.postgres = dialect == "postgresql"
+        insert = postgresql.insert if self.postgres else sqlite.insert
+        self._insert = insert
+        self.add_blobs = insert(lg_blobs_table).on_conflict_do_nothing()
+        upsert = insert(lg_checkpoints_table)
+        self.put_checkpoint = upsert.on_conflict_do_update(
+            index_elements=[C.session_id, C.checkpoint_ns, C.checkpoint_id],
+            set_={
+                "parent_checkpoint_id": upsert.excluded.parent_checkpoint_id,
+                "type": upsert.excluded.type,
+                "checkpoint": upsert.excluded.checkpoint,
+                "metadata": upsert.excluded.metadata,
+                "run_id": upsert.excluded.run_id,
+            },
+        )
+        writes = insert(lg_writes_table)
+        self.add_writes = writes.on_conflict_do_nothing()
+        self.replace_writes = writes.on_conflict_do_update(
+            index_elements=[W.session_id, W.checkpoint_ns, W.checkpoint_id, W.task_id, W.idx],
+            set_={
+                "channel": writes.excluded.channel,
+                "type": writes.excluded.type,
+                "blob": writes.excluded.blob,
+                "task_path": writes.excluded.task_path,
+            },
+        )
+
+    def one_checkpoint(self, query: Select[Any]) -> Select[Any]:
+        """The checkpoint ``query`` selects (at most one), its pending writes and the blobs of
+        its channel versions (with the blobs their deltas build on), in one statement.
+
+        Rows of three kinds, told apart by ``kind``: ``c`` the checkpoint (``k1`` its id, ``k2``
+        its parent, ``k3`` the thread id, ``data`` its bytes, ``meta`` its metadata), ``w`` a
+        write (``k1`` task, ``k2`` channel, ``k3`` task path, ``n`` index), ``b`` a blob
+        (``k1`` channel, ``k2`` version, ``k3`` base version, ``n`` item count).
+        """
+        cp = query.cte("cp")
+        if self.postgres:
+            each = func.jsonb_each_text(type_coerce(cp.c.channel_versions, JSONB))
+        else:
+            each = func.json_each(cp.c.channel_versions)
+        pairs = each.table_valued("key", "value").alias("versions")
+        wanted = (
+            select(
+                cp.c.session_id,
+                cp.c.checkpoint_ns,
+                pairs.c.key.label("channel"),
+                cast(pairs.c.value, Text).label("version"),
+            )
+            .select_from(cp)
+            .join(pairs, true())
+            .cte("wanted")
+        )
+        chain = _chain(
+            select(*_BLOB_COLUMNS).join(
+                wanted,
+                and_(
+                    B.session_id == wanted.c.session_id,
+                    B.checkpoint_ns == wanted.c.checkpoint_ns,
+                    B.channel == wanted.c.channel,
+                    B.version == wanted.c.version,
+                ),
+            )
+        )
+        untyped = null()
+        return union_all(
+            select(
+                literal_column("'c'").label("kind"),
+                cp.c.checkpoint_id.label("k1"),
+                cp.c.parent_checkpoint_id.label("k2"),
+                cp.c.thread_id.label("k3"),
+                cp.c.type.label("type"),
+                cp.c.checkpoint.label("data"),
+                cast(untyped, Integer).label("n"),
+                cp.c.metadata.label("meta"),
+                cp.c.session_id.label("session_id"),
+                cp.c.checkpoint_ns.label("checkpoint_ns"),
+            ),
+            select(
+                literal_column("'w'"),
+                W.task_id,
+                W.channel,
+                W.task_path,
+                W.type,
+                W.blob,
+                W.idx,
+                cast(untyped, C["metadata"].type),
+                W.session_id,
+                W.checkpoint_ns,
+            ).join(
+                cp,
+                and_(
+                    W.session_id == cp.c.session_id,
+                    W.checkpoint_ns == cp.c.checkpoint_ns,
+                    W.checkpoint_id == cp.c.checkpoint_id,
+                ),
+            ),
+            select(
+                literal_column("'b'"),
+                chain.c.channel,
+                chain.c.version,
+                chain.c.base_version,
+                chain.c.type,
+                chain.c.blob,
+                chain.c.item_count,
+                cast(untyped, C["metadata"].type),
+                chain.c.session_id,
+                chain.c.checkpoint_ns,
+            ),
+        )  # type: ignore[return-value]
+
+    def copy_rows(self, source: uuid.UUID, target: uuid.UUID) -> list[Insert]:
+        """Copy every checkpoint, blob and write of ``source`` into ``target`` (kept if there)."""
+        copies: list[Insert] = []
+        for table in (lg_checkpoints_table, lg_blobs_table, lg_writes_table):
+            names = [c.name for c in table.columns]
+            picked = [
+                literal(target, table.c.session_id.type) if n == "session_id" else table.c[n]
+                for n in names
+            ]
+            rows = select(*picked).where(table.c.session_id == source, true())
+            copies.append(self._insert(table).from_select(names, rows).on_conflict_do_nothing())
+        return copies
+
+    def metadata_matches(self, filter: Mapping[str, Any]) -> ColumnElement[bool]:
+        """Checkpoints whose metadata has every key of ``filter`` with that value."""
+        check_filter_keys(filter)
+        if self.postgres:  # JSONB containment, as LangGraph's PostgreSQL saver does
+            return type_coerce(C["metadata"], JSONB).contains(dict(filter))
+        return and_(true(), *(_sqlite_has(key, value) for key, value in filter.items()))
+
+
+def _sqlite_has(key: str, value: Any) -> ColumnElement[bool]:
+    path = f'$."{key}"'
+    kind = func.json_type(C["metadata"], path)
+    if value is None:
+        return kind == "null"
+    if isinstance(value, bool):
+        return kind == ("true" if value else "false")
+    extracted = func.json_extract(C["metadata"], path)
+    if isinstance(value, int | float):
+        return and_(kind.in_(("integer", "real")), extracted == value)
+    if isinstance(value, str):
+        return and_(kind == "text", extracted == value)
+    # Objects and arrays: compared as minified JSON text.
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return and_(kind.in_(("object", "array")), extracted == func.json(text))
