@@ -10,11 +10,20 @@ waits for it even while cancellations arrive, then re-raises the cancellation: t
 cancelled as asked, but only after the step has finished. Each such step is bounded in time
 (a database round trip, or the cache's own time limit), so a cancellation is delayed, never
 lost or ignored.
+
+The step's task is kept to itself, but not from a sweep of every task: ``asyncio.run`` cancels
+all the loop's tasks when its main coroutine ends (an exception, a shutdown), steps included. A
+step task created in the loop's last turn has not started by then, and a task cancelled before
+its first step never runs its coroutine: the step would be dropped unrun ("coroutine '_checkout'
+was never awaited"; a connection never given back). Such a step is started again in a new task,
+which the sweep does not know of. On Python 3.12+ a step starts eagerly and is never caught
+unstarted; a step the sweep cancels mid-way ends as its own cleanup says, like any coroutine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -27,10 +36,11 @@ T = TypeVar("T")
 # the cost of a task that goes through the event loop.
 _EAGER = sys.version_info >= (3, 12)
 
-# The tasks ``run_to_end`` runs steps in. Nobody cancels one (run_to_end keeps it to itself),
-# so a step nested inside another one is awaited in place, saving a task per level (a write's
-# cache invalidation is three levels deep). A step must therefore never cancel itself around a
-# nested step (no ``asyncio.timeout`` around a ``run_to_end``): bound the inner step instead.
+# The tasks ``run_to_end`` runs steps in. Nobody cancels one (run_to_end keeps it to itself; a
+# sweep of every task aside, see above), so a step nested inside another one is awaited in
+# place, saving a task per level (a write's cache invalidation is three levels deep). A step
+# must therefore never cancel itself around a nested step (no ``asyncio.timeout`` around a
+# ``run_to_end``): bound the inner step instead.
 _STEPS: set[asyncio.Task[Any]] = set()
 
 
@@ -42,13 +52,9 @@ async def run_to_end(step: Coroutine[Any, Any, T]) -> T:
     """
     if asyncio.current_task() in _STEPS:
         return await step
-    if _EAGER:
-        loop = asyncio.get_running_loop()
-        task = asyncio.Task(_as_step(step), loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
-        if task.done():  # it did not suspend: nothing could have cancelled it
-            return task.result()
-    else:
-        task = asyncio.ensure_future(_as_step(step))
+    task = _start(step)
+    if _EAGER and task.done():  # it did not suspend: nothing could have cancelled it
+        return task.result()
     cancelled: asyncio.CancelledError | None = None
     while True:
         try:
@@ -56,11 +62,21 @@ async def run_to_end(step: Coroutine[Any, Any, T]) -> T:
         except asyncio.CancelledError as exc:
             cancelled = exc
             continue
+        if task.cancelled() and inspect.getcoroutinestate(step) == inspect.CORO_CREATED:
+            task = _start(step)  # cancelled with every task before it began (see above)
+            continue
         break
     if cancelled is not None:
         failure = None if task.cancelled() else task.exception()
         raise cancelled from failure
     return task.result()
+
+
+def _start(step: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    if _EAGER:
+        loop = asyncio.get_running_loop()
+        return asyncio.Task(_as_step(step), loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+    return asyncio.ensure_future(_as_step(step))
 
 
 async def _as_step(step: Coroutine[Any, Any, T]) -> T:

@@ -8,6 +8,7 @@ holds that store, so each interleaving below is made on purpose, not hoped for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import threading
@@ -232,6 +233,38 @@ async def test_a_step_that_never_suspends_costs_no_turn_of_the_event_loop_on_312
         assert order == ["step", "caller", "other task"]
     else:
         assert order == ["other task", "step", "caller"]
+
+
+async def test_a_step_cancelled_with_every_task_before_it_started_still_runs() -> None:
+    # asyncio.run cancels every task when its main coroutine ends, a step's task included; on
+    # Python 3.11 one created in that last turn had not started, so its step never ran
+    # ("coroutine '_checkout' was never awaited"). tests/test_shutdown.py does it through
+    # asyncio.run; here the sweep is made by hand, between the step task's creation and start.
+    ran: list[str] = []
+    go = asyncio.get_running_loop().create_future()
+
+    async def step() -> None:
+        ran.append("step")
+
+    async def call() -> None:
+        await go
+        await run_to_end(step())
+
+    before = asyncio.all_tasks()
+    caller = asyncio.create_task(call())
+    await asyncio.sleep(0)  # the caller waits on go
+    go.set_result(None)
+    await asyncio.sleep(0)  # the caller has created the step's task (on 3.11, not started yet)
+    swept = asyncio.all_tasks() - before
+    if sys.version_info >= (3, 12):  # the step ran eagerly, and the caller ended with it
+        assert swept == set() and caller.done()
+    else:
+        assert caller in swept and len(swept) == 2
+    for task in swept:
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await caller
+    assert ran == ["step"]
 
 
 async def test_a_loop_of_fetches_does_not_keep_joining_a_finished_store(
