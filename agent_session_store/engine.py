@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -77,14 +78,23 @@ def _split_url_flag(url: str) -> tuple[str, bool]:
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets readers run beside the single writer; a busy timeout makes writers queue
-    # instead of failing at once with "database is locked".
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+    try:
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers run beside the single writer; a busy timeout makes writers queue
+        # instead of failing at once with "database is locked".
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+    except BaseException:
+        # Switching to WAL fails while another process holds the write lock, and a cancellation
+        # may land on any of these awaits. The pool then drops the new connection, and older
+        # SQLAlchemy releases (2.0.10 among them) drop it without closing it: its sqlite3
+        # connection and aiosqlite's thread would stay open. Closing twice does no harm.
+        with contextlib.suppress(Exception):
+            dbapi_connection.close()
+        raise
 
 
 def _ping_idle_connections(engine: AsyncEngine) -> None:

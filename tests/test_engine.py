@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from asyncpg.exceptions import InternalClientError
 from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
 
@@ -25,6 +29,43 @@ async def test_sqlite_engine_uses_wal_and_foreign_keys(tmp_path: Path) -> None:
             assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
     finally:
         await sqlite.dispose()
+
+
+class _Tracked(sqlite3.Connection):
+    """A sqlite3 connection (``connect_args={"factory": ...}``) recording whether it was closed."""
+
+    opened: ClassVar[list[_Tracked]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.closed = False
+        self.opened.append(self)
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+async def test_a_sqlite_connection_whose_pragmas_fail_is_closed_not_stranded(
+    tmp_path: Path,
+) -> None:
+    # Another process holds the write lock of a database not yet in WAL mode: switching it fails
+    # at once (timeout 0). Older SQLAlchemy releases drop a connection whose connect event failed
+    # without closing it: its sqlite3 connection (and aiosqlite's thread) were left open.
+    path = tmp_path / "locked.db"
+    _Tracked.opened.clear()
+    url = f"sqlite+aiosqlite:///{path}"
+    sqlite = create_engine(url, connect_args={"timeout": 0, "factory": _Tracked})
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as holder:
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(OperationalError, match="locked"):
+                async with sqlite.connect():
+                    pass
+        finally:
+            await sqlite.dispose()
+        holder.execute("ROLLBACK")
+    assert len(_Tracked.opened) == 1 and _Tracked.opened[0].closed
 
 
 async def test_sqlite_file_engine_is_pooled_and_takes_pool_arguments_on_every_sqlalchemy_2_0(
