@@ -47,6 +47,11 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 POOLED_SERVER_CONNECTIONS = 4
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A garbage collection after every test: a leaked connection fails the test that leaked it.
+    config.pluginmanager.import_plugin("tests.collecting")
+
+
 def unavailable(reason: str) -> None:
     """Skip locally, fail in CI: a backend that silently skips is a hole in the suite."""
     if IN_CI:
