@@ -39,7 +39,19 @@ class Contender:
         """Connect and create whatever tables the store creates itself."""
 
     async def close(self) -> None:
-        await self.stack.aclose()
+        # The history's session and any item a failed run left behind: nothing deletes them, and
+        # a peer's session object may hold connections (OpenAI SQLiteSession: one per worker
+        # thread) that would otherwise be closed by the garbage collector, with a ResourceWarning.
+        handles = [*self._handles.values(), *([self._deep] if self._deep is not None else [])]
+        self._handles, self._deep = {}, None
+        try:
+            for handle in handles:
+                await self._release(handle)
+        finally:
+            await self.stack.aclose()
+
+    async def _release(self, handle: Any) -> None:
+        """Close what one session object holds (its own connections), where it holds any."""
 
     async def _create(self, item: int) -> Any:
         raise NotImplementedError

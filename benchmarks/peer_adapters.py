@@ -121,9 +121,6 @@ class _OpenAI(Contender):
         await handle.clear_session()
         await self._release(handle)
 
-    async def _release(self, handle: Any) -> None:
-        """Close what one session object holds (its own connections), where it holds any."""
-
 
 class OpenAISQLAlchemy(_OpenAI):
     """``agents.extensions.memory.SQLAlchemySession`` on one shared ``AsyncEngine``."""
