@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import Executable, Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import Pool, PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
 from agent_session_store import _invalidation, telemetry
@@ -315,11 +315,13 @@ class Database:
             # else (a statement cancelled on the server, a lost connection) it is discarded,
             # not pooled. SQLite's statements always ran to their end: a rollback will do.
             broken = not dialect.finish_statements and not isinstance(exc, _VERDICTS)
+            lost = broken and dialect.connection_lost(raw.driver_connection)
             await run_to_end(
                 _settle_driver(
-                    dialect, raw, db.pending if unknown else {}, failed=True, broken=broken
+                    dialect, raw, db.pending if unknown else {}, failed=True, broken=broken,
+                    lost_from=self._engine.sync_engine.pool if lost else None,
                 )
-            )
+            )  # fmt: skip
             raise
         await run_to_end(_settle_driver(dialect, raw, db.pending, failed=False, broken=False))
 
@@ -371,11 +373,16 @@ async def _settle_driver(
     *,
     failed: bool,
     broken: bool,
+    lost_from: Pool | None = None,
 ) -> None:
     """Give the hot path's connection back (discard it if ``broken``); then invalidate.
 
     A call that failed is rolled back here, not left to the pool's reset on return, which
-    the host's engine may have turned off.
+    the host's engine may have turned off. ``lost_from``: the pool of a connection the server
+    closed (a restart, a failover). Every connection that pool opened before now went with
+    it, and the ones used moments ago are not pinged (``engine.IDLE_PING_AFTER``): they are
+    all invalidated, to be replaced as they are next checked out, as SQLAlchemy does on a
+    disconnect in its own statements; otherwise each would fail one more caller.
     """
     try:
         try:
@@ -385,7 +392,9 @@ async def _settle_driver(
             logger.debug("rollback after a failed call failed", exc_info=True)
             broken = True
         finally:
-            if broken:
+            if lost_from is not None:
+                await greenlet_spawn(lost_from._invalidate, raw)  # the same as SQLAlchemy's
+            elif broken:
                 await greenlet_spawn(raw.invalidate)
             else:
                 await greenlet_spawn(_give_back, raw)

@@ -65,6 +65,10 @@ class Dialect:
     # The shape of create, append and append-many.
     append_shape: ClassVar[Shape]
 
+    def connection_lost(self, driver: Any) -> bool:
+        """Whether the driver's connection is gone; an embedded database's never is."""
+        return False
+
     def __init__(self) -> None:
         self.load = sql.LOAD[self.name]
         self.load_by_key = sql.LOAD_BY_KEY[self.name]
@@ -127,6 +131,10 @@ class Postgres(Dialect):
     queue_writers = False
     savepoint_for_refusals = True
     append_shape: ClassVar[Shape] = "one statement"
+
+    def connection_lost(self, driver: Any) -> bool:
+        """Whether the driver's connection is gone (the server closed it, or it broke)."""
+        return bool(driver.is_closed())
 
     async def driver_fetch(self, driver: Any, statement: str, arguments: list[Any]) -> list[Any]:
         # asyncpg: no BEGIN was sent on this connection, so the statement commits on its own.

@@ -138,6 +138,25 @@ async def acknowledged_work(repo: SessionRepository, ledger: Ledger, sessions: i
             ledger.saved(created)
 
 
+async def test_after_a_postgres_restart_one_call_fails_and_the_next_ones_reconnect(
+    own_postgres: PostgresServer, pg: tuple[SessionRepository, str]
+) -> None:
+    # Connections used moments ago are not pinged (engine.IDLE_PING_AFTER): after a fast
+    # restart the pool holds several dead ones. The first call that draws one fails, like any
+    # call in flight; it must also tell the pool that the server went away, so the next calls
+    # get new connections instead of failing one dead connection at a time.
+    repo, _url = pg
+    created = await repo.create_session("planner")
+    # Three connections in the pool, each used moments ago.
+    await asyncio.gather(*(repo.get_session(created.session_id) for _ in range(3)))
+    await asyncio.to_thread(own_postgres.restart)
+    with pytest.raises(StorageError):
+        await guarded(repo.get_session(created.session_id))  # the hot path draws a dead one
+    for _ in range(3):
+        assert await guarded(repo.get_session(created.session_id)) is not None
+        assert (await guarded(repo.add_checkpoint(created.session_id, "after"))).seq is not None
+
+
 async def test_postgres_restart_fails_in_flight_calls_with_storage_error_and_loses_nothing(
     own_postgres: PostgresServer, pg: tuple[SessionRepository, str]
 ) -> None:

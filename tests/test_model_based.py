@@ -840,8 +840,9 @@ async def test_repository_agrees_with_in_memory_model_step_by_step(
     print(f"\nmodel-based [{db.name}+{cache}]: {dict(sorted(counts.items()))}")
     assert counts["examples"] >= MAX_EXAMPLES
     # The interesting outcomes were reached, so agreement with the model means something.
+    # (A finished session's refusals are checked whenever an example reaches one; whether one
+    # does depends on hypothesis's draws, so tests/test_finished_sessions.py pins them.)
     reached = ["update: ok", "update: conflict", "update: not found", "sessions swept",
-               "update: finished is final", "add_checkpoint: finished is final",
                "create_with_key: taken", "pop_checkpoint", "delete (hard)",
                "update_shared_state", "get_session_by_key: found"]  # fmt: skip
     for outcome in reached + (["cache hits"] if cache == "redis" else []):
