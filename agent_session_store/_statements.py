@@ -318,9 +318,12 @@ APPEND_MANY = _scoped(
 )
 
 HARD_DELETE = _scoped(delete(sessions_table).where(S.id == _SID).returning(S.id))
-HARD_DELETE_CHECKPOINTS = delete(checkpoints_table).where(C.session_id == _SID)
-# The LangGraph checkpointer's rows of the session (integrations/langgraph.py), children first.
-HARD_DELETE_LANGGRAPH = tuple(delete(t).where(t.c.session_id == _SID) for t in LANGGRAPH_TABLES)
+# Every table whose rows belong to a session, children first: its checkpoints, and the LangGraph
+# checkpointer's rows (integrations/langgraph.py). A hard delete and a purge remove them
+# explicitly, not only by ON DELETE CASCADE: SQLite enforces foreign keys only when the host's
+# engine turned them on.
+SESSION_ROWS = (checkpoints_table, *LANGGRAPH_TABLES)
+HARD_DELETE_ROWS = tuple(delete(t).where(t.c.session_id == _SID) for t in SESSION_ROWS)
 
 
 def _append_many_in_one(scoped: bool) -> Any:

@@ -71,7 +71,7 @@ from agent_session_store.models import (
     validation_error,
 )
 from agent_session_store.readthrough import ModelCache, read_through
-from agent_session_store.tables import LANGGRAPH_TABLES, checkpoints_table, sessions_table
+from agent_session_store.tables import sessions_table
 
 __all__ = ["SessionRepository"]
 
@@ -872,11 +872,8 @@ class SessionRepository:
             stmt = sql.HARD_DELETE[params["b_user"] is not None]
             deleted = (await db.execute(stmt, params)).first() is not None
             if deleted:
-                # Explicitly, not only by ON DELETE CASCADE: SQLite enforces foreign keys only
-                # when the host's engine turned them on.
-                await db.execute(sql.HARD_DELETE_CHECKPOINTS, params)
-                for children in sql.HARD_DELETE_LANGGRAPH:
-                    await db.execute(children, params)
+                for rows in sql.HARD_DELETE_ROWS:  # see sql.SESSION_ROWS
+                    await db.execute(rows, params)
                 db.invalidate_on_commit([sid])
         return deleted
 
@@ -999,10 +996,7 @@ class SessionRepository:
             async with self._call("purge_deleted_sessions") as db:
                 ids = (await db.execute(doomed)).scalars().all()
                 if ids:
-                    # Explicitly, not by ON DELETE CASCADE: SQLite enforces foreign keys only
-                    # when the host's engine turned them on.
-                    await db.execute(delete(checkpoints_table).where(C.session_id.in_(ids)))
-                    for table in LANGGRAPH_TABLES:
+                    for table in sql.SESSION_ROWS:  # its rows first, explicitly: see there
                         await db.execute(delete(table).where(table.c.session_id.in_(ids)))
                     await db.execute(delete(sessions_table).where(S.id.in_(ids)))
             total += len(ids)
