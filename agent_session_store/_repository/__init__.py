@@ -1,0 +1,1 @@
+"""The parts of ``SessionRepository``: see ``base`` for the map."""
