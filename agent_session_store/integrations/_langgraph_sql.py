@@ -22,12 +22,14 @@ from sqlalchemy import (
     Select,
     Text,
     and_,
+    bindparam,
     cast,
     delete,
     func,
     literal,
     literal_column,
     null,
+    or_,
     select,
     true,
     tuple_,
@@ -92,6 +94,28 @@ def thread_rows(agent_type: str, key: str) -> Select[Any]:
     )
 
 
+def thread_checkpoints(*, by_id: bool, by_user: bool) -> Select[Any]:
+    """A thread's checkpoints in one namespace, its newest first, by bound parameters (built
+    once: ``b_agent``, ``b_key``, ``b_ns``, with ``b_cid`` the one checkpoint, ``b_user`` the
+    owner), so that each call only binds values to a statement compiled once."""
+    query = (
+        select(*CHECKPOINT_COLUMNS)
+        .join(lg_threads_table, T.session_id == C.session_id)
+        .join(SessionRow, S.id == C.session_id)
+        .where(
+            T.agent_type == bindparam("b_agent"),
+            T.thread_key == bindparam("b_key"),
+            S.state != DELETED,
+            C.checkpoint_ns == bindparam("b_ns"),
+        )
+    )
+    if by_user:
+        query = query.where(S.user_id == bindparam("b_user"))
+    if by_id:
+        return query.where(C.checkpoint_id == bindparam("b_cid"))
+    return query.order_by(C.checkpoint_id.desc()).limit(1)
+
+
 def checkpoints(agent_type: str) -> Select[Any]:
     """Checkpoints of this agent type's live threads, with their thread id and owner."""
     return (
@@ -131,20 +155,19 @@ def blobs(wanted: Sequence[tuple[uuid.UUID, str, str, str]]) -> Select[Any]:
     return whole
 
 
-def list_base(sid: uuid.UUID, ns: str, channel: str, version: str) -> Select[Any]:
-    """The newest stored list value of a channel below ``version``: a delta's candidate base."""
-    return (
-        select(B.version, B.item_count, B.size, B.delta_size, B.digest)
-        .where(
-            B.session_id == sid,
-            B.checkpoint_ns == ns,
-            B.channel == channel,
-            B.item_count.is_not(None),
-            B.version < version,
-        )
-        .order_by(B.version.desc())
-        .limit(1)
+# The newest stored list value of a channel below ``b_version``: a delta's candidate base.
+LIST_BASE = (
+    select(B.version, B.item_count, B.size, B.delta_size, B.digest)
+    .where(
+        B.session_id == bindparam("b_sid"),
+        B.checkpoint_ns == bindparam("b_ns"),
+        B.channel == bindparam("b_channel"),
+        B.item_count.is_not(None),
+        B.version < bindparam("b_version"),
     )
+    .order_by(B.version.desc())
+    .limit(1)
+)
 
 
 def writes(wanted: Sequence[tuple[uuid.UUID, str, str]]) -> Select[Any]:
@@ -163,6 +186,43 @@ def writes(wanted: Sequence[tuple[uuid.UUID, str, str]]) -> Select[Any]:
         )
         .where(tuple_(W.session_id, W.checkpoint_ns, W.checkpoint_id).in_(wanted))
         .order_by(W.task_path, W.task_id, W.idx)
+    )
+
+
+_CHECKPOINT_VALUES = ("checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "type",
+                      "checkpoint", "metadata", "run_id", "channel_versions")  # fmt: skip
+_WRITE_VALUES = ("checkpoint_ns", "checkpoint_id", "task_id", "idx", "channel", "type", "blob",
+                 "task_path")  # fmt: skip
+LIVE = ("active", "paused")
+
+
+def _live_thread(by_user: bool) -> Select[Any]:
+    """The session id of the live thread ``b_key`` of ``b_agent`` (owned by ``b_user``)."""
+    query = (
+        select(T.session_id)
+        .join(SessionRow, S.id == T.session_id)
+        .where(
+            T.agent_type == bindparam("b_agent"),
+            T.thread_key == bindparam("b_key"),
+            # Not IN (...): SQLAlchemy expands that per execution, not in an executemany.
+            or_(*(S.state == state for state in LIVE)),
+        )
+    )
+    return query.where(S.user_id == bindparam("b_user")) if by_user else query
+
+
+def upsert_checkpoint_from(rows: Select[Any], insert: Any) -> Any:
+    """Insert the checkpoint ``rows`` selects; one already there is replaced."""
+    upsert = insert(lg_checkpoints_table).from_select(["session_id", *_CHECKPOINT_VALUES], rows)
+    return upsert.on_conflict_do_update(
+        index_elements=[C.session_id, C.checkpoint_ns, C.checkpoint_id],
+        set_={
+            "parent_checkpoint_id": upsert.excluded.parent_checkpoint_id,
+            "type": upsert.excluded.type,
+            "checkpoint": upsert.excluded.checkpoint,
+            "metadata": upsert.excluded.metadata,
+            "run_id": upsert.excluded.run_id,
+        },
     )
 
 
@@ -226,6 +286,12 @@ class Statements:
         insert = postgresql.insert if self.postgres else sqlite.insert
         self._insert = insert
         self.add_blobs = insert(lg_blobs_table).on_conflict_do_nothing()
+        # The same with every value a ``b_`` parameter: compiled once for the driver's path.
+        self.add_blob = (
+            insert(lg_blobs_table)
+            .values({c.name: bindparam(f"b_{c.name}", type_=c.type) for c in lg_blobs_table.c})
+            .on_conflict_do_nothing()
+        )
         upsert = insert(lg_checkpoints_table)
         self.put_checkpoint = upsert.on_conflict_do_update(
             index_elements=[C.session_id, C.checkpoint_ns, C.checkpoint_id],
@@ -237,17 +303,43 @@ class Statements:
                 "run_id": upsert.excluded.run_id,
             },
         )
+        # The writes to a thread that exists, is live and (with a user) is that user's, found by
+        # its key inside the write itself: no look-up before. For each "by user".
+        self.put_into_thread = {
+            by_user: upsert_checkpoint_from(
+                _live_thread(by_user).with_only_columns(
+                    T.session_id,
+                    *(bindparam(f"b_{n}", type_=C[n].type) for n in _CHECKPOINT_VALUES),
+                ),
+                insert,
+            ).returning(C.session_id)
+            for by_user in (False, True)
+        }
+        self.live_thread = {by_user: _live_thread(by_user) for by_user in (False, True)}
+        writes_from = {
+            by_user: _live_thread(by_user).with_only_columns(
+                T.session_id, *(bindparam(f"b_{n}", type_=W[n].type) for n in _WRITE_VALUES)
+            )
+            for by_user in (False, True)
+        }
+        # aget_tuple's statement for each (by id, by user): built and compiled once.
+        self.get_tuple = {
+            (by_id, by_user): self.one_checkpoint(thread_checkpoints(by_id=by_id, by_user=by_user))
+            for by_id in (False, True)
+            for by_user in (False, True)
+        }
         writes = insert(lg_writes_table)
         self.add_writes = writes.on_conflict_do_nothing()
-        self.replace_writes = writes.on_conflict_do_update(
-            index_elements=[W.session_id, W.checkpoint_ns, W.checkpoint_id, W.task_id, W.idx],
-            set_={
-                "channel": writes.excluded.channel,
-                "type": writes.excluded.type,
-                "blob": writes.excluded.blob,
-                "task_path": writes.excluded.task_path,
-            },
-        )
+        self.replace_writes = _replace_writes(writes)
+        columns = ["session_id", *_WRITE_VALUES]
+        self.add_writes_into_thread = {
+            by_user: insert(lg_writes_table).from_select(columns, rows).on_conflict_do_nothing()
+            for by_user, rows in writes_from.items()
+        }
+        self.replace_writes_into_thread = {
+            by_user: _replace_writes(insert(lg_writes_table).from_select(columns, rows))
+            for by_user, rows in writes_from.items()
+        }
 
     def one_checkpoint(self, query: Select[Any]) -> Select[Any]:
         """The checkpoint ``query`` selects (at most one), its pending writes and the blobs of
@@ -352,6 +444,18 @@ class Statements:
         if self.postgres:  # JSONB containment, as LangGraph's PostgreSQL saver does
             return type_coerce(C["metadata"], JSONB).contains(dict(filter))
         return and_(true(), *(_sqlite_has(key, value) for key, value in filter.items()))
+
+
+def _replace_writes(writes: Any) -> Any:
+    return writes.on_conflict_do_update(
+        index_elements=[W.session_id, W.checkpoint_ns, W.checkpoint_id, W.task_id, W.idx],
+        set_={
+            "channel": writes.excluded.channel,
+            "type": writes.excluded.type,
+            "blob": writes.excluded.blob,
+            "task_path": writes.excluded.task_path,
+        },
+    )
 
 
 def _sqlite_has(key: str, value: Any) -> ColumnElement[bool]:

@@ -52,6 +52,7 @@ from sqlalchemy import Executable, Select, delete, insert, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agent_session_store import (
+    AgentSession,
     InvalidStateTransitionError,
     RedisCache,
     SessionExistsError,
@@ -61,6 +62,7 @@ from agent_session_store import (
     StorageError,
     create_engine,
 )
+from agent_session_store._calls import Call, Database
 from agent_session_store._errors import INTEGRITY_ERRORS, storage_errors
 from agent_session_store._settle import run_to_end
 from agent_session_store._validation import check_json_object, check_text
@@ -177,6 +179,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         self._factory = repository.session_factory
         self._statements: sql.Statements | None = None
         self._gate = SchemaGate()
+        self._db = Database(repository.session_factory)
         self._writers: asyncio.Lock | None = None
         self._engine: AsyncEngine | None = None
         self._redis: Redis | None = None
@@ -255,8 +258,9 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
 
             self._statements = sql.Statements(await run_to_end(check()))
             # SQLite has one writer at a time; this saver's writers queue here rather than
-            # in SQLite's busy handler (see _dialects.Sqlite.queue_writers).
-            self._writers = None if self._statements.postgres else asyncio.Lock()
+            # in SQLite's busy handler (see _dialects.Sqlite.queue_writers): on the same lock
+            # as the writes of _write_into, which the call machinery queues.
+            self._writers = None if self._statements.postgres else self._db._writers
         return self._statements
 
     async def _transaction(
@@ -292,6 +296,39 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 return await run_to_end(run())
         return await run_to_end(run())
 
+    async def _read(
+        self, operation: str, statement: Executable, params: dict[str, Any]
+    ) -> list[Any]:
+        """The rows of one read statement built once (``b_`` parameters), in one round trip.
+
+        Through the repository's call machinery (``_calls.Database``): on the driver's pooled
+        connection where it may (compiled once, no BEGIN/COMMIT on PostgreSQL), else through
+        SQLAlchemy, always in a transaction behind a transaction pooler.
+        """
+        async with self._db.call(operation, None, "read", cache=None, model=AgentSession,
+                                 hot=True) as call:  # fmt: skip
+            return await call.fetch(statement, params)
+
+    async def _write_into(self, operation: str, work: Callable[[Call], Awaitable[_T]]) -> _T:
+        """Run ``work`` (statements built once, run with ``Call.fetch``) in one transaction.
+
+        Through the repository's call machinery, as :meth:`_read`: on SQLite on the driver's
+        connection, queued behind this process's other writers; on PostgreSQL through
+        SQLAlchemy in a transaction (the driver's path would commit each statement alone). A
+        cancellation between statements rolls the transaction back; one during the commit
+        lets it finish: the write happened whole or not at all. A row refused by a key (the
+        thread deleted meanwhile) counts as no thread: ``_NotThere``.
+        """
+        postgres = (await self._sql()).postgres
+        try:
+            async with self._db.call(operation, None, "transaction", cache=None,
+                                     model=AgentSession, hot=not postgres) as call:  # fmt: skip
+                return await work(call)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, INTEGRITY_ERRORS):
+                raise _NotThere from exc
+            raise
+
     async def _find(self, key: str) -> _Thread | None:
         async def read(db: AsyncSession) -> Any:
             return (await db.execute(sql.thread_rows(self.agent_type, key))).first()
@@ -308,12 +345,22 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         work: Callable[[AsyncSession, uuid.UUID], Awaitable[_T]],
         *,
         create_for: str | None = None,
+        into_thread: Callable[[Call], Awaitable[_T]] | None = None,
     ) -> _T:
         """Run ``work`` in one write transaction on the thread's session, creating it if need be.
 
         ``create_for``: the owner of a thread created here (the config's user, else ``""``).
+        ``into_thread``: the same write for a thread that exists, is live and is the config's
+        user's, finding the thread inside its own statements (one transaction, no look-up
+        before, statements built once: see :meth:`_write_into`); it raises ``_NotThere``
+        otherwise, and the look-up below then creates the thread or says why it refuses.
         """
         await self._sql()
+        if into_thread is not None:
+            try:
+                return await self._write_into(operation, into_thread)
+            except _NotThere:
+                pass
         for _ in range(_ATTEMPTS):
             found = await self._find(target.key)
             if found is not None:
@@ -398,6 +445,13 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             raise SessionValidationError(f"{exc}; nothing was read or written") from None
         return _Target(thread_id, session_key(thread_id), ns, checkpoint_id, user_id)
 
+    def _keys(self, target: _Target) -> dict[str, str]:
+        """The bound parameters naming ``target``'s thread in the statements built once."""
+        keys = {"b_agent": self.agent_type, "b_key": target.key}
+        if target.user_id is not None:
+            keys["b_user"] = target.user_id
+        return keys
+
     def _dumps(self, value: Any, what: str) -> tuple[str, bytes | None]:
         try:
             kind, data = self.serde.dumps_typed(value)
@@ -423,24 +477,15 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         config, for another user's thread.
         """
         target = self._target(config)
-        await self._sql()
-        query = sql.checkpoints(self.agent_type).where(
-            sql.T.thread_key == target.key, sql.C.checkpoint_ns == target.ns
-        )
-        if target.user_id is not None:
-            query = query.where(sql.S.user_id == target.user_id)
-        if target.checkpoint_id is not None:
-            query = query.where(sql.C.checkpoint_id == target.checkpoint_id)
-        else:
-            query = query.order_by(sql.C.checkpoint_id.desc()).limit(1)
         stmts = await self._sql()
+        statement = stmts.get_tuple[(target.checkpoint_id is not None, target.user_id is not None)]
+        params = {"b_agent": self.agent_type, "b_key": target.key, "b_ns": target.ns}
+        if target.checkpoint_id is not None:
+            params["b_cid"] = target.checkpoint_id
+        if target.user_id is not None:
+            params["b_user"] = target.user_id
         # One round trip: the checkpoint, its pending writes and its channel values.
-
-        async def read(db: AsyncSession) -> Sequence[Any]:
-            rows: Sequence[Any] = (await db.execute(stmts.one_checkpoint(query))).all()
-            return rows
-
-        rows = await self._transaction("langgraph aget_tuple", read)
+        rows = await self._read("langgraph aget_tuple", statement, params)
         found = [r for r in rows if r.kind == "c"]
         if not found:
             return None
@@ -645,11 +690,34 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         async def put(db: AsyncSession, sid: uuid.UUID) -> None:
             # The checkpoint first: on SQLite a write takes the write lock before any read.
             await db.execute(stmts.put_checkpoint, {**row, "session_id": sid})
+
+            async def find_base(*key: Any) -> Any:
+                return (await db.execute(sql.LIST_BASE, _base_params(*key))).first()
+
             if blob_rows:
-                rows = [await blob_row(db, sid, blob, grown) for blob, grown in blob_rows]
+                rows = [await blob_row(find_base, sid, blob, grown) for blob, grown in blob_rows]
                 await db.execute(stmts.add_blobs, rows)
 
-        await self._write("langgraph aput", target, put)
+        async def put_into_thread(call: Call) -> None:
+            # A thread already there: the checkpoint finds its session itself (one statement).
+            keys = self._keys(target)
+            values = {f"b_{name}": value for name, value in row.items()}
+            found = await call.fetch(
+                stmts.put_into_thread[target.user_id is not None], {**values, **keys}
+            )
+            if not found:
+                raise _NotThere
+            sid = found[0].session_id
+
+            async def find_base(*key: Any) -> Any:
+                based = await call.fetch(sql.LIST_BASE, _base_params(*key))
+                return based[0] if based else None
+
+            for blob, grown in blob_rows:
+                stored = await blob_row(find_base, sid, blob, grown)
+                await call.fetch(stmts.add_blob, {f"b_{k}": v for k, v in stored.items()})
+
+        await self._write("langgraph aput", target, put, into_thread=put_into_thread)
         return {
             "configurable": {
                 "thread_id": target.thread_id,
@@ -696,7 +764,17 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         async def put(db: AsyncSession, sid: uuid.UUID) -> None:
             await db.execute(stmt, [{**r, "session_id": sid} for r in rows])
 
-        await self._write("langgraph aput_writes", target, put)
+        async def put_into_thread(call: Call) -> None:
+            # The writes first (on SQLite the write lock before any read), then whether the
+            # thread was there: if not, nothing was written and the transaction rolls back.
+            by_user, keys = target.user_id is not None, self._keys(target)
+            into = stmts.replace_writes_into_thread if replace else stmts.add_writes_into_thread
+            for r in rows:
+                await call.fetch(into[by_user], {**{f"b_{k}": v for k, v in r.items()}, **keys})
+            if not await call.fetch(stmts.live_thread[by_user], keys):
+                raise _NotThere
+
+        await self._write("langgraph aput_writes", target, put, into_thread=put_into_thread)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete the thread: its session (a hard delete) and every checkpoint, blob and write."""
@@ -854,6 +932,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         self._run(lambda: self.aprune(thread_ids, strategy=strategy))
 
 
+def _base_params(sid: uuid.UUID, ns: str, channel: str, version: str) -> dict[str, Any]:
+    return {"b_sid": sid, "b_ns": ns, "b_channel": channel, "b_version": version}
+
+
 def _check_names(**names: object) -> None:
     """Refuse ids and names no database can hold (not text, NUL, lone surrogates)."""
     for what, value in names.items():
@@ -863,6 +945,10 @@ def _check_names(**names: object) -> None:
             check_text(value, what)
         except ValueError as exc:
             raise SessionValidationError(f"{exc}; nothing was written") from None
+
+
+class _NotThere(Exception):
+    """No live thread of that key (and user) to write into: nothing was written."""
 
 
 class _Retry(Exception):
