@@ -636,6 +636,32 @@ async def test_the_latest_checkpoint_with_writes_and_values_is_one_round_trip(
         page = [t async for t in saver.alist(config, limit=3, filter={"step": 2})]
     assert [t.metadata["step"] for t in page] == [2]
     assert len(sent) == 3  # the checkpoints, their blobs, their writes
+    with statements(db) as sent:  # without a filter: one statement a page
+        page = [t async for t in saver.alist(config, limit=3)]
+    assert [t.metadata["step"] for t in page] == [4, 3, 2]
+    assert page[0] == got
+    assert len(sent) == 1, sent
+
+
+async def test_alist_pages_through_a_long_thread_in_order(saver: SessionStoreSaver) -> None:
+    config: Any = {"configurable": {"thread_id": "pages", "checkpoint_ns": ""}}
+    stored = []
+    for step in range(230):  # more than two of alist's pages of 100
+        version = str(step + 1)
+        cp = checkpoint({"n": step}, {"n": version})
+        config = await saver.aput(config, cp, {"step": step}, {"n": version})
+        stored.append(config)
+        if step % 7 == 0:
+            await saver.aput_writes(config, [("n", -step)], f"task-{step}")
+    thread: Any = {"configurable": {"thread_id": "pages"}}
+    listed = [t async for t in saver.alist(thread)]
+    assert [t.config for t in listed] == stored[::-1]
+    assert [t.checkpoint["channel_values"]["n"] for t in listed] == list(range(229, -1, -1))
+    assert [t.pending_writes for t in listed] == [
+        [(f"task-{step}", "n", -step)] if step % 7 == 0 else [] for step in range(229, -1, -1)
+    ]
+    older = [t async for t in saver.alist(thread, before=stored[150], limit=120)]
+    assert [t.config for t in older] == stored[149:29:-1]
 
 
 async def test_an_unmigrated_database_is_named_with_the_command_to_run(tmp_path: Path) -> None:

@@ -116,8 +116,16 @@ def thread_checkpoints(*, by_id: bool, by_user: bool) -> Select[Any]:
     return query.order_by(C.checkpoint_id.desc()).limit(1)
 
 
+NEWEST_FIRST = (C.checkpoint_id.desc(), C.session_id.desc(), C.checkpoint_ns.desc())
+
+
 def checkpoints(agent_type: str) -> Select[Any]:
     """Checkpoints of this agent type's live threads, with their thread id and owner."""
+    return checkpoints_by(agent_type)
+
+
+def checkpoints_by(agent_type: Any) -> Select[Any]:
+    """:func:`checkpoints` for an agent type given as a value or a bound parameter."""
     return (
         select(*CHECKPOINT_COLUMNS)
         .join(lg_threads_table, T.session_id == C.session_id)
@@ -322,6 +330,7 @@ class Statements:
             )
             for by_user in (False, True)
         }
+        self._pages: dict[tuple[bool, ...], Select[Any]] = {}
         # aget_tuple's statement for each (by id, by user): built and compiled once.
         self.get_tuple = {
             (by_id, by_user): self.one_checkpoint(thread_checkpoints(by_id=by_id, by_user=by_user))
@@ -341,12 +350,50 @@ class Statements:
             for by_user, rows in writes_from.items()
         }
 
-    def one_checkpoint(self, query: Select[Any]) -> Select[Any]:
-        """The checkpoint ``query`` selects (at most one), its pending writes and the blobs of
-        its channel versions (with the blobs their deltas build on), in one statement.
+    def list_page(self, shape: tuple[bool, ...]) -> Select[Any]:
+        """alist's page without a metadata filter, for ``shape`` (which of thread, namespace,
+        checkpoint, user, before and the previous page's last key it is given): built once
+        per shape, by bound parameters, and read in one statement (:meth:`one_checkpoint`)."""
+        page = self._pages.get(shape)
+        if page is None:
+            thread, ns, cid, user, before, last = shape
+            query = checkpoints_by(bindparam("b_agent"))
+            if thread:
+                query = query.where(T.thread_key == bindparam("b_key"))
+            if ns:
+                query = query.where(C.checkpoint_ns == bindparam("b_ns"))
+            if cid:
+                query = query.where(C.checkpoint_id == bindparam("b_cid"))
+            if user:
+                query = query.where(S.user_id == bindparam("b_user"))
+            if before:
+                query = query.where(C.checkpoint_id < bindparam("b_before", type_=Text))
+            if last:
+                query = query.where(
+                    tuple_(C.checkpoint_id, C.session_id, C.checkpoint_ns)
+                    < tuple_(
+                        bindparam("b_last_cid", type_=C.checkpoint_id.type),
+                        bindparam("b_last_sid", type_=C.session_id.type),
+                        bindparam("b_last_ns", type_=C.checkpoint_ns.type),
+                    )
+                )
+            # Each checkpoint's place in the page: the database's order, collation included.
+            place = func.row_number().over(order_by=NEWEST_FIRST).label("place")
+            query = (
+                query.add_columns(place)
+                .order_by(*NEWEST_FIRST)
+                .limit(bindparam("b_limit", type_=Integer))
+            )
+            page = self._pages[shape] = self.one_checkpoint(query)
+        return page
 
-        Rows of three kinds, told apart by ``kind``: ``c`` the checkpoint (``k1`` its id, ``k2``
-        its parent, ``k3`` the thread id, ``data`` its bytes, ``meta`` its metadata), ``w`` a
+    def one_checkpoint(self, query: Select[Any]) -> Select[Any]:
+        """The checkpoints ``query`` selects, their pending writes and the blobs of their
+        channel versions (with the blobs their deltas build on), in one statement.
+
+        Rows of three kinds, told apart by ``kind`` (``cid`` the checkpoint id of ``c`` and
+        ``w`` rows; in no particular order): ``c`` the checkpoint (``k1`` its id, ``k2``
+        its parent, ``k3`` the thread id, ``n`` its place in a page, ``data`` its bytes, ``meta`` its metadata), ``w`` a
         write (``k1`` task, ``k2`` channel, ``k3`` task path, ``n`` index), ``b`` a blob
         (``k1`` channel, ``k2`` version, ``k3`` base version, ``n`` item count).
         """
@@ -387,10 +434,11 @@ class Statements:
                 cp.c.thread_id.label("k3"),
                 cp.c.type.label("type"),
                 cp.c.checkpoint.label("data"),
-                cast(untyped, Integer).label("n"),
+                (cp.c.place if "place" in cp.c else cast(untyped, Integer)).label("n"),
                 cp.c.metadata.label("meta"),
                 cp.c.session_id.label("session_id"),
                 cp.c.checkpoint_ns.label("checkpoint_ns"),
+                cp.c.checkpoint_id.label("cid"),
             ),
             select(
                 literal_column("'w'"),
@@ -403,6 +451,7 @@ class Statements:
                 cast(untyped, C["metadata"].type),
                 W.session_id,
                 W.checkpoint_ns,
+                W.checkpoint_id,
             ).join(
                 cp,
                 and_(
@@ -422,6 +471,7 @@ class Statements:
                 cast(untyped, C["metadata"].type),
                 chain.c.session_id,
                 chain.c.checkpoint_ns,
+                cast(untyped, Text),
             ),
         )  # type: ignore[return-value]
 

@@ -486,10 +486,12 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             params["b_user"] = target.user_id
         # One round trip: the checkpoint, its pending writes and its channel values.
         rows = await self._read("langgraph aget_tuple", statement, params)
-        found = [r for r in rows if r.kind == "c"]
-        if not found:
-            return None
-        row = found[0]
+        found = self._from_rows(rows)
+        return found[0][0] if found else None
+
+    def _from_rows(self, rows: Sequence[Any]) -> list[tuple[CheckpointTuple, tuple[Any, ...]]]:
+        """The tuples in the rows of ``Statements.one_checkpoint``, each with its page key, in
+        the page's order."""
         blobs = {
             (r.session_id, r.checkpoint_ns, r.k1, r.k2): _BlobRow(
                 r.session_id, r.checkpoint_ns, r.k1, r.k2, r.type, r.data, r.k3, r.n
@@ -497,13 +499,22 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             for r in rows
             if r.kind == "b"
         }
-        writes = sorted((r for r in rows if r.kind == "w"), key=lambda r: (r.k3, r.k1, r.n))
-        return self._tuple(
-            _CheckpointRow(row.session_id, row.checkpoint_ns, row.k1, row.k2, row.type,
-                           row.data, row.meta, row.k3),
-            blobs,
-            [(w.k1, w.k2, self._loads(w.type, w.data)) for w in writes],
-        )  # fmt: skip
+        writes: dict[tuple[Any, ...], list[Any]] = {}
+        for r in sorted((r for r in rows if r.kind == "w"), key=lambda r: (r.k3, r.k1, r.n)):
+            writes.setdefault((r.session_id, r.checkpoint_ns, r.cid), []).append(
+                (r.k1, r.k2, self._loads(r.type, r.data))
+            )
+        found = []
+        for row in sorted((r for r in rows if r.kind == "c"), key=lambda r: r.n or 0):
+            key = (row.session_id, row.checkpoint_ns, row.k1)
+            tup = self._tuple(
+                _CheckpointRow(row.session_id, row.checkpoint_ns, row.k1, row.k2, row.type,
+                               row.data, row.meta, row.k3),
+                blobs,
+                writes.get(key, []),
+            )  # fmt: skip
+            found.append((tup, (row.k1, row.session_id, row.checkpoint_ns)))
+        return found
 
     async def alist(
         self,
@@ -537,6 +548,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 query = query.where(sql.C.checkpoint_id < before_id)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
             raise SessionValidationError(f"limit must be an integer, got {limit!r:.40}")
+        if not filter:
+            async for tup in self._list_pages(config, before, limit):
+                yield tup
+            return
         remaining = limit
         order = (sql.C.checkpoint_id.desc(), sql.C.session_id.desc(), sql.C.checkpoint_ns.desc())
         last: tuple[Any, ...] | None = None
@@ -556,6 +571,42 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             if remaining is not None:
                 remaining -= count
             if count < page_size:
+                return
+
+    async def _list_pages(
+        self, config: RunnableConfig | None, before: RunnableConfig | None, limit: int | None
+    ) -> AsyncIterator[CheckpointTuple]:
+        """alist without a metadata filter: pages of statements built once, one round trip
+        each (the checkpoints with their writes and values)."""
+        stmts = await self._sql()
+        params: dict[str, Any] = {"b_agent": self.agent_type}
+        thread = ns = cid = user = False
+        if config is not None:
+            target = self._target(config)
+            thread, params["b_key"] = True, target.key
+            if (config.get("configurable") or {}).get("checkpoint_ns") is not None:
+                ns, params["b_ns"] = True, target.ns
+            if target.checkpoint_id is not None:
+                cid, params["b_cid"] = True, target.checkpoint_id
+            if target.user_id is not None:
+                user, params["b_user"] = True, target.user_id
+        before_id = get_checkpoint_id(before) if before is not None else None
+        if before_id is not None:
+            params["b_before"] = before_id
+        remaining = limit
+        last: tuple[Any, ...] | None = None
+        while remaining is None or remaining > 0:
+            params["b_limit"] = page_size = _PAGE if remaining is None else min(_PAGE, remaining)
+            if last is not None:
+                params["b_last_cid"], params["b_last_sid"], params["b_last_ns"] = last
+            shape = (thread, ns, cid, user, before_id is not None, last is not None)
+            rows = await self._read("langgraph alist", stmts.list_page(shape), params)
+            found = self._from_rows(rows)
+            for tup, last in found:
+                yield tup
+            if remaining is not None:
+                remaining -= len(found)
+            if len(found) < page_size:
                 return
 
     async def _tuples_with_keys(
