@@ -199,7 +199,7 @@ def writes(wanted: Sequence[tuple[uuid.UUID, str, str]]) -> Select[Any]:
 
 _CHECKPOINT_VALUES = ("checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "type",
                       "checkpoint", "metadata", "run_id", "channel_versions")  # fmt: skip
-_WRITE_VALUES = ("checkpoint_ns", "checkpoint_id", "task_id", "idx", "channel", "type", "blob",
+WRITE_VALUES = ("checkpoint_ns", "checkpoint_id", "task_id", "idx", "channel", "type", "blob",
                  "task_path")  # fmt: skip
 LIVE = ("active", "paused")
 
@@ -232,6 +232,82 @@ def upsert_checkpoint_from(rows: Select[Any], insert: Any) -> Any:
             "run_id": upsert.excluded.run_id,
         },
     )
+
+
+BLOB_VALUES = ("channel", "version", "type", "blob", "base_version", "item_count", "size",
+                "delta_size", "digest")  # fmt: skip
+
+# A channel's newest stored list value below ``b_version`` in the thread named by its key, with
+# the thread's session: the delta base a write on PostgreSQL looks up before its one statement.
+LIST_BASE_BY_KEY = (
+    select(T.session_id, B.version, B.item_count, B.size, B.delta_size, B.digest)
+    .join(lg_blobs_table, B.session_id == T.session_id)
+    .where(
+        T.agent_type == bindparam("b_agent"),
+        T.thread_key == bindparam("b_key"),
+        B.checkpoint_ns == bindparam("b_ns"),
+        B.channel == bindparam("b_channel"),
+        B.item_count.is_not(None),
+        B.version < bindparam("b_version"),
+    )
+    .order_by(B.version.desc())
+    .limit(1)
+)
+
+
+def _unnest(table: Any, names: Sequence[str]) -> Any:
+    """Rows from one array parameter per column (``b_<column>s``): any count, one statement."""
+    arrays = [bindparam(f"b_{n}s", type_=postgresql.ARRAY(table.c[n].type)) for n in names]
+    return func.unnest(*arrays).table_valued(*names).render_derived(name="v")
+
+
+def put_in_one(*, by_user: bool, of_session: bool) -> Select[Any]:
+    """PostgreSQL: a checkpoint and its blobs into a live thread, in one statement.
+
+    Returns the thread's session id, or no row (nothing written) when the thread named by its
+    key is not there, not live, not ``b_user``'s or (``of_session``) not session ``b_sid``: a
+    delta's base was looked up in that session.
+    """
+    live = _live_thread(by_user)
+    if of_session:
+        live = live.where(T.session_id == bindparam("b_sid"))
+    thread = live.cte("thread")
+    checkpoint = (
+        upsert_checkpoint_from(
+            select(
+                thread.c.session_id,
+                *(bindparam(f"b_{n}", type_=C[n].type) for n in _CHECKPOINT_VALUES),
+            ),
+            postgresql.insert,
+        )
+        .returning(C.session_id, C.checkpoint_ns)
+        .cte("put")
+    )
+    values = _unnest(lg_blobs_table, BLOB_VALUES)
+    blobs = (
+        postgresql.insert(lg_blobs_table)
+        .from_select(
+            ["session_id", "checkpoint_ns", *BLOB_VALUES],
+            select(checkpoint.c.session_id, checkpoint.c.checkpoint_ns, *values.c)
+            .select_from(checkpoint)
+            .join(values, true()),
+        )
+        .on_conflict_do_nothing()
+        .cte("blobs")
+    )
+    # A data-modifying CTE runs whether or not it is read; add_cte makes SQLAlchemy render it.
+    return select(checkpoint.c.session_id).add_cte(blobs)
+
+
+def writes_in_one(*, by_user: bool, replace: bool) -> Select[Any]:
+    """PostgreSQL: a task's writes into a live thread, in one statement; the thread's session
+    id, or no row (nothing written) when it is not there, not live or not ``b_user``'s."""
+    thread = _live_thread(by_user).cte("thread")
+    values = _unnest(lg_writes_table, WRITE_VALUES)
+    rows = select(thread.c.session_id, *values.c).select_from(thread).join(values, true())
+    put = postgresql.insert(lg_writes_table).from_select(["session_id", *WRITE_VALUES], rows)
+    put = _replace_writes(put) if replace else put.on_conflict_do_nothing()
+    return select(thread.c.session_id).add_cte(put.cte("put"))
 
 
 def stale_thread_rows(agent_type: str, key: str) -> Delete:
@@ -326,10 +402,21 @@ class Statements:
         self.live_thread = {by_user: _live_thread(by_user) for by_user in (False, True)}
         writes_from = {
             by_user: _live_thread(by_user).with_only_columns(
-                T.session_id, *(bindparam(f"b_{n}", type_=W[n].type) for n in _WRITE_VALUES)
+                T.session_id, *(bindparam(f"b_{n}", type_=W[n].type) for n in WRITE_VALUES)
             )
             for by_user in (False, True)
         }
+        if self.postgres:
+            self.put_in_one = {
+                (by_user, of_session): put_in_one(by_user=by_user, of_session=of_session)
+                for by_user in (False, True)
+                for of_session in (False, True)
+            }
+            self.writes_in_one = {
+                (by_user, replace): writes_in_one(by_user=by_user, replace=replace)
+                for by_user in (False, True)
+                for replace in (False, True)
+            }
         self._pages: dict[tuple[bool, ...], Select[Any]] = {}
         # aget_tuple's statement for each (by id, by user): built and compiled once.
         self.get_tuple = {
@@ -340,7 +427,7 @@ class Statements:
         writes = insert(lg_writes_table)
         self.add_writes = writes.on_conflict_do_nothing()
         self.replace_writes = _replace_writes(writes)
-        columns = ["session_id", *_WRITE_VALUES]
+        columns = ["session_id", *WRITE_VALUES]
         self.add_writes_into_thread = {
             by_user: insert(lg_writes_table).from_select(columns, rows).on_conflict_do_nothing()
             for by_user, rows in writes_from.items()

@@ -86,7 +86,12 @@ try:
     from langgraph.checkpoint.serde.base import SerializerProtocol
 
     from agent_session_store.integrations._langgraph_serde import StrictSerializer
-    from agent_session_store.integrations._langgraph_values import blob_row, list_value, whole
+    from agent_session_store.integrations._langgraph_values import (
+        Grown,
+        blob_row,
+        list_value,
+        whole,
+    )
 except ImportError as exc:  # pragma: no cover - the extra is part of the dev install
     raise ImportError(
         "agent_session_store.integrations.langgraph needs langgraph-checkpoint: "
@@ -328,6 +333,48 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             if isinstance(exc.__cause__, INTEGRITY_ERRORS):
                 raise _NotThere from exc
             raise
+
+    async def _one_statement(
+        self, operation: str, statement: Executable, params: dict[str, Any]
+    ) -> list[Any]:
+        """One write statement built once, committed alone (PostgreSQL: one round trip on the
+        driver's connection where it may; in a transaction behind a transaction pooler)."""
+        async with self._db.call(operation, None, "one statement", cache=None,
+                                 model=AgentSession, hot=True) as call:  # fmt: skip
+            return await call.fetch(statement, params)
+
+    async def _put_in_one(
+        self,
+        target: _Target,
+        row: dict[str, Any],
+        blob_rows: list[tuple[dict[str, Any], Grown | None]],
+        put: Callable[[AsyncSession, uuid.UUID], Awaitable[None]],
+    ) -> None:
+        """PostgreSQL's aput into a live thread: the checkpoint and its values in one statement
+        (``Statements.put_in_one``), after one read per grown list for its delta's base. A
+        thread that is not there (or not live, or another user's) takes ``_write``'s way."""
+        stmts = await self._sql()
+        keys = self._keys(target)
+        sessions: set[uuid.UUID] = set()
+
+        async def find_base(sid: uuid.UUID, ns: str, channel: str, version: str) -> Any:
+            params = {**keys, "b_ns": ns, "b_channel": channel, "b_version": version}
+            found = await self._read("langgraph aput", sql.LIST_BASE_BY_KEY, params)
+            if found:
+                sessions.add(found[0].session_id)
+            return found[0] if found else None
+
+        stored = [await blob_row(find_base, _NO_SESSION, blob, grown) for blob, grown in blob_rows]
+        if len(sessions) <= 1:  # more: the thread was deleted and made again meanwhile
+            of_session = bool(sessions)
+            params = {**keys, **{f"b_{k}": v for k, v in row.items()}}
+            params.update(_columns(stored, sql.BLOB_VALUES))
+            if of_session:
+                params["b_sid"] = next(iter(sessions))
+            statement = stmts.put_in_one[(target.user_id is not None, of_session)]
+            if await self._one_statement("langgraph aput", statement, params):
+                return
+        await self._write("langgraph aput", target, put)
 
     async def _find(self, key: str) -> _Thread | None:
         async def read(db: AsyncSession) -> Any:
@@ -768,7 +815,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 stored = await blob_row(find_base, sid, blob, grown)
                 await call.fetch(stmts.add_blob, {f"b_{k}": v for k, v in stored.items()})
 
-        await self._write("langgraph aput", target, put, into_thread=put_into_thread)
+        if stmts.postgres:
+            await self._put_in_one(target, row, blob_rows, put)
+        else:
+            await self._write("langgraph aput", target, put, into_thread=put_into_thread)
         return {
             "configurable": {
                 "thread_id": target.thread_id,
@@ -825,6 +875,13 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             if not await call.fetch(stmts.live_thread[by_user], keys):
                 raise _NotThere
 
+        if stmts.postgres:
+            if replace:  # one statement cannot update a row twice: the last write of each wins
+                rows = list({(r["task_id"], r["idx"]): r for r in rows}.values())
+            in_one = stmts.writes_in_one[(target.user_id is not None, replace)]
+            params = {**self._keys(target), **_columns(rows, sql.WRITE_VALUES)}
+            if await self._one_statement("langgraph aput_writes", in_one, params):
+                return
         await self._write("langgraph aput_writes", target, put, into_thread=put_into_thread)
 
     async def adelete_thread(self, thread_id: str) -> None:
@@ -981,6 +1038,14 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self._run(lambda: self.aprune(thread_ids, strategy=strategy))
+
+
+_NO_SESSION = uuid.UUID(int=0)  # a row's session, filled in by the statement that stores it
+
+
+def _columns(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, list[Any]]:
+    """``rows`` as one list per column (``b_<name>s``), for the statements that unnest them."""
+    return {f"b_{name}s": [r[name] for r in rows] for name in names}
 
 
 def _base_params(sid: uuid.UUID, ns: str, channel: str, version: str) -> dict[str, Any]:
