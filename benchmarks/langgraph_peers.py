@@ -156,7 +156,9 @@ def _graph(saver: Any) -> Any:
     graph_module = importlib.import_module("langgraph.graph")
     messages = importlib.import_module("langchain_core.messages")
     # The functional form: no annotations for ``from __future__ import annotations`` to defer.
-    state = TypedDict("State", {"messages": Annotated[list[Any], graph_module.add_messages]})  # type: ignore[misc]
+    state = TypedDict(  # type: ignore[misc]  # noqa: UP013
+        "State", {"messages": Annotated[list[Any], graph_module.add_messages]}
+    )
 
     def answer(state: dict[str, Any]) -> dict[str, Any]:
         last = state["messages"][-1]
@@ -277,6 +279,7 @@ def rows(backend: str, figures: SaverFigures) -> list[dict[str, Any]]:
     out = []
     for op, rates in figures.rates.items():
         ours, theirs = rates.get(OURS), rates.get(peer)
+        ratio = paired_ratio(ours, theirs) if ours and theirs else None
         out.append(
             {
                 "backend": backend,
@@ -284,8 +287,7 @@ def rows(backend: str, figures: SaverFigures) -> list[dict[str, Any]]:
                 "ours_ops_per_s": _ops(ours),
                 "peer": peer,
                 "peer_ops_per_s": _ops(theirs),
-                "ratio": None if not ours or not theirs else round(paired_ratio(ours, theirs)
-                                                                    or 0, 3),  # fmt: skip
+                "ratio": None if ratio is None else round(ratio, 3),
             }
         )
     if OURS in figures.storage and peer in figures.storage:
@@ -364,7 +366,9 @@ async def run_savers(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.langgraph_peers", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.langgraph_peers", description=__doc__
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--backend", choices=tuple(PEERS), action="append", help="default: both")
     parser.add_argument("--postgres-url", help="use this running PostgreSQL server")

@@ -322,6 +322,93 @@ async def test_a_list_that_changes_is_stored_whole_and_reads_back(
         assert got is not None and got.checkpoint["channel_values"]["items"] == value
 
 
+async def blob_keys(
+    db: Backend, saver: SessionStoreSaver, thread_id: str
+) -> dict[tuple[str, str], str | None]:
+    """The (channel, version) of every value stored for the thread, with its delta's base."""
+    session = await saver.repository.get_session_by_key(saver.agent_type, key=thread_id)
+    assert session is not None
+    b = lg_blobs_table.c
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(
+            select(b.channel, b.version, b.base_version).where(
+                b.session_id == uuid.UUID(session.session_id)
+            )
+        )
+        return {(row.channel, row.version): row.base_version for row in rows}
+
+
+def chain(stored: dict[tuple[str, str], str | None], channel: str, version: str) -> set[Any]:
+    """A value's key and the keys of the values its delta builds on."""
+    keys = set()
+    at: str | None = version
+    while at is not None:
+        keys.add((channel, at))
+        at = stored[(channel, at)]
+    return keys
+
+
+async def a_thread_of_turns(saver: SessionStoreSaver, thread_id: str, turns: int) -> list[Any]:
+    """``turns`` checkpoints, each of its own run: a list that grows (stored as deltas), a
+    value that changes and one that never does; the config of each."""
+    config: Any = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    stored = []
+    for turn in range(turns):
+        version = f"{turn + 1:03}"
+        new = {"log": version, "now": version, **({"same": "001"} if turn == 0 else {})}
+        values = {"log": [f"entry {n}" for n in range(turn + 1)], "now": turn, "same": "s"}
+        cp = checkpoint(values, {"log": version, "now": version, "same": "001"})
+        config = await saver.aput(config, cp, {"run_id": f"run-{thread_id}-{turn}"}, new)
+        stored.append(config)
+    return stored
+
+
+async def test_values_no_checkpoint_refers_to_go_with_pruned_checkpoints(
+    uncached_saver: SessionStoreSaver, db: Backend
+) -> None:
+    saver = uncached_saver
+    await a_thread_of_turns(saver, "pruned", 8)
+    before = await blob_keys(db, saver, "pruned")
+    assert len(before) == 8 + 8 + 1
+    assert chain(before, "log", "008") != {("log", "008")}  # it is a delta
+    await saver.aprune(["pruned"])
+    # the newest checkpoint's values, and the earlier list values its delta builds on
+    assert set(await blob_keys(db, saver, "pruned")) == {
+        ("now", "008"),
+        ("same", "001"),
+        *chain(before, "log", "008"),
+    }
+    latest = await saver.aget_tuple({"configurable": {"thread_id": "pruned"}})
+    assert latest is not None
+    assert latest.checkpoint["channel_values"] == {
+        "log": [f"entry {n}" for n in range(8)],
+        "now": 7,
+        "same": "s",
+    }
+    await saver.aprune(["pruned"], strategy="delete")
+    assert await blob_keys(db, saver, "pruned") == {}
+
+
+async def test_values_no_checkpoint_refers_to_go_with_deleted_runs(
+    uncached_saver: SessionStoreSaver, db: Backend
+) -> None:
+    saver = uncached_saver
+    configs = await a_thread_of_turns(saver, "runs", 4)
+    await a_thread_of_turns(saver, "other", 2)
+    before = await blob_keys(db, saver, "runs")
+    await saver.adelete_for_runs(["run-runs-3", "run-runs-1", "run-other-1"])
+    assert set(await blob_keys(db, saver, "runs")) == {
+        ("now", "001"), ("now", "003"), ("same", "001"),
+        *chain(before, "log", "001"), *chain(before, "log", "003"),
+    }  # fmt: skip
+    assert set(await blob_keys(db, saver, "other")) == {("now", "001"), ("same", "001"),
+                                                        ("log", "001")}  # fmt: skip
+    for config, turn in ((configs[0], 0), (configs[2], 2)):
+        got = await saver.aget_tuple(config)
+        assert got is not None
+        assert got.checkpoint["channel_values"]["log"] == [f"entry {n}" for n in range(turn + 1)]
+
+
 # -- no silent fork: racing writers are kept as siblings -------------------------------------
 
 
@@ -839,6 +926,42 @@ async def test_saver_statements_use_indexes_not_seq_scans(
             rows = await conn.exec_driver_sql(f"EXPLAIN {statement}", params)
             plan = "\n".join(row[0] for row in rows)
         assert not LG_SEQ_SCAN.search(plan), f"{operation}:\n{statement}\n{params}\n{plan}"
+
+
+async def test_sqlite_finds_a_checkpoints_values_by_key_not_by_scanning_the_thread(
+    uncached_saver: SessionStoreSaver, db: Backend
+) -> None:
+    """SQLite has no statistics: its plan must not scan a thread's values for each version."""
+    if db.name != "sqlite":
+        pytest.skip("SQLite's planner; PostgreSQL's is held by the EXPLAIN tests below")
+    saver = uncached_saver
+    config: Any = {"configurable": {"thread_id": "plan", "checkpoint_ns": ""}}
+    for step in range(30):
+        version = f"{step + 1:03}"
+        cp = checkpoint({"n": step, "same": 1}, {"n": version, "same": "1"})
+        config = await saver.aput(
+            config, cp, {}, {"n": version, **({"same": "1"} if not step else {})}
+        )
+    sent: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        sent.append((statement, params))
+
+    sa_event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        await saver.aget_tuple({"configurable": {"thread_id": "plan"}})
+        await first(saver.alist({"configurable": {"thread_id": "plan"}}, limit=5))
+    finally:
+        sa_event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
+    assert len(sent) == 2
+    for statement, params in sent:
+        async with db.engine.connect() as conn:
+            plan = [
+                row[3]
+                for row in await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params)
+            ]
+        blobs = [step for step in plan if "agent_sessions_lg_blobs" in step]
+        assert blobs and all("channel=? AND version=?" in step for step in blobs), plan
 
 
 # -- cancellation: a cancelled call happened whole or not at all -----------------------------

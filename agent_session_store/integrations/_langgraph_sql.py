@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Delete,
+    Executable,
     Insert,
     Integer,
     Select,
@@ -327,8 +328,9 @@ def delete_thread_rows(sid: uuid.UUID) -> list[Delete]:
     ]
 
 
-def delete_for_runs(agent_type: str, run_ids: Sequence[str]) -> list[Delete]:
-    """The checkpoints made by these runs in this agent type's threads, and their writes."""
+def delete_for_runs(agent_type: str, run_ids: Sequence[str]) -> list[Executable]:
+    """The checkpoints made by these runs in this agent type's threads, and their writes; the
+    last statement returns the session of each checkpoint it deleted."""
     mine = select(T.session_id).where(T.agent_type == agent_type)
     doomed = select(C.session_id, C.checkpoint_ns, C.checkpoint_id).where(
         C.run_id.in_(run_ids), C.session_id.in_(mine)
@@ -337,7 +339,9 @@ def delete_for_runs(agent_type: str, run_ids: Sequence[str]) -> list[Delete]:
         delete(lg_writes_table).where(
             tuple_(W.session_id, W.checkpoint_ns, W.checkpoint_id).in_(doomed)
         ),
-        delete(lg_checkpoints_table).where(C.run_id.in_(run_ids), C.session_id.in_(mine)),
+        delete(lg_checkpoints_table)
+        .where(C.run_id.in_(run_ids), C.session_id.in_(mine))
+        .returning(C.session_id),
     ]
 
 
@@ -479,10 +483,11 @@ class Statements:
         channel versions (with the blobs their deltas build on), in one statement.
 
         Rows of three kinds, told apart by ``kind`` (``cid`` the checkpoint id of ``c`` and
-        ``w`` rows; in no particular order): ``c`` the checkpoint (``k1`` its id, ``k2``
-        its parent, ``k3`` the thread id, ``n`` its place in a page, ``data`` its bytes, ``meta`` its metadata), ``w`` a
-        write (``k1`` task, ``k2`` channel, ``k3`` task path, ``n`` index), ``b`` a blob
-        (``k1`` channel, ``k2`` version, ``k3`` base version, ``n`` item count).
+        ``w`` rows; in no particular order): ``c`` the checkpoint (``k1`` its id, ``k2`` its
+        parent, ``k3`` the thread id, ``n`` its place in a page, ``data`` its bytes, ``meta``
+        its metadata), ``w`` a write (``k1`` task, ``k2`` channel, ``k3`` task path, ``n``
+        index), ``b`` a blob (``k1`` channel, ``k2`` version, ``k3`` base version, ``n`` item
+        count).
         """
         cp = query.cte("cp")
         if self.postgres:
@@ -501,15 +506,23 @@ class Statements:
             .join(pairs, true())
             .cte("wanted")
         )
+        # From the wanted versions to the blobs, by primary key. On SQLite a LEFT JOIN, whose
+        # left side its planner keeps outside: with an inner join and no statistics it scans
+        # every blob of the thread and matches each against the versions (a read that grows
+        # with the thread's length). A version without a blob gives a row of NULLs, ignored.
+        # PostgreSQL's planner gets this right with an inner join (and not with the outer one).
         chain = _chain(
-            select(*_BLOB_COLUMNS).join(
-                wanted,
+            select(*_BLOB_COLUMNS)
+            .select_from(wanted)
+            .join(
+                lg_blobs_table,
                 and_(
                     B.session_id == wanted.c.session_id,
                     B.checkpoint_ns == wanted.c.checkpoint_ns,
                     B.channel == wanted.c.channel,
                     B.version == wanted.c.version,
                 ),
+                isouter=not self.postgres,
             )
         )
         untyped = null()
@@ -561,6 +574,49 @@ class Statements:
                 cast(untyped, Text),
             ),
         )  # type: ignore[return-value]
+
+    def _versions(self, checkpoints: Any) -> Any:
+        """Each (channel, version) pair of the ``channel_versions`` of ``checkpoints``."""
+        if self.postgres:
+            each = func.jsonb_each_text(type_coerce(checkpoints.c.channel_versions, JSONB))
+        else:
+            each = func.json_each(checkpoints.c.channel_versions)
+        return each.table_valued("key", "value").alias("versions")
+
+    def drop_unreferenced_blobs(self, sessions: Sequence[uuid.UUID]) -> Delete:
+        """The blobs of ``sessions`` that none of their checkpoints refers to, directly or as
+        the base a referred delta builds on (after checkpoints were pruned or deleted)."""
+        pairs = self._versions(lg_checkpoints_table)
+        wanted = (
+            select(C.session_id, C.checkpoint_ns, pairs.c.key.label("channel"),
+                   cast(pairs.c.value, Text).label("version"))
+            .select_from(lg_checkpoints_table)
+            .join(pairs, true())
+            .where(C.session_id.in_(sessions))
+            .cte("wanted")
+        )  # fmt: skip
+        kept = _chain(
+            select(*_BLOB_COLUMNS).join(
+                wanted,
+                and_(
+                    B.session_id == wanted.c.session_id,
+                    B.checkpoint_ns == wanted.c.checkpoint_ns,
+                    B.channel == wanted.c.channel,
+                    B.version == wanted.c.version,
+                ),
+            )
+        )
+        still_used = (
+            select(kept.c.version)
+            .where(
+                kept.c.session_id == B.session_id,
+                kept.c.checkpoint_ns == B.checkpoint_ns,
+                kept.c.channel == B.channel,
+                kept.c.version == B.version,
+            )
+            .exists()
+        )
+        return delete(lg_blobs_table).where(B.session_id.in_(sessions), ~still_used)
 
     def copy_rows(self, source: uuid.UUID, target: uuid.UUID) -> list[Insert]:
         """Copy every checkpoint, blob and write of ``source`` into ``target`` (kept if there)."""

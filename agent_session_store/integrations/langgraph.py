@@ -544,7 +544,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 r.session_id, r.checkpoint_ns, r.k1, r.k2, r.type, r.data, r.k3, r.n
             )
             for r in rows
-            if r.kind == "b"
+            if r.kind == "b" and r.k1 is not None
         }
         writes: dict[tuple[Any, ...], list[Any]] = {}
         for r in sorted((r for r in rows if r.kind == "w"), key=lambda r: (r.k3, r.k1, r.n)):
@@ -649,8 +649,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             shape = (thread, ns, cid, user, before_id is not None, last is not None)
             rows = await self._read("langgraph alist", stmts.list_page(shape), params)
             found = self._from_rows(rows)
-            for tup, last in found:
+            for tup, _ in found:
                 yield tup
+            if found:
+                last = found[-1][1]
             if remaining is not None:
                 remaining -= len(found)
             if len(found) < page_size:
@@ -909,12 +911,22 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         logger.debug("LangGraph thread of session %s deleted", sid)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        """Delete the checkpoints (and their writes) that these runs made, in every thread."""
+        """Delete the checkpoints (and their writes) that these runs made, in every thread, and
+        the channel values no remaining checkpoint of those threads refers to."""
         ids = [str(r) for r in run_ids]
         if not ids:
             return
-        await self._sql()
-        await self._run_all("langgraph adelete_for_runs", sql.delete_for_runs(self.agent_type, ids))
+        stmts = await self._sql()
+
+        async def run(db: AsyncSession) -> None:
+            *writes, checkpoints = sql.delete_for_runs(self.agent_type, ids)
+            for stmt in writes:
+                await db.execute(stmt)
+            sessions = sorted(set((await db.execute(checkpoints)).scalars()))
+            if sessions:  # the values only the deleted checkpoints used go with them
+                await db.execute(stmts.drop_unreferenced_blobs(sessions))
+
+        await self._transaction("langgraph adelete_for_runs", run, write=True)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint, blob and write of one thread into another (same owner).
@@ -936,22 +948,25 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Prune threads: ``"keep_latest"`` keeps each namespace's newest checkpoint (with its
-        writes), ``"delete"`` removes every checkpoint; the threads stay."""
+        writes and values), ``"delete"`` removes every checkpoint; the threads stay. Channel
+        values no remaining checkpoint refers to are removed with them."""
         if strategy not in ("keep_latest", "delete"):
             raise SessionValidationError(
                 f"strategy must be 'keep_latest' or 'delete', got {strategy!r:.40}"
             )
-        await self._sql()
+        stmts = await self._sql()
         for thread_id in thread_ids:
             target = self._target({"configurable": {"thread_id": thread_id}})
             found = await self._find(target.key)
             if found is None:
                 continue
-            doomed = (
-                sql.keep_latest(found.session_id)
-                if strategy == "keep_latest"
-                else sql.delete_thread_rows(found.session_id)
-            )
+            if strategy == "keep_latest":  # and the values only the others used
+                doomed = [
+                    *sql.keep_latest(found.session_id),
+                    stmts.drop_unreferenced_blobs([found.session_id]),
+                ]
+            else:
+                doomed = sql.delete_thread_rows(found.session_id)
             await self._run_all("langgraph aprune", doomed)
 
     async def _run_all(self, operation: str, statements: Sequence[Executable]) -> None:
