@@ -964,6 +964,77 @@ async def test_sqlite_finds_a_checkpoints_values_by_key_not_by_scanning_the_thre
         assert blobs and all("channel=? AND version=?" in step for step in blobs), plan
 
 
+# A user's threads, newest first, in pages, among 100,000 threads of 1,000 users (and 20,000
+# sessions of other agent types): the repository's list_sessions, served by an index.
+MANY_THREADS = 100_000
+_SEED_MANY_THREADS = """
+INSERT INTO agent_sessions_sessions (id, agent_type, user_id, state, context, metadata,
+    checkpoint_count, version, created_at, updated_at, last_heartbeat, key)
+SELECT gen_random_uuid(), CASE WHEN i <= :threads THEN 'langgraph' ELSE 'other-' || mod(i, 7) END,
+    'user-' || mod(i, 1000), 'paused', '{}', '{}', 0, 2,
+    now() - i * interval '1 second', now(), now(), 'thread-' || i
+FROM generate_series(1, :threads + 20000) AS s(i);
+INSERT INTO agent_sessions_lg_threads (agent_type, thread_key, thread_id, session_id)
+SELECT 'langgraph', key, key, id FROM agent_sessions_sessions WHERE agent_type = 'langgraph';
+"""
+
+
+@pytest.fixture(scope="module")
+async def many_threads(postgres_url: str) -> AsyncIterator[SessionRepository]:
+    name = f"lg_threads_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    async with admin.connect() as conn:
+        await conn.execute(text(f"CREATE DATABASE {name}"))  # our own generated name
+    engine = create_engine(make_url(postgres_url).set(database=name).render_as_string(False))
+    try:
+        await migrations.upgrade(engine)
+        async with engine.begin() as conn:
+            for statement in _SEED_MANY_THREADS.split(";")[:2]:
+                await conn.execute(text(statement), {"threads": MANY_THREADS})
+        async with engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.execute(text("VACUUM ANALYZE"))
+        yield SessionRepository(async_sessionmaker(engine, expire_on_commit=False))
+    finally:
+        await engine.dispose()
+        async with admin.connect() as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        await admin.dispose()
+
+
+async def test_a_users_threads_are_listed_newest_first_in_pages_by_an_index(
+    many_threads: SessionRepository,
+) -> None:
+    repo = many_threads
+    engine = repo.session_factory.kw["bind"]
+    sent: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if LG_TABLES.search(statement):
+            sent.append((statement, params))
+
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        pages = [await repo.list_sessions(user_id="user-7", agent_type="langgraph", limit=40)]
+        while pages[-1].next_cursor is not None:
+            pages.append(
+                await repo.list_sessions(
+                    user_id="user-7", agent_type="langgraph", limit=40, cursor=pages[-1].next_cursor
+                )
+            )
+    finally:
+        sa_event.remove(engine.sync_engine, "before_cursor_execute", capture)
+    threads = [s for page in pages for s in page.items]
+    assert len(pages) == 3 and len(threads) == MANY_THREADS // 1000
+    assert [s.key for s in threads] == [f"thread-{i}" for i in range(7, MANY_THREADS, 1000)]
+    assert {s.user_id for s in threads} == {"user-7"}
+    for statement, params in sent[:2]:  # the first page, and one after a cursor
+        async with engine.connect() as conn:
+            rows = await conn.exec_driver_sql(f"EXPLAIN {statement}", params)
+            plan = "\n".join(row[0] for row in rows)
+        assert "Index" in plan and not LG_SEQ_SCAN.search(plan), f"{statement}\n{plan}"
+
+
 # -- cancellation: a cancelled call happened whole or not at all -----------------------------
 
 
