@@ -1119,6 +1119,33 @@ async def test_a_finished_threads_checkpoints_are_final(saver: SessionStoreSaver
     assert got.pending_writes == []
 
 
+async def test_the_latest_checkpoint_is_never_older_than_one_acknowledged_elsewhere(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Two processes' savers (own engines, own Redis clients, one cache): after one's aput
+    returns, the other's latest read is that checkpoint, however warm its cache."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'latest.db'}"
+    await migrations.upgrade(url)
+    config: Any = {"configurable": {"thread_id": "latest", "user_id": "u", "checkpoint_ns": ""}}
+    async with (
+        SessionStoreSaver.from_url(url, redis_url=redis_url) as one,
+        SessionStoreSaver.from_url(url, redis_url=redis_url) as two,
+    ):
+        stored = await one.aput(config, checkpoint({"n": 0}, {"n": "1"}), {}, {"n": "1"})
+        for n in range(1, 4):
+            for reader in (one, two, one, two):  # warm whatever either may cache
+                got = await reader.aget_tuple(config)
+                assert got is not None and got.config == stored
+                assert (await reader.aget_tuple(stored)) is not None
+            writer = (one, two)[n % 2]
+            version = f"{n + 1}"
+            cp = checkpoint({"n": n}, {"n": version})
+            stored = await writer.aput(stored, cp, {}, {"n": version})
+            for reader in (one, two):
+                got = await reader.aget_tuple(config)
+                assert got is not None and got.checkpoint["channel_values"] == {"n": n}
+
+
 async def test_from_url_closes_the_engine_and_client_it_opened(
     tmp_path: Path, redis_url: str
 ) -> None:
