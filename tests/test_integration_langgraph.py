@@ -750,6 +750,43 @@ async def test_a_put_into_a_live_thread_does_not_look_it_up_first(
     assert got.pending_writes == [("task", "a", 3), ("task", "b", "y")]
 
 
+async def test_a_put_racing_its_threads_deletion_stores_into_the_thread_made_again(
+    uncached_saver: SessionStoreSaver, db: Backend
+) -> None:
+    """PostgreSQL: the put's one statement found the thread, then waited on the session row
+    another transaction was deleting; refused by the foreign key, it takes the look-up path
+    (a new thread), as for a thread that was never there, instead of failing."""
+    if db.name != "postgres":
+        pytest.skip("the one-statement put of PostgreSQL (PgBouncer's runs in a transaction)")
+    saver = uncached_saver
+    config: Any = {"configurable": {"thread_id": "raced", "checkpoint_ns": ""}}
+    first = await saver.aput(config, checkpoint({"a": 1}), {}, {"a": "1"})
+    old = await saver.repository.get_session_by_key(saver.agent_type, key="raced")
+    assert old is not None
+    async with db.engine.connect() as deleting, db.engine.connect() as watching:
+        await deleting.execute(
+            text("DELETE FROM agent_sessions_sessions WHERE id = :id"),
+            {"id": uuid.UUID(old.session_id)},
+        )  # uncommitted: the session row stays locked
+        put = asyncio.ensure_future(
+            saver.aput(first, checkpoint({"a": 2}, {"a": "2"}), {}, {"a": "2"})
+        )
+        waiting = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        )
+        while not await watching.scalar(waiting):  # the put is blocked on the row lock
+            assert not put.done(), put
+            await watching.rollback()
+        await deleting.commit()
+        stored = await put
+    new = await saver.repository.get_session_by_key(saver.agent_type, key="raced")
+    assert new is not None and new.session_id != old.session_id
+    got = await saver.aget_tuple(config)
+    assert got is not None and got.config == stored
+    assert got.checkpoint["channel_values"] == {"a": 2}
+
+
 async def test_alist_pages_through_a_long_thread_in_order(saver: SessionStoreSaver) -> None:
     config: Any = {"configurable": {"thread_id": "pages", "checkpoint_ns": ""}}
     stored = []

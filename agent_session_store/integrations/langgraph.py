@@ -338,10 +338,19 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         self, operation: str, statement: Executable, params: dict[str, Any]
     ) -> list[Any]:
         """One write statement built once, committed alone (PostgreSQL: one round trip on the
-        driver's connection where it may; in a transaction behind a transaction pooler)."""
-        async with self._db.call(operation, None, "one statement", cache=None,
-                                 model=AgentSession, hot=True) as call:  # fmt: skip
-            return await call.fetch(statement, params)
+        driver's connection where it may; in a transaction behind a transaction pooler).
+
+        No rows when a key refused it (the thread deleted meanwhile): nothing was written, and
+        the caller takes the look-up path, as for a thread that is not there.
+        """
+        try:
+            async with self._db.call(operation, None, "one statement", cache=None,
+                                     model=AgentSession, hot=True) as call:  # fmt: skip
+                return await call.fetch(statement, params)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, INTEGRITY_ERRORS):
+                return []
+            raise
 
     async def _put_in_one(
         self,
