@@ -787,6 +787,36 @@ async def test_a_put_racing_its_threads_deletion_stores_into_the_thread_made_aga
     assert got.checkpoint["channel_values"] == {"a": 2}
 
 
+async def test_a_conversations_next_turn_is_one_statement_even_after_its_base_went(
+    uncached_saver: SessionStoreSaver, db: Backend
+) -> None:
+    """PostgreSQL: the saver remembers the list it stored last, so the next turn's put reads
+    nothing first; a remembered base that another saver removed meanwhile (its run deleted)
+    makes that put store the list whole, never a delta on nothing."""
+    if db.name == "sqlite":
+        pytest.skip("SQLite reads the base inside its write transaction")
+    saver = uncached_saver
+    other = SessionStoreSaver(SessionRepository(db.factory), agent_type=saver.agent_type)
+    config: Any = {"configurable": {"thread_id": "turns", "checkpoint_ns": ""}}
+    messages = [f"message {n} " * 5 for n in range(20)]
+
+    async def turn(parent: Any, n: int, *, run: str = "run") -> Any:
+        version = f"{n:03}"
+        cp = checkpoint({"m": messages[: 10 + n]}, {"m": version})
+        return await saver.aput(parent, cp, {"run_id": f"{run}-{n}"}, {"m": version})
+
+    first = await turn(config, 1)
+    with statements(db) as sent:
+        second = await turn(first, 2, run="doomed")
+    assert len(sent) == 1, sent  # no read before the write
+    await other.adelete_for_runs(["doomed-2"])  # the remembered base goes with its checkpoint
+    assert ("m", "002") not in await blob_keys(db, saver, "turns")
+    third = await turn(second, 3)
+    got = await saver.aget_tuple(third)
+    assert got is not None and got.checkpoint["channel_values"]["m"] == messages[:13]
+    assert (await blob_keys(db, saver, "turns"))[("m", "003")] is None  # stored whole
+
+
 async def test_alist_pages_through_a_long_thread_in_order(saver: SessionStoreSaver) -> None:
     config: Any = {"configurable": {"thread_id": "pages", "checkpoint_ns": ""}}
     stored = []

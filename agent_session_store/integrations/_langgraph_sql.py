@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     func,
@@ -262,17 +263,16 @@ def _unnest(table: Any, names: Sequence[str]) -> Any:
     return func.unnest(*arrays).table_valued(*names).render_derived(name="v")
 
 
-def put_in_one(*, by_user: bool, of_session: bool) -> Select[Any]:
+def put_in_one(*, by_user: bool) -> Select[Any]:
     """PostgreSQL: a checkpoint and its blobs into a live thread, in one statement.
 
     Returns the thread's session id, or no row (nothing written) when the thread named by its
-    key is not there, not live, not ``b_user``'s or (``of_session``) not session ``b_sid``: a
-    delta's base was looked up in that session.
+    key is not there, not live or not ``b_user``'s. A delta (``base_version`` set) is stored
+    only if its base is there, in this session, with the digest it was cut against
+    (``base_digest``); otherwise the value is stored whole (``whole``): the base may come from
+    the saver's memory of its own last put, which another process may have pruned since.
     """
-    live = _live_thread(by_user)
-    if of_session:
-        live = live.where(T.session_id == bindparam("b_sid"))
-    thread = live.cte("thread")
+    thread = _live_thread(by_user).cte("thread")
     checkpoint = (
         upsert_checkpoint_from(
             select(
@@ -284,20 +284,46 @@ def put_in_one(*, by_user: bool, of_session: bool) -> Select[Any]:
         .returning(C.session_id, C.checkpoint_ns)
         .cte("put")
     )
-    values = _unnest(lg_blobs_table, BLOB_VALUES)
+    arrays = [bindparam(f"b_{n}s", type_=postgresql.ARRAY(B[n].type)) for n in BLOB_VALUES]
+    arrays += [bindparam(f"b_{n}s", type_=postgresql.ARRAY(B.blob.type)) for n in _GUARD]
+    values = func.unnest(*arrays).table_valued(*BLOB_VALUES, *_GUARD).render_derived(name="v")
+    base = aliased(lg_blobs_table, name="base")
+    kept = or_(values.c.base_version.is_(None), base.c.version.is_not(None))
+    rows = (
+        select(
+            checkpoint.c.session_id,
+            checkpoint.c.checkpoint_ns,
+            *(values.c[n] for n in BLOB_VALUES[:3]),
+            case((kept, values.c.blob), else_=values.c.whole).label("blob"),
+            base.c.version.label("base_version"),
+            *(values.c[n] for n in ("item_count", "size")),
+            case((kept, values.c.delta_size), else_=0).label("delta_size"),
+            values.c.digest,
+        )
+        .select_from(checkpoint)
+        .join(values, true())
+        .outerjoin(
+            base,
+            and_(
+                base.c.session_id == checkpoint.c.session_id,
+                base.c.checkpoint_ns == checkpoint.c.checkpoint_ns,
+                base.c.channel == values.c.channel,
+                base.c.version == values.c.base_version,
+                base.c.digest == values.c.base_digest,
+            ),
+        )
+    )
     blobs = (
         postgresql.insert(lg_blobs_table)
-        .from_select(
-            ["session_id", "checkpoint_ns", *BLOB_VALUES],
-            select(checkpoint.c.session_id, checkpoint.c.checkpoint_ns, *values.c)
-            .select_from(checkpoint)
-            .join(values, true()),
-        )
+        .from_select(["session_id", "checkpoint_ns", *BLOB_VALUES], rows)
         .on_conflict_do_nothing()
         .cte("blobs")
     )
     # A data-modifying CTE runs whether or not it is read; add_cte makes SQLAlchemy render it.
     return select(checkpoint.c.session_id).add_cte(blobs)
+
+
+_GUARD = ("whole", "base_digest")  # put_in_one: a delta's whole value, and its base's digest
 
 
 def writes_in_one(*, by_user: bool, replace: bool) -> Select[Any]:
@@ -411,11 +437,7 @@ class Statements:
             for by_user in (False, True)
         }
         if self.postgres:
-            self.put_in_one = {
-                (by_user, of_session): put_in_one(by_user=by_user, of_session=of_session)
-                for by_user in (False, True)
-                for of_session in (False, True)
-            }
+            self.put_in_one = {by_user: put_in_one(by_user=by_user) for by_user in (False, True)}
             self.writes_in_one = {
                 (by_user, replace): writes_in_one(by_user=by_user, replace=replace)
                 for by_user in (False, True)

@@ -105,6 +105,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_AGENT_TYPE = "langgraph"
 _ATTEMPTS = 8  # a thread created or deleted by another writer between look-up and write
 _PAGE = 100  # checkpoints read per round trip by alist
+_REMEMBERED = 4096  # channels whose last stored list a saver remembers (PostgreSQL's aput)
 _LIVE = ("active", "paused")
 
 _T = TypeVar("_T")
@@ -115,6 +116,16 @@ class _Thread:
     session_id: uuid.UUID
     user_id: str
     state: str
+
+
+class _ListValue(NamedTuple):
+    """A stored list value, as a delta's base needs it (``_langgraph_values.blob_row``)."""
+
+    version: str
+    item_count: int
+    size: int
+    delta_size: int
+    digest: bytes
 
 
 class _CheckpointRow(NamedTuple):
@@ -185,6 +196,9 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         self._statements: sql.Statements | None = None
         self._gate = SchemaGate()
         self._db = Database(repository.session_factory)
+        # (agent type, thread key, namespace, channel) -> the last list value stored, oldest
+        # first: where PostgreSQL's aput cuts the next delta without reading first.
+        self._last_lists: dict[tuple[str, str, str, str], _ListValue] = {}
         self._writers: asyncio.Lock | None = None
         self._engine: AsyncEngine | None = None
         self._redis: Redis | None = None
@@ -357,33 +371,63 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         target: _Target,
         row: dict[str, Any],
         blob_rows: list[tuple[dict[str, Any], Grown | None]],
-        put: Callable[[AsyncSession, uuid.UUID], Awaitable[None]],
-    ) -> None:
+    ) -> bool:
         """PostgreSQL's aput into a live thread: the checkpoint and its values in one statement
-        (``Statements.put_in_one``), after one read per grown list for its delta's base. A
-        thread that is not there (or not live, or another user's) takes ``_write``'s way."""
+        (``Statements.put_in_one``). False (nothing written) for a thread that is not there,
+        not live or another user's: ``_write``'s way then creates it or says why not.
+
+        A grown list's delta is cut against the last list value this saver stored for that
+        channel of the thread (``_last_lists``), else against the newest one stored below its
+        version (one read). The statement stores the delta only if that base is still there
+        with the digest it was cut against (another process may have pruned it), else the
+        value whole: so no read comes before the write of a conversation's next turn.
+        """
         stmts = await self._sql()
         keys = self._keys(target)
-        sessions: set[uuid.UUID] = set()
+        digests: dict[str, bytes] = {}
 
         async def find_base(sid: uuid.UUID, ns: str, channel: str, version: str) -> Any:
-            params = {**keys, "b_ns": ns, "b_channel": channel, "b_version": version}
-            found = await self._read("langgraph aput", sql.LIST_BASE_BY_KEY, params)
-            if found:
-                sessions.add(found[0].session_id)
-            return found[0] if found else None
+            known = self._last_lists.get((self.agent_type, target.key, ns, channel))
+            if known is not None and known.version < version:
+                found = known
+            else:
+                params = {**keys, "b_ns": ns, "b_channel": channel, "b_version": version}
+                rows = await self._read("langgraph aput", sql.LIST_BASE_BY_KEY, params)
+                if not rows:
+                    return None
+                found = _ListValue(rows[0].version, rows[0].item_count, rows[0].size,
+                                   rows[0].delta_size, rows[0].digest)  # fmt: skip
+            digests[channel] = found.digest
+            return found
 
         stored = [await blob_row(find_base, _NO_SESSION, blob, grown) for blob, grown in blob_rows]
-        if len(sessions) <= 1:  # more: the thread was deleted and made again meanwhile
-            of_session = bool(sessions)
-            params = {**keys, **{f"b_{k}": v for k, v in row.items()}}
-            params.update(_columns(stored, sql.BLOB_VALUES))
-            if of_session:
-                params["b_sid"] = next(iter(sessions))
-            statement = stmts.put_in_one[(target.user_id is not None, of_session)]
-            if await self._one_statement("langgraph aput", statement, params):
-                return
-        await self._write("langgraph aput", target, put)
+        params = {**keys, **{f"b_{k}": v for k, v in row.items()}}
+        params.update(_columns(stored, sql.BLOB_VALUES))
+        delta = [r["base_version"] is not None for r in stored]
+        params["b_wholes"] = [
+            b["blob"] if d else None for (b, _), d in zip(blob_rows, delta, strict=True)
+        ]
+        params["b_base_digests"] = [
+            digests[r["channel"]] if d else None for r, d in zip(stored, delta, strict=True)
+        ]
+        statement = stmts.put_in_one[target.user_id is not None]
+        if not await self._one_statement("langgraph aput", statement, params):
+            return False
+        self._remember(target, stored)
+        return True
+
+    def _remember(self, target: _Target, stored: list[dict[str, Any]]) -> None:
+        """The list values just stored: the next put of each channel cuts its delta on it."""
+        for r in stored:
+            if r["item_count"] is None:
+                continue
+            key = (self.agent_type, target.key, r["checkpoint_ns"], r["channel"])
+            self._last_lists.pop(key, None)
+            self._last_lists[key] = _ListValue(
+                r["version"], r["item_count"], r["size"], r["delta_size"], r["digest"]
+            )
+            if len(self._last_lists) > _REMEMBERED:
+                del self._last_lists[next(iter(self._last_lists))]
 
     async def _find(self, key: str) -> _Thread | None:
         async def read(db: AsyncSession) -> Any:
@@ -796,6 +840,8 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         }
         stmts = await self._sql()
 
+        stored_rows: list[dict[str, Any]] = []  # what put stored, on its last attempt
+
         async def put(db: AsyncSession, sid: uuid.UUID) -> None:
             # The checkpoint first: on SQLite a write takes the write lock before any read.
             await db.execute(stmts.put_checkpoint, {**row, "session_id": sid})
@@ -806,6 +852,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             if blob_rows:
                 rows = [await blob_row(find_base, sid, blob, grown) for blob, grown in blob_rows]
                 await db.execute(stmts.add_blobs, rows)
+                stored_rows[:] = rows
 
         async def put_into_thread(call: Call) -> None:
             # A thread already there: the checkpoint finds its session itself (one statement).
@@ -827,7 +874,9 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 await call.fetch(stmts.add_blob, {f"b_{k}": v for k, v in stored.items()})
 
         if stmts.postgres:
-            await self._put_in_one(target, row, blob_rows, put)
+            if not await self._put_in_one(target, row, blob_rows):
+                await self._write("langgraph aput", target, put)
+                self._remember(target, stored_rows)
         else:
             await self._write("langgraph aput", target, put, into_thread=put_into_thread)
         return {
