@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks import langgraph_peers
 from benchmarks.cache_figures import PAIRS
 from benchmarks.contenders import OURS
 from benchmarks.timing import median, paired_ratio
@@ -33,6 +34,8 @@ class PeerReport:
     conc: Rates = field(default_factory=dict)
     # backend -> figure -> side -> rates (see cache_figures.PAIRS)
     cache: Rates = field(default_factory=dict)
+    # backend -> SessionStoreSaver against LangGraph's saver (benchmarks.langgraph_peers)
+    savers: dict[str, langgraph_peers.SaverFigures] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)  # contender -> ours | peer | raw | other
     left_out: list[str] = field(default_factory=list)
 
@@ -126,6 +129,7 @@ class PeerReport:
             "conc_figures": figures(self.conc),
             "cache": self.cache_rows(),
             "cache_figures": figures(self.cache),
+            "langgraph_savers": langgraph_peers.as_json(self.savers),
             "left_out": self.left_out,
         }
 
@@ -204,6 +208,9 @@ def render(report: PeerReport) -> str:
                 f"{_n(row['ours_ops_per_s'])} | {row['reference']} "
                 f"{_n(row['reference_ops_per_s'])} | {_n(row['ratio'], '.2f')} |"
             )
+    if report.savers:
+        lines.append("")
+        lines.append(langgraph_peers.render(report.savers, report.meta.get("saver_turns", 0)))
     for reason in report.left_out:
         lines.append(f"left out: {reason}")
     return "\n".join(lines)

@@ -31,6 +31,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from benchmarks import langgraph_peers
 from benchmarks import peer_adapters as peers
 from benchmarks.cache_figures import cache_figures
 from benchmarks.contenders import Contender, Ours, RawDriver
@@ -130,6 +131,8 @@ class PeerRunner:
                 await self._concurrent(backend)
             for backend in self.backends:
                 await self._cache(backend)
+            for backend in self.backends:
+                await self._savers(backend)
         finally:
             if self.redis is not None:
                 await _forget_keys(self.redis, self.namespace)
@@ -219,6 +222,14 @@ class PeerRunner:
         self.report.cache[backend] = await cache_figures(
             url, self.redis, cache, namespace, self.seq_plan, self.sizes.history
         )
+
+    async def _savers(self, backend: str) -> None:
+        """SessionStoreSaver against LangGraph's saver of this backend (langgraph_peers)."""
+        sizes = langgraph_peers.QUICK if self.sizes == QUICK else langgraph_peers.FULL
+        self.report.savers[backend] = await langgraph_peers.saver_figures(
+            backend, self.dbs, sizes, purpose="peer_lg"
+        )
+        self.report.meta["saver_turns"] = sizes.turns
 
 
 # Create before reading, append before deleting: each item's session goes through all four.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import peers
+from benchmarks import langgraph_peers, peers
 from benchmarks.contenders import OURS
 from benchmarks.peer_report import OPS
 
@@ -94,3 +94,29 @@ def test_peer_command_line_options() -> None:
     args = peers.parse_args(["--quick", "--json", "x.json", "--backend", "sqlite"])
     assert (args.quick, args.json, args.backend) == (True, Path("x.json"), ["sqlite"])
     assert peers.parse_args([]).json == peers.DEFAULT_JSON
+
+
+@pytest.mark.timeout(300)
+async def test_quick_langgraph_saver_comparison_reports_every_figure(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # What `python -m benchmarks.langgraph_peers --quick` does (and benchmarks.peers runs too).
+    found = await langgraph_peers.run_savers(
+        langgraph_peers.QUICK, postgres_url=postgres_url, workdir=tmp_path,
+        backends=["postgres", "sqlite"],
+    )  # fmt: skip
+    data = langgraph_peers.as_json(found)
+    # The peers are the bench extra, the graph step needs langgraph (langgraph-tests): without
+    # them, the figures are left out with the reason.
+    complete = installed("langgraph.graph") and installed("langgraph.checkpoint.base")
+    for backend, peer in langgraph_peers.PEERS.items():
+        rows = {row["op"]: row for row in data[backend]["rows"]}
+        if not (complete and installed(PEERS[f"LangGraph {peer}"][0])):
+            assert data[backend]["left_out"], data[backend]
+            continue
+        assert set(rows) == {*langgraph_peers.OPS, "storage bytes"}, data[backend]["left_out"]
+        assert all(row["peer"] == peer and row["ratio"] > 0 for row in rows.values()), rows
+        assert rows["storage bytes"]["ours_bytes"] > 0 and rows["storage bytes"]["peer_bytes"] > 0
+        table = langgraph_peers.render(found, langgraph_peers.QUICK.turns)
+        name = langgraph_peers.BACKEND_NAMES[backend]
+        assert f"| {name} aput (ops/s) |" in table and f"| {name} storage after 10 turns" in table

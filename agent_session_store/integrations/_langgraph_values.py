@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from agent_session_store.errors import StorageError
-from agent_session_store.integrations import _langgraph_sql as sql
 
-__all__ = ["Grown", "blob_row", "list_value", "whole"]
+__all__ = ["FindBase", "Grown", "blob_row", "list_value", "whole"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +54,12 @@ def list_value(value: Any, kind: str, data: bytes | None) -> Grown | None:
     return Grown(body, len(value), hashlib.sha256(body).digest())
 
 
+# Finds a channel's newest stored list value below a version: (session, ns, channel, version).
+FindBase = Callable[[uuid.UUID, str, str, str], Awaitable[Any]]
+
+
 async def blob_row(
-    db: AsyncSession, sid: uuid.UUID, blob: dict[str, Any], grown: Grown | None
+    find_base: FindBase, sid: uuid.UUID, blob: dict[str, Any], grown: Grown | None
 ) -> dict[str, Any]:
     """The row storing one channel value: whole, or as a delta on an earlier list value.
 
@@ -65,17 +67,14 @@ async def blob_row(
     by its digest, so a wrong guess only costs a whole copy) and the deltas since the last
     whole copy stay no larger than it; otherwise the value is stored whole. Each stored byte
     is then written once, plus whole copies that at least double each time: O(size) in all.
+    ``find_base`` reads the candidate (``_langgraph_sql.LIST_BASE``) in the write's transaction.
     """
     row = {**blob, "session_id": sid}
     if grown is None:
         return row
     size = len(grown.body)
     row.update(item_count=grown.items, size=size, delta_size=0, digest=grown.digest)
-    found = (
-        await db.execute(
-            sql.list_base(sid, blob["checkpoint_ns"], blob["channel"], blob["version"])
-        )
-    ).first()
+    found = await find_base(sid, blob["checkpoint_ns"], blob["channel"], blob["version"])
     if found is None or found.size > size or found.item_count > grown.items:
         return row
     delta = found.delta_size + size - found.size

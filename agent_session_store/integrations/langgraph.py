@@ -52,6 +52,7 @@ from sqlalchemy import Executable, Select, delete, insert, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from agent_session_store import (
+    AgentSession,
     InvalidStateTransitionError,
     RedisCache,
     SessionExistsError,
@@ -61,6 +62,7 @@ from agent_session_store import (
     StorageError,
     create_engine,
 )
+from agent_session_store._calls import Call, Database
 from agent_session_store._errors import INTEGRITY_ERRORS, storage_errors
 from agent_session_store._settle import run_to_end
 from agent_session_store._validation import check_json_object, check_text
@@ -84,7 +86,12 @@ try:
     from langgraph.checkpoint.serde.base import SerializerProtocol
 
     from agent_session_store.integrations._langgraph_serde import StrictSerializer
-    from agent_session_store.integrations._langgraph_values import blob_row, list_value, whole
+    from agent_session_store.integrations._langgraph_values import (
+        Grown,
+        blob_row,
+        list_value,
+        whole,
+    )
 except ImportError as exc:  # pragma: no cover - the extra is part of the dev install
     raise ImportError(
         "agent_session_store.integrations.langgraph needs langgraph-checkpoint: "
@@ -98,6 +105,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_AGENT_TYPE = "langgraph"
 _ATTEMPTS = 8  # a thread created or deleted by another writer between look-up and write
 _PAGE = 100  # checkpoints read per round trip by alist
+_REMEMBERED = 4096  # channels whose last stored list a saver remembers (PostgreSQL's aput)
 _LIVE = ("active", "paused")
 
 _T = TypeVar("_T")
@@ -108,6 +116,16 @@ class _Thread:
     session_id: uuid.UUID
     user_id: str
     state: str
+
+
+class _ListValue(NamedTuple):
+    """A stored list value, as a delta's base needs it (``_langgraph_values.blob_row``)."""
+
+    version: str
+    item_count: int
+    size: int
+    delta_size: int
+    digest: bytes
 
 
 class _CheckpointRow(NamedTuple):
@@ -177,6 +195,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         self._factory = repository.session_factory
         self._statements: sql.Statements | None = None
         self._gate = SchemaGate()
+        self._db = Database(repository.session_factory)
+        # (agent type, thread key, namespace, channel) -> the last list value stored, oldest
+        # first: where PostgreSQL's aput cuts the next delta without reading first.
+        self._last_lists: dict[tuple[str, str, str, str], _ListValue] = {}
         self._writers: asyncio.Lock | None = None
         self._engine: AsyncEngine | None = None
         self._redis: Redis | None = None
@@ -255,8 +277,9 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
 
             self._statements = sql.Statements(await run_to_end(check()))
             # SQLite has one writer at a time; this saver's writers queue here rather than
-            # in SQLite's busy handler (see _dialects.Sqlite.queue_writers).
-            self._writers = None if self._statements.postgres else asyncio.Lock()
+            # in SQLite's busy handler (see _dialects.Sqlite.queue_writers): on the same lock
+            # as the writes of _write_into, which the call machinery queues.
+            self._writers = None if self._statements.postgres else self._db._writers
         return self._statements
 
     async def _transaction(
@@ -292,6 +315,120 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 return await run_to_end(run())
         return await run_to_end(run())
 
+    async def _read(
+        self, operation: str, statement: Executable, params: dict[str, Any]
+    ) -> list[Any]:
+        """The rows of one read statement built once (``b_`` parameters), in one round trip.
+
+        Through the repository's call machinery (``_calls.Database``): on the driver's pooled
+        connection where it may (compiled once, no BEGIN/COMMIT on PostgreSQL), else through
+        SQLAlchemy, always in a transaction behind a transaction pooler.
+        """
+        async with self._db.call(operation, None, "read", cache=None, model=AgentSession,
+                                 hot=True) as call:  # fmt: skip
+            return await call.fetch(statement, params)
+
+    async def _write_into(self, operation: str, work: Callable[[Call], Awaitable[_T]]) -> _T:
+        """Run ``work`` (statements built once, run with ``Call.fetch``) in one transaction.
+
+        Through the repository's call machinery, as :meth:`_read`: on SQLite on the driver's
+        connection, queued behind this process's other writers; on PostgreSQL through
+        SQLAlchemy in a transaction (the driver's path would commit each statement alone). A
+        cancellation between statements rolls the transaction back; one during the commit
+        lets it finish: the write happened whole or not at all. A row refused by a key (the
+        thread deleted meanwhile) counts as no thread: ``_NotThere``.
+        """
+        postgres = (await self._sql()).postgres
+        try:
+            async with self._db.call(operation, None, "transaction", cache=None,
+                                     model=AgentSession, hot=not postgres) as call:  # fmt: skip
+                return await work(call)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, INTEGRITY_ERRORS):
+                raise _NotThere from exc
+            raise
+
+    async def _one_statement(
+        self, operation: str, statement: Executable, params: dict[str, Any]
+    ) -> list[Any]:
+        """One write statement built once, committed alone (PostgreSQL: one round trip on the
+        driver's connection where it may; in a transaction behind a transaction pooler).
+
+        No rows when a key refused it (the thread deleted meanwhile): nothing was written, and
+        the caller takes the look-up path, as for a thread that is not there.
+        """
+        try:
+            async with self._db.call(operation, None, "one statement", cache=None,
+                                     model=AgentSession, hot=True) as call:  # fmt: skip
+                return await call.fetch(statement, params)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, INTEGRITY_ERRORS):
+                return []
+            raise
+
+    async def _put_in_one(
+        self,
+        target: _Target,
+        row: dict[str, Any],
+        blob_rows: list[tuple[dict[str, Any], Grown | None]],
+    ) -> bool:
+        """PostgreSQL's aput into a live thread: the checkpoint and its values in one statement
+        (``Statements.put_in_one``). False (nothing written) for a thread that is not there,
+        not live or another user's: ``_write``'s way then creates it or says why not.
+
+        A grown list's delta is cut against the last list value this saver stored for that
+        channel of the thread (``_last_lists``), else against the newest one stored below its
+        version (one read). The statement stores the delta only if that base is still there
+        with the digest it was cut against (another process may have pruned it), else the
+        value whole: so no read comes before the write of a conversation's next turn.
+        """
+        stmts = await self._sql()
+        keys = self._keys(target)
+        digests: dict[str, bytes] = {}
+
+        async def find_base(sid: uuid.UUID, ns: str, channel: str, version: str) -> Any:
+            known = self._last_lists.get((self.agent_type, target.key, ns, channel))
+            if known is not None and known.version < version:
+                found = known
+            else:
+                params = {**keys, "b_ns": ns, "b_channel": channel, "b_version": version}
+                rows = await self._read("langgraph aput", sql.LIST_BASE_BY_KEY, params)
+                if not rows:
+                    return None
+                found = _ListValue(rows[0].version, rows[0].item_count, rows[0].size,
+                                   rows[0].delta_size, rows[0].digest)  # fmt: skip
+            digests[channel] = found.digest
+            return found
+
+        stored = [await blob_row(find_base, _NO_SESSION, blob, grown) for blob, grown in blob_rows]
+        params = {**keys, **{f"b_{k}": v for k, v in row.items()}}
+        params.update(_columns(stored, sql.BLOB_VALUES))
+        delta = [r["base_version"] is not None for r in stored]
+        params["b_wholes"] = [
+            b["blob"] if d else None for (b, _), d in zip(blob_rows, delta, strict=True)
+        ]
+        params["b_base_digests"] = [
+            digests[r["channel"]] if d else None for r, d in zip(stored, delta, strict=True)
+        ]
+        statement = stmts.put_in_one[target.user_id is not None]
+        if not await self._one_statement("langgraph aput", statement, params):
+            return False
+        self._remember(target, stored)
+        return True
+
+    def _remember(self, target: _Target, stored: list[dict[str, Any]]) -> None:
+        """The list values just stored: the next put of each channel cuts its delta on it."""
+        for r in stored:
+            if r["item_count"] is None:
+                continue
+            key = (self.agent_type, target.key, r["checkpoint_ns"], r["channel"])
+            self._last_lists.pop(key, None)
+            self._last_lists[key] = _ListValue(
+                r["version"], r["item_count"], r["size"], r["delta_size"], r["digest"]
+            )
+            if len(self._last_lists) > _REMEMBERED:
+                del self._last_lists[next(iter(self._last_lists))]
+
     async def _find(self, key: str) -> _Thread | None:
         async def read(db: AsyncSession) -> Any:
             return (await db.execute(sql.thread_rows(self.agent_type, key))).first()
@@ -308,12 +445,22 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         work: Callable[[AsyncSession, uuid.UUID], Awaitable[_T]],
         *,
         create_for: str | None = None,
+        into_thread: Callable[[Call], Awaitable[_T]] | None = None,
     ) -> _T:
         """Run ``work`` in one write transaction on the thread's session, creating it if need be.
 
         ``create_for``: the owner of a thread created here (the config's user, else ``""``).
+        ``into_thread``: the same write for a thread that exists, is live and is the config's
+        user's, finding the thread inside its own statements (one transaction, no look-up
+        before, statements built once: see :meth:`_write_into`); it raises ``_NotThere``
+        otherwise, and the look-up below then creates the thread or says why it refuses.
         """
         await self._sql()
+        if into_thread is not None:
+            try:
+                return await self._write_into(operation, into_thread)
+            except _NotThere:
+                pass
         for _ in range(_ATTEMPTS):
             found = await self._find(target.key)
             if found is not None:
@@ -398,6 +545,13 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             raise SessionValidationError(f"{exc}; nothing was read or written") from None
         return _Target(thread_id, session_key(thread_id), ns, checkpoint_id, user_id)
 
+    def _keys(self, target: _Target) -> dict[str, str]:
+        """The bound parameters naming ``target``'s thread in the statements built once."""
+        keys = {"b_agent": self.agent_type, "b_key": target.key}
+        if target.user_id is not None:
+            keys["b_user"] = target.user_id
+        return keys
+
     def _dumps(self, value: Any, what: str) -> tuple[str, bytes | None]:
         try:
             kind, data = self.serde.dumps_typed(value)
@@ -423,42 +577,44 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         config, for another user's thread.
         """
         target = self._target(config)
-        await self._sql()
-        query = sql.checkpoints(self.agent_type).where(
-            sql.T.thread_key == target.key, sql.C.checkpoint_ns == target.ns
-        )
-        if target.user_id is not None:
-            query = query.where(sql.S.user_id == target.user_id)
-        if target.checkpoint_id is not None:
-            query = query.where(sql.C.checkpoint_id == target.checkpoint_id)
-        else:
-            query = query.order_by(sql.C.checkpoint_id.desc()).limit(1)
         stmts = await self._sql()
+        statement = stmts.get_tuple[(target.checkpoint_id is not None, target.user_id is not None)]
+        params = {"b_agent": self.agent_type, "b_key": target.key, "b_ns": target.ns}
+        if target.checkpoint_id is not None:
+            params["b_cid"] = target.checkpoint_id
+        if target.user_id is not None:
+            params["b_user"] = target.user_id
         # One round trip: the checkpoint, its pending writes and its channel values.
+        rows = await self._read("langgraph aget_tuple", statement, params)
+        found = self._from_rows(rows)
+        return found[0][0] if found else None
 
-        async def read(db: AsyncSession) -> Sequence[Any]:
-            rows: Sequence[Any] = (await db.execute(stmts.one_checkpoint(query))).all()
-            return rows
-
-        rows = await self._transaction("langgraph aget_tuple", read)
-        found = [r for r in rows if r.kind == "c"]
-        if not found:
-            return None
-        row = found[0]
+    def _from_rows(self, rows: Sequence[Any]) -> list[tuple[CheckpointTuple, tuple[Any, ...]]]:
+        """The tuples in the rows of ``Statements.one_checkpoint``, each with its page key, in
+        the page's order."""
         blobs = {
             (r.session_id, r.checkpoint_ns, r.k1, r.k2): _BlobRow(
                 r.session_id, r.checkpoint_ns, r.k1, r.k2, r.type, r.data, r.k3, r.n
             )
             for r in rows
-            if r.kind == "b"
+            if r.kind == "b" and r.k1 is not None
         }
-        writes = sorted((r for r in rows if r.kind == "w"), key=lambda r: (r.k3, r.k1, r.n))
-        return self._tuple(
-            _CheckpointRow(row.session_id, row.checkpoint_ns, row.k1, row.k2, row.type,
-                           row.data, row.meta, row.k3),
-            blobs,
-            [(w.k1, w.k2, self._loads(w.type, w.data)) for w in writes],
-        )  # fmt: skip
+        writes: dict[tuple[Any, ...], list[Any]] = {}
+        for r in sorted((r for r in rows if r.kind == "w"), key=lambda r: (r.k3, r.k1, r.n)):
+            writes.setdefault((r.session_id, r.checkpoint_ns, r.cid), []).append(
+                (r.k1, r.k2, self._loads(r.type, r.data))
+            )
+        found = []
+        for row in sorted((r for r in rows if r.kind == "c"), key=lambda r: r.n or 0):
+            key = (row.session_id, row.checkpoint_ns, row.k1)
+            tup = self._tuple(
+                _CheckpointRow(row.session_id, row.checkpoint_ns, row.k1, row.k2, row.type,
+                               row.data, row.meta, row.k3),
+                blobs,
+                writes.get(key, []),
+            )  # fmt: skip
+            found.append((tup, (row.k1, row.session_id, row.checkpoint_ns)))
+        return found
 
     async def alist(
         self,
@@ -492,6 +648,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 query = query.where(sql.C.checkpoint_id < before_id)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
             raise SessionValidationError(f"limit must be an integer, got {limit!r:.40}")
+        if not filter:
+            async for tup in self._list_pages(config, before, limit):
+                yield tup
+            return
         remaining = limit
         order = (sql.C.checkpoint_id.desc(), sql.C.session_id.desc(), sql.C.checkpoint_ns.desc())
         last: tuple[Any, ...] | None = None
@@ -511,6 +671,44 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             if remaining is not None:
                 remaining -= count
             if count < page_size:
+                return
+
+    async def _list_pages(
+        self, config: RunnableConfig | None, before: RunnableConfig | None, limit: int | None
+    ) -> AsyncIterator[CheckpointTuple]:
+        """alist without a metadata filter: pages of statements built once, one round trip
+        each (the checkpoints with their writes and values)."""
+        stmts = await self._sql()
+        params: dict[str, Any] = {"b_agent": self.agent_type}
+        thread = ns = cid = user = False
+        if config is not None:
+            target = self._target(config)
+            thread, params["b_key"] = True, target.key
+            if (config.get("configurable") or {}).get("checkpoint_ns") is not None:
+                ns, params["b_ns"] = True, target.ns
+            if target.checkpoint_id is not None:
+                cid, params["b_cid"] = True, target.checkpoint_id
+            if target.user_id is not None:
+                user, params["b_user"] = True, target.user_id
+        before_id = get_checkpoint_id(before) if before is not None else None
+        if before_id is not None:
+            params["b_before"] = before_id
+        remaining = limit
+        last: tuple[Any, ...] | None = None
+        while remaining is None or remaining > 0:
+            params["b_limit"] = page_size = _PAGE if remaining is None else min(_PAGE, remaining)
+            if last is not None:
+                params["b_last_cid"], params["b_last_sid"], params["b_last_ns"] = last
+            shape = (thread, ns, cid, user, before_id is not None, last is not None)
+            rows = await self._read("langgraph alist", stmts.list_page(shape), params)
+            found = self._from_rows(rows)
+            for tup, _ in found:
+                yield tup
+            if found:
+                last = found[-1][1]
+            if remaining is not None:
+                remaining -= len(found)
+            if len(found) < page_size:
                 return
 
     async def _tuples_with_keys(
@@ -642,14 +840,45 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         }
         stmts = await self._sql()
 
+        stored_rows: list[dict[str, Any]] = []  # what put stored, on its last attempt
+
         async def put(db: AsyncSession, sid: uuid.UUID) -> None:
             # The checkpoint first: on SQLite a write takes the write lock before any read.
             await db.execute(stmts.put_checkpoint, {**row, "session_id": sid})
-            if blob_rows:
-                rows = [await blob_row(db, sid, blob, grown) for blob, grown in blob_rows]
-                await db.execute(stmts.add_blobs, rows)
 
-        await self._write("langgraph aput", target, put)
+            async def find_base(*key: Any) -> Any:
+                return (await db.execute(sql.LIST_BASE, _base_params(*key))).first()
+
+            if blob_rows:
+                rows = [await blob_row(find_base, sid, blob, grown) for blob, grown in blob_rows]
+                await db.execute(stmts.add_blobs, rows)
+                stored_rows[:] = rows
+
+        async def put_into_thread(call: Call) -> None:
+            # A thread already there: the checkpoint finds its session itself (one statement).
+            keys = self._keys(target)
+            values = {f"b_{name}": value for name, value in row.items()}
+            found = await call.fetch(
+                stmts.put_into_thread[target.user_id is not None], {**values, **keys}
+            )
+            if not found:
+                raise _NotThere
+            sid = found[0].session_id
+
+            async def find_base(*key: Any) -> Any:
+                based = await call.fetch(sql.LIST_BASE, _base_params(*key))
+                return based[0] if based else None
+
+            for blob, grown in blob_rows:
+                stored = await blob_row(find_base, sid, blob, grown)
+                await call.fetch(stmts.add_blob, {f"b_{k}": v for k, v in stored.items()})
+
+        if stmts.postgres:
+            if not await self._put_in_one(target, row, blob_rows):
+                await self._write("langgraph aput", target, put)
+                self._remember(target, stored_rows)
+        else:
+            await self._write("langgraph aput", target, put, into_thread=put_into_thread)
         return {
             "configurable": {
                 "thread_id": target.thread_id,
@@ -696,7 +925,24 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         async def put(db: AsyncSession, sid: uuid.UUID) -> None:
             await db.execute(stmt, [{**r, "session_id": sid} for r in rows])
 
-        await self._write("langgraph aput_writes", target, put)
+        async def put_into_thread(call: Call) -> None:
+            # The writes first (on SQLite the write lock before any read), then whether the
+            # thread was there: if not, nothing was written and the transaction rolls back.
+            by_user, keys = target.user_id is not None, self._keys(target)
+            into = stmts.replace_writes_into_thread if replace else stmts.add_writes_into_thread
+            for r in rows:
+                await call.fetch(into[by_user], {**{f"b_{k}": v for k, v in r.items()}, **keys})
+            if not await call.fetch(stmts.live_thread[by_user], keys):
+                raise _NotThere
+
+        if stmts.postgres:
+            if replace:  # one statement cannot update a row twice: the last write of each wins
+                rows = list({(r["task_id"], r["idx"]): r for r in rows}.values())
+            in_one = stmts.writes_in_one[(target.user_id is not None, replace)]
+            params = {**self._keys(target), **_columns(rows, sql.WRITE_VALUES)}
+            if await self._one_statement("langgraph aput_writes", in_one, params):
+                return
+        await self._write("langgraph aput_writes", target, put, into_thread=put_into_thread)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Delete the thread: its session (a hard delete) and every checkpoint, blob and write."""
@@ -723,12 +969,22 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         logger.debug("LangGraph thread of session %s deleted", sid)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        """Delete the checkpoints (and their writes) that these runs made, in every thread."""
+        """Delete the checkpoints (and their writes) that these runs made, in every thread, and
+        the channel values no remaining checkpoint of those threads refers to."""
         ids = [str(r) for r in run_ids]
         if not ids:
             return
-        await self._sql()
-        await self._run_all("langgraph adelete_for_runs", sql.delete_for_runs(self.agent_type, ids))
+        stmts = await self._sql()
+
+        async def run(db: AsyncSession) -> None:
+            *writes, checkpoints = sql.delete_for_runs(self.agent_type, ids)
+            for stmt in writes:
+                await db.execute(stmt)
+            sessions = sorted(set((await db.execute(checkpoints)).scalars()))
+            if sessions:  # the values only the deleted checkpoints used go with them
+                await db.execute(stmts.drop_unreferenced_blobs(sessions))
+
+        await self._transaction("langgraph adelete_for_runs", run, write=True)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint, blob and write of one thread into another (same owner).
@@ -750,22 +1006,25 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Prune threads: ``"keep_latest"`` keeps each namespace's newest checkpoint (with its
-        writes), ``"delete"`` removes every checkpoint; the threads stay."""
+        writes and values), ``"delete"`` removes every checkpoint; the threads stay. Channel
+        values no remaining checkpoint refers to are removed with them."""
         if strategy not in ("keep_latest", "delete"):
             raise SessionValidationError(
                 f"strategy must be 'keep_latest' or 'delete', got {strategy!r:.40}"
             )
-        await self._sql()
+        stmts = await self._sql()
         for thread_id in thread_ids:
             target = self._target({"configurable": {"thread_id": thread_id}})
             found = await self._find(target.key)
             if found is None:
                 continue
-            doomed = (
-                sql.keep_latest(found.session_id)
-                if strategy == "keep_latest"
-                else sql.delete_thread_rows(found.session_id)
-            )
+            if strategy == "keep_latest":  # and the values only the others used
+                doomed = [
+                    *sql.keep_latest(found.session_id),
+                    stmts.drop_unreferenced_blobs([found.session_id]),
+                ]
+            else:
+                doomed = sql.delete_thread_rows(found.session_id)
             await self._run_all("langgraph aprune", doomed)
 
     async def _run_all(self, operation: str, statements: Sequence[Executable]) -> None:
@@ -854,6 +1113,18 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         self._run(lambda: self.aprune(thread_ids, strategy=strategy))
 
 
+_NO_SESSION = uuid.UUID(int=0)  # a row's session, filled in by the statement that stores it
+
+
+def _columns(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, list[Any]]:
+    """``rows`` as one list per column (``b_<name>s``), for the statements that unnest them."""
+    return {f"b_{name}s": [r[name] for r in rows] for name in names}
+
+
+def _base_params(sid: uuid.UUID, ns: str, channel: str, version: str) -> dict[str, Any]:
+    return {"b_sid": sid, "b_ns": ns, "b_channel": channel, "b_version": version}
+
+
 def _check_names(**names: object) -> None:
     """Refuse ids and names no database can hold (not text, NUL, lone surrogates)."""
     for what, value in names.items():
@@ -863,6 +1134,10 @@ def _check_names(**names: object) -> None:
             check_text(value, what)
         except ValueError as exc:
             raise SessionValidationError(f"{exc}; nothing was written") from None
+
+
+class _NotThere(Exception):
+    """No live thread of that key (and user) to write into: nothing was written."""
 
 
 class _Retry(Exception):
