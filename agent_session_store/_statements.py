@@ -199,6 +199,8 @@ def update_from(sources: tuple[str, ...]) -> Update:
 
 # Why an update changed nothing: the stored version, state and owner.
 STORED_FOR_UPDATE = select(S.version, S.state, S.user_id).where(S.id == _SID)
+# With encryption, a finished session's update keeping its context: the stored envelope.
+STORED_CONTEXT = select(S.state, S.context).where(S.id == _SID)
 
 
 @functools.cache

@@ -33,6 +33,10 @@ class SessionRepository(Reads, Writes, Checkpoints, Lifecycle):
         clock: returns the current UTC-aware time; injectable for tests. A call that finds it
             returning anything else (a naive datetime, say) raises ``SessionValidationError``
             before writing anything.
+        encryption: a ``FieldEncryption`` (``agent_session_store.encryption``): contexts,
+            checkpoint data and shared-state values are stored, and cached, as AES-256-GCM
+            ciphertext bound to their row (docs/security.md). ``None``: stored as given; an
+            encrypted value read back raises ``DecryptionError``.
 
     Example::
 
