@@ -468,3 +468,78 @@ def test_every_value_gets_a_fresh_nonce() -> None:
     one, two = ENC.seal({"a": 1}, b"p"), ENC.seal({"a": 1}, b"p")
     assert one["ct"] != two["ct"]
     assert base64.b64decode(one["ct"])[:12] != base64.b64decode(two["ct"])[:12]
+
+
+# -- rotation ------------------------------------------------------------------------------------
+
+OLD_AND_NEW = {"k1": K1, "k2": K2}
+
+
+async def test_rotation_rewrites_every_value_and_leaves_versions(
+    db: Backend, clock: FakeClock, cache: RedisCache | None
+) -> None:
+    old = _repo(db, clock, cache, encryption=FieldEncryption({"k1": K1}, "k1"))
+    s = await old.create_session("planner", "u1", {"k": "v"})
+    await old.add_checkpoints(s.session_id, [("a", {"i": 1}), ("b", {"i": 2})])
+    await old.update_shared_state("planner", {"a": 1, "b": 2}, user_id="u1")
+    cached = await old.get_session(s.session_id)  # with a cache: a copy under k1 is stored
+    assert cached is not None
+    rotating = _repo(db, clock, cache, encryption=FieldEncryption(OLD_AND_NEW, "k2"))
+    done = await rotating.rotate_keys(batch_size=2)
+    assert (done.key_id, done.contexts, done.checkpoints, done.shared_values) == ("k2", 1, 3, 2)
+    assert done.skipped == 0
+    assert await rotating.rotate_keys() == type(done)(key_id="k2")  # nothing left to do
+    new_only = _repo(db, clock, cache, encryption=FieldEncryption({"k2": K2}, "k2"))
+    got = await new_only.get_session(s.session_id)  # not the cached copy: it was invalidated
+    assert got is not None and got.model_dump() == cached.model_dump()
+    assert got.version == cached.version
+    assert await new_only.get_shared_state("planner", user_id="u1") == {"a": 1, "b": 2}
+    assert _is_envelope(await _raw_context(db, s.session_id), "k2")
+
+
+async def test_rotation_encrypts_plaintext_only_when_allowed(
+    db: Backend, clock: FakeClock, cache: RedisCache | None
+) -> None:
+    s = await _repo(db, clock, cache).create_session("planner", "u1", {"k": "v"})
+    strict = _repo(db, clock, cache, encryption=ENC)
+    with pytest.raises(DecryptionError, match="plaintext"):
+        await strict.rotate_keys()
+    lenient = FieldEncryption({"k1": K1}, "k1", allow_plaintext=True)
+    done = await _repo(db, clock, cache, encryption=lenient).rotate_keys()
+    assert (done.contexts, done.checkpoints) == (1, 1)
+    got = await strict.get_session(s.session_id)
+    assert got is not None and got.context == {"k": "v"}
+
+
+async def test_rotation_end_to_end_on_10000_sessions(
+    db: Backend, clock: FakeClock, cache: RedisCache | None
+) -> None:
+    old = _repo(db, clock, cache, encryption=FieldEncryption({"k1": K1}, "k1"))
+    created: dict[str, dict[str, Any]] = {}
+    for start in range(0, 10_000, 500):
+        batch = await asyncio.gather(
+            *(old.create_session("bulk", f"u{i % 7}", {"i": i, "t": f"text {i}"})
+              for i in range(start, start + 500))
+        )  # fmt: skip
+        created.update((s.session_id, s.context) for s in batch)
+    some = sorted(created)[::500]
+    for sid in some:  # some with more history, some cached under the old key
+        await old.add_checkpoint(sid, "extra", {"sid": sid})
+        assert await old.get_session(sid) is not None
+    both = _repo(db, clock, cache, encryption=FieldEncryption(OLD_AND_NEW, "k2"))
+    done = await both.rotate_keys(batch_size=1000)
+    assert (done.contexts, done.checkpoints, done.skipped) == (10_000, 10_000 + len(some), 0)
+    new_only = _repo(db, clock, cache, encryption=FieldEncryption({"k2": K2}, "k2"))
+    seen: dict[str, dict[str, Any]] = {}
+    for user in range(7):
+        cursor = None
+        while True:
+            page = await new_only.list_sessions(user_id=f"u{user}", limit=1000, cursor=cursor)
+            seen.update((s.session_id, s.context) for s in page.items)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+    assert seen == created
+    for sid in some:
+        got = await new_only.get_session(sid)
+        assert got is not None and got.checkpoints[-1].data == {"sid": sid}
