@@ -543,3 +543,61 @@ async def test_rotation_end_to_end_on_10000_sessions(
     for sid in some:
         got = await new_only.get_session(sid)
         assert got is not None and got.checkpoints[-1].data == {"sid": sid}
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def _key_env(monkeypatch: pytest.MonkeyPatch, keys: dict[str, bytes], active: str | None) -> None:
+    spec = ",".join(f"{kid}:{base64.b64encode(key).decode()}" for kid, key in keys.items())
+    monkeypatch.setenv("AGENT_SESSION_STORE_ENCRYPTION_KEYS", spec)
+    if active is None:
+        monkeypatch.delenv("AGENT_SESSION_STORE_ENCRYPTION_ACTIVE", raising=False)
+    else:
+        monkeypatch.setenv("AGENT_SESSION_STORE_ENCRYPTION_ACTIVE", active)
+
+
+async def test_rotate_keys_command_reports_counts_never_values(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from agent_session_store import create_engine, migrations
+    from tests.test_cli import cli
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'sessions.db'}"
+    engine = create_engine(url)
+    await migrations.upgrade(engine)
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    try:
+        old = SessionRepository(factory, clock=clock, encryption=ENC)
+        sids = [(await old.create_session("a", "u", {"SECRET": i})).session_id for i in range(3)]
+        await old.update_shared_state("a", {"SECRET": 1})
+        monkeypatch.delenv("AGENT_SESSION_STORE_ENCRYPTION_KEYS", raising=False)
+        refused = await cli("rotate-keys", "--no-cache", "--url", url, cwd=tmp_path)
+        assert refused.code == 2 and "AGENT_SESSION_STORE_ENCRYPTION_KEYS" in refused.err
+        _key_env(monkeypatch, OLD_AND_NEW, "k1")
+        done = await cli("rotate-keys", "--no-cache", "--url", url, "--active", "k2", cwd=tmp_path)
+        assert done.code == 0, done.err
+        assert done.out.strip() == (
+            "rotate-keys: re-encrypted under key 'k2': 3 contexts, 3 checkpoints, "
+            "1 shared-state value"
+        )
+        for secret in ("SECRET", base64.b64encode(K1).decode(), base64.b64encode(K2).decode()):
+            assert secret not in done.out + done.err
+        again = await cli("rotate-keys", "--no-cache", "--url", url, "--active", "k2", cwd=tmp_path)
+        assert "0 contexts, 0 checkpoints, 0 shared-state values" in again.out
+        new_only = SessionRepository(
+            factory, clock=clock, encryption=FieldEncryption({"k2": K2}, "k2")
+        )
+        for i, sid in enumerate(sids):
+            got = await new_only.get_session(sid)
+            assert got is not None and got.context == {"SECRET": i}
+        _key_env(monkeypatch, {"k2": K2}, None)  # the other commands decrypt with the keys too
+        shown = await cli("sessions", "show", sids[0], "--json", "--url", url, cwd=tmp_path)
+        assert shown.code == 0 and '"SECRET": 0' in shown.out.replace('":0', '": 0')
+        _key_env(monkeypatch, {"k9": K2}, None)  # a key that is not there: an error, no values
+        wrong = await cli("sessions", "show", sids[0], "--url", url, cwd=tmp_path)
+        assert wrong.code == 1 and "'k2'" in wrong.err and "SECRET" not in wrong.out + wrong.err
+    finally:
+        await engine.dispose()
