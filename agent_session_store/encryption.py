@@ -243,7 +243,7 @@ class FieldEncryption:
             raise DecryptionError.unknown_key(what, session_id, envelope_kid(stored))
         ct = stored["ct"]
         try:
-            raw = base64.b64decode(ct, validate=True) if isinstance(ct, str) else b""
+            raw = binascii.a2b_base64(ct, strict_mode=True) if isinstance(ct, str) else b""
             plain = cipher.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], where + kid.encode())
         except (binascii.Error, ValueError, _invalid_tag()) as exc:
             raise DecryptionError.failed(what, session_id, kid) from exc
