@@ -44,6 +44,7 @@ from agent_session_store._rows import (
     checkpoint_from_row,
     session_from_row,
 )
+from agent_session_store._sealed import fields_for
 from agent_session_store.encryption import ENV_ACTIVE, ENV_KEYS
 from agent_session_store.errors import SessionNotFoundError, StorageError
 from agent_session_store.models import AgentSession, SessionState
@@ -291,7 +292,9 @@ async def _deleted_session(ctx: Context, session_id: str, recent: int) -> AgentS
 
     with storage_errors("reading a deleted session"):
         async with ctx.engine().connect() as conn:
-            return await conn.run_sync(read)
+            session = await conn.run_sync(read)
+    # Read beside the repository: its values are opened (or refused) as the repository's are.
+    return None if session is None else fields_for(ctx.encryption()).open_session(session)
 
 
 async def _session_by_key(ctx: Context) -> AgentSession:

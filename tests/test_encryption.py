@@ -596,6 +596,9 @@ async def test_rotate_keys_command_reports_counts_never_values(
         _key_env(monkeypatch, {"k2": K2}, None)  # the other commands decrypt with the keys too
         shown = await cli("sessions", "show", sids[0], "--json", "--url", url, cwd=tmp_path)
         assert shown.code == 0 and '"SECRET": 0' in shown.out.replace('":0', '": 0')
+        await new_only.delete_session(sids[1])  # a deleted one is shown (and opened) too
+        shown = await cli("sessions", "show", sids[1], "--json", "--url", url, cwd=tmp_path)
+        assert shown.code == 0 and '"SECRET": 1' in shown.out.replace('":1', '": 1')
         _key_env(monkeypatch, {"k9": K2}, None)  # a key that is not there: an error, no values
         wrong = await cli("sessions", "show", sids[0], "--url", url, cwd=tmp_path)
         assert wrong.code == 1 and "'k2'" in wrong.err and "SECRET" not in wrong.out + wrong.err
