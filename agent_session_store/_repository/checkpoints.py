@@ -143,6 +143,7 @@ class Checkpoints(RepositoryBase):
         """
         dialect, sid = self._dialect, params["b_sid"]
         seal, key = self._fields.seal_checkpoint, str(sid)
+        params = {k: v for k, v in params.items() if k != "b_data"}  # no plaintext parameter
         one = len(batch) == 1
         hot = one and dialect.append_shape == "transaction"  # the driver runs a transaction
         async with self._call(
