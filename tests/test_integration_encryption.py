@@ -81,3 +81,15 @@ async def test_framework_canary_is_nowhere_in_storage(
         return
     assert canary.encode() not in stored
     assert not [value for value in cached if canary.encode() in value]
+
+
+async def test_the_langgraph_saver_says_it_does_not_encrypt(
+    db: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("langgraph.checkpoint.base")
+    from agent_session_store.integrations.langgraph import SessionStoreSaver
+
+    SessionStoreSaver(SessionRepository(db.factory))
+    assert "unencrypted" not in caplog.text
+    SessionStoreSaver(SessionRepository(db.factory, encryption=ENC))
+    assert "stores LangGraph's checkpoints, channel values and writes unencrypted" in caplog.text
