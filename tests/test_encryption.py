@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from agent_session_store import (
     AgentSession,
     DecryptionError,
+    InvalidStateTransitionError,
     RedisCache,
     SessionRepository,
     SessionState,
@@ -163,7 +164,7 @@ async def test_a_finished_session_takes_metadata_updates(repo: SessionRepository
     got = await repo.get_session(s.session_id)
     assert got is not None and got.metadata == {"rating": 5} and got.context == {"secret": "s"}
     got.context = {"secret": "changed"}
-    with pytest.raises(Exception, match="final"):
+    with pytest.raises(InvalidStateTransitionError, match="final"):
         await repo.update_session(got)
 
 
