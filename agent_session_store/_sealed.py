@@ -26,7 +26,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_session_store.encryption import MARK, FieldEncryption, envelope_kid, is_envelope, place
+from agent_session_store.encryption import (
+    MARK,
+    FieldEncryption,
+    envelope_kid,
+    is_envelope,
+    place,
+    place_part,
+)
 from agent_session_store.errors import DecryptionError
 from agent_session_store.models import AgentSession, SessionCheckpoint
 
@@ -39,6 +46,11 @@ def context_place(sid: str) -> bytes:
 
 def checkpoint_place(sid: str, seq: int) -> bytes:
     return place("checkpoints", "data", sid, str(seq))
+
+
+def _checkpoints_of(sid: str) -> bytes:
+    # The places of a session's checkpoints share this prefix (see ``place``).
+    return place("checkpoints", "data", sid)
 
 
 def shared_place(scope: dict[str, Any], key: str) -> bytes:
@@ -142,7 +154,14 @@ class Sealed(Fields):
     def open_session(self, session: AgentSession) -> AgentSession:
         sid = session.session_id
         context = self.open_context(sid, session.context)
-        checkpoints = [self.open_checkpoint(sid, cp) for cp in session.checkpoints]
+        prefix, opened = _checkpoints_of(sid), self.encryption.open
+        checkpoints = [
+            cp.model_copy(
+                update={"data": opened(cp.data, prefix + place_part(str(cp.seq)),
+                                       _cp_what(cp.seq), sid)}
+            )
+            for cp in session.checkpoints
+        ]  # fmt: skip
         return session.model_copy(update={"context": context, "checkpoints": checkpoints})
 
     def open_checkpoint(self, sid: str, cp: SessionCheckpoint) -> SessionCheckpoint:

@@ -64,14 +64,16 @@ def envelope_kid(value: dict[str, Any]) -> str:
 def place(*parts: str) -> bytes:
     """The associated data for a value stored at ``parts`` (table, field, row identifiers).
 
-    Each part is length-prefixed, so no two different places give the same bytes.
+    Each part is length-prefixed (:func:`place_part`), so no two different places give the
+    same bytes, and ``place(*a, b) == place(*a) + place_part(b)``.
     """
-    out = bytearray(_DOMAIN)
-    for part in parts:
-        raw = part.encode("utf-8", "surrogatepass")
-        out += b"%d:" % len(raw)
-        out += raw
-    return bytes(out)
+    return _DOMAIN + b"".join(place_part(part) for part in parts)
+
+
+def place_part(part: str) -> bytes:
+    """One part of a place: its UTF-8 length in decimal, a colon, its UTF-8."""
+    raw = part.encode("utf-8", "surrogatepass")
+    return b"%d:%s" % (len(raw), raw)
 
 
 class FieldEncryption:
@@ -247,7 +249,7 @@ class FieldEncryption:
             plain = cipher.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], where + kid.encode())
         except (binascii.Error, ValueError, _invalid_tag()) as exc:
             raise DecryptionError.failed(what, session_id, kid) from exc
-        return json.loads(plain)
+        return json.loads(plain.decode())
 
     def needs_sealing(self, stored: Any) -> bool:
         """Whether a stored value is not yet an envelope under the active key (for rotation)."""
