@@ -11,6 +11,7 @@ from agent_session_store.engine import create_engine
 from agent_session_store.errors import (
     AgentSessionStoreError,
     ConcurrentUpdateError,
+    DecryptionError,
     InvalidStateTransitionError,
     SchemaOutOfDateError,
     SessionExistsError,
@@ -36,6 +37,7 @@ __all__ = [
     "AgentSessionStoreError",
     "CacheStats",
     "ConcurrentUpdateError",
+    "DecryptionError",
     "InvalidStateTransitionError",
     "ModelCache",
     "RedisCache",

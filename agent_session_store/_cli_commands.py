@@ -44,6 +44,8 @@ from agent_session_store._rows import (
     checkpoint_from_row,
     session_from_row,
 )
+from agent_session_store._sealed import fields_for
+from agent_session_store.encryption import ENV_ACTIVE, ENV_KEYS
 from agent_session_store.errors import SessionNotFoundError, StorageError
 from agent_session_store.models import AgentSession, SessionState
 from agent_session_store.repository import SessionRepository
@@ -290,7 +292,9 @@ async def _deleted_session(ctx: Context, session_id: str, recent: int) -> AgentS
 
     with storage_errors("reading a deleted session"):
         async with ctx.engine().connect() as conn:
-            return await conn.run_sync(read)
+            session = await conn.run_sync(read)
+    # Read beside the repository: its values are opened (or refused) as the repository's are.
+    return None if session is None else fields_for(ctx.encryption()).open_session(session)
 
 
 async def _session_by_key(ctx: Context) -> AgentSession:
@@ -552,4 +556,32 @@ async def import_legacy(ctx: Context) -> int:
         ctx.print(f"rejected {rejected.old_id!r}: {rejected.reason}")
     for old_id, fields in report.defaulted.items():
         ctx.print(f"defaulted {old_id!r}: {', '.join(fields)}")
+    return EXIT_OK
+
+
+async def rotate_keys(ctx: Context) -> int:
+    ctx.require_cache_choice("rotate-keys")
+    if ctx.encryption() is None:
+        raise CliError(
+            f"rotate-keys needs the keys: set {ENV_KEYS}=kid:base64key,... (every key that may "
+            f"have encrypted a value, and the new one) and name the new one with --active KID "
+            f"(or ${ENV_ACTIVE}); nothing was changed",
+            EXIT_USAGE,
+        )
+    done = await ctx.repository().rotate_keys(batch_size=ctx.args.batch_size)
+    skipped = f"; {done.skipped} replaced by a writer meanwhile (left as written)"
+    ctx.print(
+        f"rotate-keys: re-encrypted under key {done.key_id!r}: "
+        f"{fmt.count(done.contexts, 'context')}, {fmt.count(done.checkpoints, 'checkpoint')}, "
+        f"{fmt.count(done.shared_values, 'shared-state value')}" + (skipped if done.skipped else "")
+    )
+    trouble = await ctx.redis_trouble()
+    if trouble is not None:
+        raise CliError(
+            f"Redis at {_cli_redis.shown(ctx.redis_url or '')} could not be used ({trouble}): "
+            "the values were re-encrypted and committed, but applications may serve cached "
+            "copies under the old key until they expire (the cache's ttl): keep the old key "
+            "configured until then",
+            EXIT_ERROR,
+        )
     return EXIT_OK

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from agent_session_store import _cli_redis
 from agent_session_store._cli_format import count
 from agent_session_store._errors import describe
+from agent_session_store.encryption import ENV_KEYS, FieldEncryption
 from agent_session_store.engine import DEFAULT_URL, create_engine
 from agent_session_store.redis_cache import RedisCache
 from agent_session_store.repository import SessionRepository
@@ -221,9 +222,27 @@ class Context:
             return describe(exc)
         return None
 
+    def encryption(self) -> FieldEncryption | None:
+        """The keys of ``$AGENT_SESSION_STORE_ENCRYPTION_KEYS``, if set (``--active`` or
+        ``$AGENT_SESSION_STORE_ENCRYPTION_ACTIVE`` names the one that encrypts)."""
+        if not os.environ.get(ENV_KEYS, "").strip():
+            return None
+        try:
+            return FieldEncryption.from_env(
+                active=getattr(self.args, "active", None),
+                allow_plaintext=getattr(self.args, "allow_plaintext", False),
+            )
+        except (ValueError, TypeError, ImportError) as exc:  # messages never show a key
+            raise CliError(f"bad encryption keys: {exc}", EXIT_USAGE) from None
+
     def repository(self, *, recent_checkpoints: int = 20) -> SessionRepository:
         factory = async_sessionmaker(self.engine(), expire_on_commit=False)
-        return SessionRepository(factory, recent_checkpoints=recent_checkpoints, cache=self.cache())
+        return SessionRepository(
+            factory,
+            recent_checkpoints=recent_checkpoints,
+            cache=self.cache(),
+            encryption=self.encryption(),
+        )
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out)

@@ -25,6 +25,7 @@ Dialect-neutral statements live in ``_statements``; a dialect only says which to
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal, Protocol
 
 from sqlalchemy import Executable, Result, Select, func, select, update
@@ -38,6 +39,12 @@ from agent_session_store.tables import sessions_table
 # "one statement": a single writing statement, which needs no transaction around it (saving
 # the BEGIN and COMMIT round trips) where the connection allows; "transaction": several.
 Shape = Literal["read", "one statement", "transaction"]
+# What an append stores as a checkpoint's data, given its seq (encryption seals it there).
+Seal = Callable[[int, dict[str, Any]], Any]
+
+
+def _as_is(seq: int, data: dict[str, Any]) -> dict[str, Any]:
+    return data
 
 
 class Runner(Protocol):
@@ -100,6 +107,42 @@ class Dialect:
     ) -> int | None:
         """Append ``batch`` (``params`` as ``append``, b_added); the first seq, or ``None``."""
         raise NotImplementedError
+
+    # The seq is known only once the session's row is locked and its count bumped: an append
+    # whose data is sealed for its seq (encryption binds each checkpoint to its row) runs as
+    # two statements in one transaction, on every database. SQLite's plain appends too.
+    async def append_sealed(
+        self, db: Runner, params: dict[str, Any], cp: SessionCheckpoint, seal: Seal
+    ) -> int | None:
+        """``append`` in two statements, storing ``seal(seq, cp.data)`` as the data."""
+        rows = await db.fetch(sql.APPEND[params["b_user"] is not None], params)
+        if not rows:
+            return None
+        seq = int(rows[0].checkpoint_count)
+        await db.fetch(
+            sql.INSERT_ONE_CHECKPOINT,
+            {"b_sid": params["b_sid"], "b_seq": seq, "b_name": cp.name,
+             "b_data": seal(seq, cp.data), "b_at": cp.timestamp},
+        )  # fmt: skip
+        return seq
+
+    async def append_many_sealed(
+        self, db: Runner, params: dict[str, Any], batch: list[SessionCheckpoint], seal: Seal
+    ) -> int | None:
+        """``append_many`` in two statements, storing ``seal(seq, cp.data)`` as each data."""
+        count = (await db.execute(sql.APPEND_MANY[params["b_user"] is not None], params)).scalar()
+        if count is None:
+            return None
+        first: int = count - len(batch) + 1
+        sid = params["b_sid"]
+        rows = [
+            checkpoint_values(
+                sid, cp.model_copy(update={"seq": first + i, "data": seal(first + i, cp.data)})
+            )
+            for i, cp in enumerate(batch)
+        ]
+        await db.execute(sql.INSERT_CHECKPOINT, rows)
+        return first
 
     async def merge_shared_state(
         self, db: Runner, params: dict[str, Any], changes: dict[str, Any], gone: list[str]
@@ -225,31 +268,12 @@ class Sqlite(Dialect):
         )  # fmt: skip
 
     async def append(self, db: Runner, params: dict[str, Any], cp: SessionCheckpoint) -> int | None:
-        rows = await db.fetch(sql.APPEND[params["b_user"] is not None], params)
-        if not rows:
-            return None
-        seq = int(rows[0].checkpoint_count)
-        await db.fetch(
-            sql.INSERT_ONE_CHECKPOINT,
-            {"b_sid": params["b_sid"], "b_seq": seq, "b_name": cp.name, "b_data": cp.data,
-             "b_at": cp.timestamp},
-        )  # fmt: skip
-        return seq
+        return await self.append_sealed(db, params, cp, _as_is)
 
     async def append_many(
         self, db: Runner, params: dict[str, Any], batch: list[SessionCheckpoint]
     ) -> int | None:
-        count = (await db.execute(sql.APPEND_MANY[params["b_user"] is not None], params)).scalar()
-        if count is None:
-            return None
-        first: int = count - len(batch) + 1
-        sid = params["b_sid"]
-        rows = [
-            checkpoint_values(sid, cp.model_copy(update={"seq": first + i}))
-            for i, cp in enumerate(batch)
-        ]
-        await db.execute(sql.INSERT_CHECKPOINT, rows)
-        return first
+        return await self.append_many_sealed(db, params, batch, _as_is)
 
     async def merge_shared_state(
         self, db: Runner, params: dict[str, Any], changes: dict[str, Any], gone: list[str]

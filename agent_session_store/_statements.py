@@ -199,6 +199,8 @@ def update_from(sources: tuple[str, ...]) -> Update:
 
 # Why an update changed nothing: the stored version, state and owner.
 STORED_FOR_UPDATE = select(S.version, S.state, S.user_id).where(S.id == _SID)
+# With encryption, a finished session's update keeping its context: the stored envelope.
+STORED_CONTEXT = select(S.state, S.context).where(S.id == _SID)
 
 
 @functools.cache
@@ -389,4 +391,29 @@ SHARED_SET = (
         X.user_id == _USER,
     )
     .values(state=_CHANGES)
+)
+
+# -- key rotation (re-encryption) ----------------------------------------------------------------
+
+# Each rewrites one value only if it is still the one read (a writer may have replaced it since):
+# no version bump, no timestamps: the content is unchanged (see _repository/rotation.py).
+_OLD = bindparam("b_old", type_=JsonType)
+_NEW = bindparam("b_new", type_=JsonType)
+REKEY_CONTEXT = (
+    update(sessions_table).where(S.id == _SID, _JsonEquals(S.context, _OLD)).values(context=_NEW)
+)
+REKEY_CHECKPOINT = (
+    update(checkpoints_table)
+    .where(C.session_id == _SID, C.seq == _SEQ, _JsonEquals(C.data, _OLD))
+    .values(data=_NEW)
+)
+REKEY_SHARED = (
+    update(shared_state_table)
+    .where(
+        X.agent_type == _AGENT,
+        X.scope == bindparam("b_scope", type_=String()),
+        X.user_id == _USER,
+        _JsonEquals(X.state, _OLD),
+    )
+    .values(state=_NEW)
 )

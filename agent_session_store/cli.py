@@ -41,6 +41,7 @@ from agent_session_store._cli_commands import (
     known_revisions,
     library_version,
     purge,
+    rotate_keys,
     sessions_checkpoints,
     sessions_list,
     sessions_show,
@@ -62,6 +63,7 @@ from agent_session_store._cli_context import (
     Context,
 )
 from agent_session_store._errors import describe
+from agent_session_store.encryption import ENV_ACTIVE, ENV_KEYS
 from agent_session_store.engine import DEFAULT_URL
 from agent_session_store.errors import (
     AgentSessionStoreError,
@@ -95,6 +97,11 @@ environment:
   {REDIS_NAMESPACE_ENV}
       the cache's namespace when --redis-namespace is not given
       (default {DEFAULT_REDIS_NAMESPACE})
+  {ENV_KEYS}
+      the encryption keys, kid:base64key,... (rotate-keys needs them; the other
+      commands decrypt with them); never printed
+  {ENV_ACTIVE}
+      the key id that encrypts when --active is not given
 
 exit codes:
   0    success
@@ -192,6 +199,23 @@ Each valid row becomes a session with its checkpoints, in batches of
 --batch-size rows, each one transaction. Rows already imported are skipped, so
 running it again writes only what is missing. The report lists each rejected
 row with the reason, and each row whose missing fields were defaulted.""",
+    "rotate-keys": f"""\
+Re-encrypt every session context, checkpoint and shared-state value that is
+not under the active key (SessionRepository.rotate_keys), in batches of
+--batch-size rows, each its own transaction. The keys come from
+${ENV_KEYS}
+(kid:base64key,...: every key that may have encrypted a value, and the new
+one), the active one from --active KID or
+${ENV_ACTIVE}.
+Versions and timestamps are left alone (the content does not change), so
+workers holding sessions keep writing; values a writer replaced meanwhile are
+left as written. Running it again rewrites only what is left (after Ctrl-C,
+say). It prints counts, never values or keys.
+
+Applications' cached copies are under the old key: give the cache with
+--redis-url (or --no-cache when none caches this database) so they are
+invalidated, and remove the old key from the applications only afterwards.
+--allow-plaintext also encrypts values stored before encryption was on.""",
     "stats": """\
 Print the number of sessions by state and by agent type, the checkpoint total
 and the oldest ACTIVE heartbeat. With a Redis URL, also the cache server's
@@ -360,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--table", default="agent_sessions", help="the old table (agent_sessions)")
     batch_size(sub, "rows", 1000, legacy.MAX_BATCH_SIZE)
     sub.add_argument("--dry-run", action="store_true", help="validate and count; write nothing")
+    sub = add(commands, "rotate-keys", rotate_keys, "re-encrypt stored values under the active key")
+    sub.add_argument("--active", metavar="KID", help=f"the key id that encrypts (${ENV_ACTIVE})")
+    sub.add_argument(
+        "--allow-plaintext", action="store_true",
+        help="encrypt values stored in plaintext too (else they stop the command)",
+    )  # fmt: skip
+    batch_size(sub, "rows", 500, MAX_BATCH_SIZE)
     sub = add(commands, "stats", stats, "counts by state and agent type; cache counters")
     sub.add_argument("--json", action="store_true", help="print JSON")
     return parser

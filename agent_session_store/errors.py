@@ -10,7 +10,9 @@ Every exception the library raises on purpose derives from one root::
     ├── SessionValidationError        bad input; also a ValueError; nothing was written
     ├── SchemaOutOfDateError          the database schema is behind this library's migrations
     └── StorageError                  the database failed (connection lost, server error)
-        └── StorageTimeoutError       no connection could be had in time (pool or pooler exhausted)
+        ├── StorageTimeoutError       no connection could be had in time (pool or pooler exhausted)
+        └── DecryptionError           a stored value does not decrypt here (altered, moved, no
+                                      key for it, or plaintext where ciphertext is required)
 
 Programming errors (``TypeError``, ``AttributeError``, ...) are never wrapped.
 """
@@ -116,3 +118,81 @@ class StorageTimeoutError(StorageError):
     Either the engine's own pool was exhausted, or a connection pooler such as PgBouncer had
     no server connection free within its wait limit (``query_wait_timeout``).
     """
+
+
+class DecryptionError(StorageError):
+    """A stored value cannot be given back: nothing of it, nor of any other row, is returned.
+
+    Raised when encryption is on (``SessionRepository(encryption=...)``) and a value is altered,
+    cut short, copied from another row or field, made under a key that is not configured, or
+    stored in plaintext (unless ``allow_plaintext``); and when encryption is off and a value is
+    encrypted. The message names the session, the field and the key id, never a key or any
+    plaintext.
+
+    Attributes:
+        session_id: the session the value belongs to (``None`` for shared state).
+        field: which value, e.g. ``"context"`` or ``"checkpoint 3 data"``.
+        key_id: the key id the stored value names (``None`` for a plaintext value).
+    """
+
+    def __init__(
+        self, message: str, *, session_id: str | None, field: str, key_id: str | None
+    ) -> None:
+        self.session_id = session_id
+        self.field = field
+        self.key_id = key_id
+        super().__init__(message)
+
+    @staticmethod
+    def _where(field: str, session_id: str | None) -> str:
+        return field if session_id is None else f"session {session_id!r}: {field}"
+
+    @classmethod
+    def failed(cls, field: str, session_id: str | None, key_id: str) -> DecryptionError:
+        """The value does not decrypt for this place (altered, truncated or moved)."""
+        return cls(
+            f"{cls._where(field, session_id)} does not decrypt under key {key_id!r}: it was "
+            "altered, cut short or copied from another row or field; nothing was returned. "
+            "Restore it from a backup, or delete the session",
+            session_id=session_id, field=field, key_id=key_id,
+        )  # fmt: skip
+
+    @classmethod
+    def unknown_key(cls, field: str, session_id: str | None, key_id: str) -> DecryptionError:
+        """The value names a key this process does not have."""
+        return cls(
+            f"{cls._where(field, session_id)} is encrypted under key {key_id!r}, which is not "
+            "configured; nothing was returned. Add that key to the keys (old keys decrypt, only "
+            "the active one encrypts), or re-encrypt with `agent-session-store rotate-keys`",
+            session_id=session_id, field=field, key_id=key_id,
+        )  # fmt: skip
+
+    @classmethod
+    def malformed(cls, field: str, session_id: str | None) -> DecryptionError:
+        """The value is shaped like an envelope but is not a valid one."""
+        return cls(
+            f"{cls._where(field, session_id)} is a malformed encrypted value; nothing was "
+            "returned. Restore it from a backup, or delete the session",
+            session_id=session_id, field=field, key_id=None,
+        )  # fmt: skip
+
+    @classmethod
+    def plaintext(cls, field: str, session_id: str | None) -> DecryptionError:
+        """A plaintext value where encryption requires ciphertext."""
+        return cls(
+            f"{cls._where(field, session_id)} is stored in plaintext, but encryption is on; "
+            "nothing was returned. If it was written before encryption was turned on, use "
+            "FieldEncryption(..., allow_plaintext=True) and run `agent-session-store "
+            "rotate-keys`; otherwise someone wrote it to the database behind the repository",
+            session_id=session_id, field=field, key_id=None,
+        )  # fmt: skip
+
+    @classmethod
+    def no_encryption(cls, field: str, session_id: str | None, key_id: str) -> DecryptionError:
+        """An encrypted value read by a repository with no encryption configured."""
+        return cls(
+            f"{cls._where(field, session_id)} is encrypted (key {key_id!r}), but this "
+            "repository has no encryption configured; nothing was returned. Pass "
+            "SessionRepository(..., encryption=FieldEncryption(...)) with that key",
+            session_id=session_id, field=field, key_id=key_id,
+        )  # fmt: skip

@@ -5,7 +5,8 @@ statements, reads never touch more than ``recent_checkpoints`` checkpoint rows, 
 back from our own database are not validated a second time.
 
 The class is assembled from parts, one file each under ``agent_session_store/_repository/``:
-``reads``, ``writes``, ``checkpoints`` and ``lifecycle`` on a shared ``base``.
+``reads``, ``writes``, ``checkpoints``, ``lifecycle`` and ``rotation`` (re-encryption) on a
+shared ``base``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 from agent_session_store._repository.checkpoints import Checkpoints
 from agent_session_store._repository.lifecycle import Lifecycle
 from agent_session_store._repository.reads import Reads
+from agent_session_store._repository.rotation import KeyRotation, Rotation
 from agent_session_store._repository.writes import Writes
 
-__all__ = ["SessionRepository"]
+__all__ = ["KeyRotation", "SessionRepository"]
 
 
-class SessionRepository(Reads, Writes, Checkpoints, Lifecycle):
+class SessionRepository(Reads, Writes, Checkpoints, Lifecycle, Rotation):
     """Create, read, update and sweep agent sessions.
 
     Each call is its own transaction, committed before it returns, unless the repository is
@@ -33,6 +35,10 @@ class SessionRepository(Reads, Writes, Checkpoints, Lifecycle):
         clock: returns the current UTC-aware time; injectable for tests. A call that finds it
             returning anything else (a naive datetime, say) raises ``SessionValidationError``
             before writing anything.
+        encryption: a ``FieldEncryption`` (``agent_session_store.encryption``): contexts,
+            checkpoint data and shared-state values are stored, and cached, as AES-256-GCM
+            ciphertext bound to their row (docs/security.md). ``None``: stored as given; an
+            encrypted value read back raises ``DecryptionError``.
 
     Example::
 

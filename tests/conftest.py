@@ -290,6 +290,17 @@ def namespace() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
+def _encryption_option() -> dict[str, Any]:
+    """``AGENT_SESSION_STORE_TEST_ENCRYPTION=on``: the ``repo`` fixture encrypts (an exploratory
+    run of the repository and framework suites with encryption; tests that read rows directly
+    then see envelopes)."""
+    if os.environ.get("AGENT_SESSION_STORE_TEST_ENCRYPTION") != "on":
+        return {}
+    from agent_session_store.encryption import FieldEncryption
+
+    return {"encryption": FieldEncryption({"test": bytes(range(32))}, "test")}
+
+
 def repo_fixture(*caches: str) -> Callable[..., AsyncIterator[SessionRepository]]:
     """The ``repo`` fixture over these caches: ``nocache``, ``redis``, ``valkey``."""
 
@@ -298,13 +309,14 @@ def repo_fixture(*caches: str) -> Callable[..., AsyncIterator[SessionRepository]
         request: pytest.FixtureRequest, db: Backend, clock: FakeClock, namespace: str
     ) -> AsyncIterator[SessionRepository]:
         """The repository under test, on each backend, without and with a cache server."""
+        extra = _encryption_option()
         if request.param == "nocache":
-            yield SessionRepository(db.factory, clock=clock)
+            yield SessionRepository(db.factory, clock=clock, **extra)
             return
         client = Redis.from_url(request.getfixturevalue(f"{request.param}_url"))
         try:
             yield SessionRepository(
-                db.factory, clock=clock, cache=RedisCache(client, namespace=namespace)
+                db.factory, clock=clock, cache=RedisCache(client, namespace=namespace), **extra
             )
         finally:
             await client.aclose()

@@ -99,3 +99,15 @@ async def test_signing_benchmark_reports_every_figure(redis_url: str) -> None:
     assert [row.figure for row in rows] == ["hit", "hit 20 checkpoints", "miss", "write"]
     for row in rows:
         assert row.signed > 0 and row.unsigned > 0 and row.ratio > 0 and row.control > 0, row
+
+
+async def test_encryption_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    # What `python -m benchmarks.encryption --quick` measures on SQLite, in the test's loop.
+    from benchmarks import encryption
+
+    rows = await encryption._all(None, tmp_path, quick=True)
+    assert [row.figure for row in rows] == [
+        f"sqlite {op} {size}" for size in ("1 KB", "100 KB") for op in ("get", "create", "append")
+    ]
+    for row in rows:
+        assert row.encrypted > 0 and row.plain > 0 and row.ratio > 0 and row.control > 0, row

@@ -12,6 +12,7 @@ def test_public_names_are_pinned() -> None:
         "AgentSessionStoreError",
         "CacheStats",
         "ConcurrentUpdateError",
+        "DecryptionError",
         "InvalidStateTransitionError",
         "ModelCache",
         "RedisCache",
@@ -50,3 +51,10 @@ def test_migrations_api() -> None:
 
     for name in ("upgrade", "downgrade", "current", "check", "head"):
         assert callable(getattr(migrations, name))
+
+
+def test_encryption_module_is_public() -> None:
+    from agent_session_store import encryption
+
+    assert encryption.__all__ == ["ENV_ACTIVE", "ENV_KEYS", "FieldEncryption"]
+    assert issubclass(agent_session_store.DecryptionError, agent_session_store.StorageError)

@@ -20,7 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from agent_session_store._arguments import MAX_INT, check_filter, check_int
 from agent_session_store._calls import Call, Database
 from agent_session_store._dialects import Dialect, Shape
+from agent_session_store._sealed import Sealed, fields_for
 from agent_session_store._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size
+from agent_session_store.encryption import FieldEncryption
 from agent_session_store.errors import SessionValidationError
 from agent_session_store.models import AgentSession, utcnow
 from agent_session_store.readthrough import ModelCache
@@ -37,6 +39,7 @@ class RepositoryBase:
         cache: ModelCache | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         clock: Callable[[], datetime] = utcnow,
+        encryption: FieldEncryption | None = None,
     ) -> None:
         check_int(recent_checkpoints, "recent_checkpoints", 0, MAX_INT)
         check_int(max_payload_bytes, "max_payload_bytes", 1, 2**62)
@@ -45,6 +48,7 @@ class RepositoryBase:
         self._cache = cache
         self._max_payload = max_payload_bytes
         self._clock = clock
+        self._fields = fields_for(encryption)
         self._db = Database(session_factory)
         self._bound: AsyncSession | None = None
 
@@ -52,6 +56,11 @@ class RepositoryBase:
     def cache(self) -> ModelCache | None:
         """The cache this repository invalidates (``None`` without one)."""
         return self._cache
+
+    @property
+    def encryption(self) -> FieldEncryption | None:
+        """The ``FieldEncryption`` sealing stored values (``None`` without one)."""
+        return self._fields.encryption if isinstance(self._fields, Sealed) else None
 
     @property
     def session_factory(self) -> async_sessionmaker[AsyncSession]:

@@ -72,6 +72,8 @@ class Checkpoints(RepositoryBase):
         params = {"b_sid": sid, "b_now": now, "b_at": cp.timestamp, "b_user": user_id,
                   "b_name": cp.name, "b_data": cp.data}  # fmt: skip
         dialect = self._dialect
+        if self._fields.on:
+            return (await self._add_sealed(session_id, params, [cp]))[0]
         async with self._call("add_checkpoint", sid, dialect.append_shape, hot=True) as db:
             seq = await dialect.append(db, params, cp)
             if seq is None:
@@ -119,8 +121,42 @@ class Checkpoints(RepositoryBase):
         params: dict[str, Any] = {"b_sid": sid, "b_now": now, "b_at": at, "b_user": user_id,
                                   "b_added": len(batch)}  # fmt: skip
         dialect = self._dialect
+        if self._fields.on:
+            return await self._add_sealed(session_id, params, batch)
         async with self._call("add_checkpoints", sid, dialect.append_shape) as db:
             first = await dialect.append_many(db, params, batch)
+            if first is None:
+                await self._refuse_content_write(db, session_id, params, "take checkpoints")
+            db.invalidate_on_commit([sid])
+        for i, cp in enumerate(batch):
+            cp.seq = first + i
+        return batch
+
+    async def _add_sealed(
+        self, session_id: str, params: dict[str, Any], batch: list[SessionCheckpoint]
+    ) -> list[SessionCheckpoint]:
+        """Append with encryption: each data sealed for its seq, known once the row is locked.
+
+        Two statements in one transaction on every database (see ``Dialect.append_sealed``);
+        on SQLite that is the plain path's shape, on PostgreSQL it costs a BEGIN and a COMMIT
+        more than the plain single statement.
+        """
+        dialect, sid = self._dialect, params["b_sid"]
+        seal, key = self._fields.seal_checkpoint, str(sid)
+        params = {k: v for k, v in params.items() if k != "b_data"}  # no plaintext parameter
+        one = len(batch) == 1
+        hot = one and dialect.append_shape == "transaction"  # the driver runs a transaction
+        async with self._call(
+            "add_checkpoint" if one else "add_checkpoints", sid, "transaction", hot=hot
+        ) as db:
+            if one:
+                first = await dialect.append_sealed(
+                    db, params, batch[0], lambda seq, data: seal(key, seq, data)
+                )
+            else:
+                first = await dialect.append_many_sealed(
+                    db, params, batch, lambda seq, data: seal(key, seq, data)
+                )
             if first is None:
                 await self._refuse_content_write(db, session_id, params, "take checkpoints")
             db.invalidate_on_commit([sid])
@@ -175,8 +211,10 @@ class Checkpoints(RepositoryBase):
                 await self._check_content_writable(db, session_id, params, "pop checkpoints")
                 return None
             row = (await db.execute(sql.POPPED, {"b_sid": sid, "b_seq": count + 1})).one()
+            # Opened inside the call: a value that does not open rolls the pop back.
+            popped = self._fields.open_checkpoint(str(sid), checkpoint_from_row(row))
             db.invalidate_on_commit([sid])
-        return checkpoint_from_row(row)
+        return popped
 
     async def truncate_checkpoints(
         self, session_id: str, after_seq: int, *, user_id: str | None = None

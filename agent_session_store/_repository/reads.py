@@ -72,7 +72,7 @@ class Reads(RepositoryBase):
         session = await self._load_window(str(sid), recent)
         if session is None or (user_id is not None and session.user_id != user_id):
             return None
-        return session
+        return self._fields.open_session(session)  # after the cache: it holds what was stored
 
     async def get_session_by_key(
         self,
@@ -109,9 +109,10 @@ class Reads(RepositoryBase):
             params["b_recent"] = recent
             async with self._call("get_session_by_key", shape="read", hot=True) as db:
                 rows = await db.fetch(db.dialect.load_by_key, params)
-            return (
-                session_from_row(rows[0], checkpoints_from_json(rows[0].recent)) if rows else None
-            )
+            if not rows:
+                return None
+            found = session_from_row(rows[0], checkpoints_from_json(rows[0].recent))
+            return self._fields.open_session(found)
         # The key is resolved by the database on every call, never cached: a key is reused
         # after a delete, by a session with another id, and the cache is keyed by id. A
         # session's key is fixed at creation, so whatever is cached for this id has this key.
@@ -122,7 +123,7 @@ class Reads(RepositoryBase):
                 return None
             session = await self._load_window(str(rows[0].id), recent)
             if session is not None:
-                return session
+                return self._fields.open_session(session)
             # Deleted between the two reads: the key may already name a new session (a
             # delete and a re-create in between), so it is resolved once more.
         return None
@@ -201,7 +202,7 @@ class Reads(RepositoryBase):
         )
         async with self._call("list_sessions", shape="read") as db:
             rows = (await db.execute(stmt, params)).all()
-        items = [session_from_row(r, []) for r in rows[:limit]]
+        items = [self._fields.open_session(session_from_row(r, [])) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
@@ -255,7 +256,7 @@ class Reads(RepositoryBase):
             rows = (await db.execute(stmt)).all()
             if not rows and (await db.execute(owner)).first() is None:
                 raise SessionNotFoundError(str(session_id))
-        return [checkpoint_from_row(r) for r in rows]
+        return [self._fields.open_checkpoint(str(sid), checkpoint_from_row(r)) for r in rows]
 
     # -- write ----------------------------------------------------------------------------
 
@@ -273,7 +274,7 @@ class Reads(RepositoryBase):
         params = scope(agent_type, user_id)
         async with self._call("get_shared_state", shape="read") as db:
             state = (await db.execute(sql.SHARED_STATE, params)).scalar()
-        return {} if state is None else dict(state)
+        return {} if state is None else self._fields.open_shared(params, dict(state))
 
     async def stats(self) -> SessionStats:
         """Counts by state and agent type, the oldest ACTIVE heartbeat, the checkpoint total."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -24,6 +25,7 @@ from agent_session_store._dialects import Shape
 from agent_session_store._errors import INTEGRITY_ERRORS
 from agent_session_store._repository.base import RepositoryBase, scope
 from agent_session_store._rows import checkpoint_values
+from agent_session_store._sealed import Sealed
 from agent_session_store._validation import check_json_object, check_text
 from agent_session_store.errors import (
     ConcurrentUpdateError,
@@ -106,13 +108,26 @@ class Writes(RepositoryBase):
         self._check_sizes(context=session.context, metadata=session.metadata)
         sid = uuid.UUID(session.session_id)
         dialect = self._dialect
+        stored = self._sealed_new(session) if self._fields.on else session
         async with (
             self._call("create_session", sid, dialect.append_shape, hot=True) as db,
             self._key_is_free(db, session),
         ):
-            await dialect.create(db, session)
+            await dialect.create(db, stored)
         logger.debug("created session %s (%s)", session.session_id, session.agent_type)
         return session
+
+    def _sealed_new(self, session: AgentSession) -> AgentSession:
+        """A new session as stored with encryption: its context and first checkpoint sealed."""
+        sid, fields, first = session.session_id, self._fields, session.checkpoints[0]
+        return session.model_copy(
+            update={
+                "context": fields.seal_context(sid, session.context),
+                "checkpoints": [
+                    first.model_copy(update={"data": fields.seal_checkpoint(sid, 1, first.data)})
+                ],
+            }
+        )
 
     @asynccontextmanager
     async def _key_is_free(self, db: Call, session: AgentSession) -> AsyncIterator[None]:
@@ -172,7 +187,7 @@ class Writes(RepositoryBase):
             "b_sid": sid,
             "b_owner": session.user_id,
             "b_version": session.version,
-            "b_context": session.context,
+            "b_context": self._fields.seal_context(str(sid), session.context),
             "b_metadata": session.metadata,
             "b_state": target.value,
             "b_now": now,
@@ -182,6 +197,8 @@ class Writes(RepositoryBase):
         shape: Shape = "transaction" if pending else "one statement"
         async with self._call("update_session", sid, shape, hot=not pending) as db:
             rows = await db.fetch(_UPDATE_TO[target], params)
+            if not rows and self._fields.on and not pending:
+                rows = await self._update_finished_sealed(db, sid, session, target, params)
             if not rows:
                 await self._explain_failed_update(db, sid, session, target)
                 raise AssertionError("unreachable")  # pragma: no cover
@@ -189,8 +206,13 @@ class Writes(RepositoryBase):
             first_seq = row.checkpoint_count - len(pending) + 1
             stored = [cp.model_copy(update={"seq": first_seq + i}) for i, cp in enumerate(pending)]
             if stored:
+                seal, key = self._fields.seal_checkpoint, str(sid)
+                sealed = stored if not self._fields.on else [
+                    cp.model_copy(update={"data": seal(key, first_seq + i, cp.data)})
+                    for i, cp in enumerate(stored)
+                ]  # fmt: skip
                 await db.execute(
-                    sql.INSERT_CHECKPOINT, [checkpoint_values(sid, cp) for cp in stored]
+                    sql.INSERT_CHECKPOINT, [checkpoint_values(sid, cp) for cp in sealed]
                 )
             db.invalidate_on_commit([sid])
         kept = [cp for cp in session.checkpoints if cp.seq is not None] + stored
@@ -237,6 +259,31 @@ class Writes(RepositoryBase):
         for cp in pending:
             self._check_sizes(**{f"checkpoint {cp.name!r} data": cp.data})
         return target, pending
+
+    async def _update_finished_sealed(
+        self,
+        db: Call,
+        sid: uuid.UUID,
+        session: AgentSession,
+        target: SessionState,
+        params: dict[str, Any],
+    ) -> list[Any]:
+        """Encryption on: a finished session's update that keeps its context, tried again.
+
+        A finished session's context is final: the update matches only if the copy's context
+        equals the stored one. A sealed context never equals the stored envelope (a fresh nonce
+        every time), so when the stored context decrypts to the copy's, the update is sent again
+        with the stored envelope itself. ``[]`` when it does not apply; the caller explains.
+        """
+        rows = await db.fetch(sql.STORED_CONTEXT, {"b_sid": sid})
+        if not rows or rows[0].state not in sql.FINISHED_STATES:
+            return []
+        fields = cast("Sealed", self._fields)
+        if _canonical(fields.open_context(str(sid), rows[0].context)) != _canonical(
+            session.context
+        ):
+            return []
+        return await db.fetch(_UPDATE_TO[target], {**params, "b_context": rows[0].context})
 
     async def _explain_failed_update(
         self, db: Call, sid: uuid.UUID, session: AgentSession, target: SessionState
@@ -352,11 +399,18 @@ class Writes(RepositoryBase):
         gone = _removed_keys(remove, changes)
         self._check_sizes(changes=changes)
         params["b_now"] = checked_now(self._clock)
+        sealed = self._fields.seal_shared(params, changes)
         async with self._call("update_shared_state") as db:
-            state = await db.dialect.merge_shared_state(db, params, changes, gone)
+            stored = await db.dialect.merge_shared_state(db, params, sealed, gone)
+            state = self._fields.open_shared(params, dict(stored))
             # Checked after the merge, inside the transaction: a refused update is rolled back.
             self._check_sizes(**{"shared state": state})
-        return dict(state)
+        return state
+
+
+def _canonical(value: Any) -> str:
+    # JSON equality as the database's compare-and-set sees it: 1, 1.0 and true all differ.
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _removed_keys(remove: object, changes: dict[str, Any]) -> list[str]:

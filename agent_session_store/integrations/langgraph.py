@@ -192,6 +192,12 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         check_text(agent_type, "agent_type")
         self.repository = repository
         self.agent_type = agent_type
+        if repository.encryption is not None:  # said once per saver, never silently
+            logger.warning(
+                "the repository encrypts sessions, but SessionStoreSaver stores LangGraph's "
+                "checkpoints, channel values and writes unencrypted (agent_sessions_lg_* "
+                "tables): see docs/security.md"
+            )
         self._factory = repository.session_factory
         self._statements: sql.Statements | None = None
         self._gate = SchemaGate()
