@@ -28,7 +28,7 @@ from agent_session_store.models import (
 )
 from agent_session_store.readthrough import ModelCache, read_through
 from agent_session_store.redis_cache import CacheStats, RedisCache
-from agent_session_store.repository import SessionRepository
+from agent_session_store.repository import ErasureReport, SessionRepository
 from agent_session_store.tables import metadata
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "AgentSessionStoreError",
     "CacheStats",
     "ConcurrentUpdateError",
+    "ErasureReport",
     "InvalidStateTransitionError",
     "ModelCache",
     "RedisCache",

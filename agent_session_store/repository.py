@@ -5,17 +5,18 @@ statements, reads never touch more than ``recent_checkpoints`` checkpoint rows, 
 back from our own database are not validated a second time.
 
 The class is assembled from parts, one file each under ``agent_session_store/_repository/``:
-``reads``, ``writes``, ``checkpoints`` and ``lifecycle`` on a shared ``base``.
+``reads``, ``writes``, ``checkpoints`` and ``lifecycle`` (sweeps, purges, erasure) on a shared
+``base``.
 """
 
 from __future__ import annotations
 
 from agent_session_store._repository.checkpoints import Checkpoints
-from agent_session_store._repository.lifecycle import Lifecycle
+from agent_session_store._repository.lifecycle import ErasureReport, Lifecycle
 from agent_session_store._repository.reads import Reads
 from agent_session_store._repository.writes import Writes
 
-__all__ = ["SessionRepository"]
+__all__ = ["ErasureReport", "SessionRepository"]
 
 
 class SessionRepository(Reads, Writes, Checkpoints, Lifecycle):
