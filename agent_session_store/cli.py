@@ -37,6 +37,7 @@ from agent_session_store._cli_commands import (
     db_downgrade,
     db_sql,
     db_upgrade,
+    erase_user,
     import_legacy,
     known_revisions,
     library_version,
@@ -90,8 +91,9 @@ environment:
       the database URL when --url is not given
       (default {DEFAULT_URL})
   {REDIS_URL_ENV}
-      the applications' Redis cache when --redis-url is not given (cleanup
-      invalidates its copies, stats reports on it); --no-cache overrides it
+      the applications' Redis cache when --redis-url is not given (cleanup,
+      erase-user and purge --finished-before invalidate its copies, stats
+      reports on it); --no-cache overrides it
   {REDIS_NAMESPACE_ENV}
       the cache's namespace when --redis-namespace is not given
       (default {DEFAULT_REDIS_NAMESPACE})
@@ -99,9 +101,11 @@ environment:
 exit codes:
   0    success
   1    operational error: the database is unreachable or failed; or the Redis
-       given could not be used (cleanup, stats: after printing what was done)
+       given could not be used (cleanup, purge, erase-user, stats: after
+       printing what was done)
   2    usage error: bad arguments, unparseable URL or unsupported driver;
-       cleanup with neither --redis-url nor --no-cache
+       cleanup, erase-user or purge --finished-before with neither
+       --redis-url nor --no-cache
   3    the database schema is not at this version's revision
        (run `agent-session-store db upgrade`), or a newer release migrated it
   4    the session asked for does not exist
@@ -178,12 +182,37 @@ after the summary, and the exit code is 1.
 
 {AGES}""",
     "purge": f"""\
-Hard-delete the sessions soft-deleted more than AGE ago, with their
-checkpoints, in batches of --batch-size sessions, each its own transaction.
---dry-run only counts them. No cache needs invalidating: a soft-deleted
-session is no longer served from any cache.
+Hard-delete sessions for good, with their checkpoints and every row a
+framework backend (LangGraph) stores for them, in batches of --batch-size
+sessions, each its own transaction; give one option or both:
+
+  --deleted-before AGE   the sessions soft-deleted more than AGE ago
+                         (SessionRepository.purge_deleted_sessions)
+  --finished-before AGE  the COMPLETED and FAILED sessions not updated for
+                         AGE: a retention rule, e.g. 90d
+                         (SessionRepository.purge_finished_sessions)
+
+--dry-run only counts them. Applications may cache finished sessions, so
+--finished-before needs the cache's --redis-url (or ${REDIS_URL_ENV}) or
+--no-cache, as cleanup does; --deleted-before alone needs neither (a
+soft-deleted session is no longer served from any cache).
 
 {AGES}""",
+    "erase-user": f"""\
+Erase everything stored about USER, for good (a right-to-erasure request):
+every session of the user in every state (live, finished, soft-deleted),
+their checkpoints and every row a framework backend (LangGraph) stores for
+them, and the user's shared-state documents
+(SessionRepository.erase_user). With --agent-type, only that agent type's.
+Works in batches of --batch-size sessions, each its own transaction;
+interrupted, it keeps the batches done, and running it again erases the rest
+(a run that finds nothing prints zeros). USER is the id exactly as the
+applications store it; an empty one is refused. Other users' data and the
+app-wide shared state are untouched. Prints counts, never contents.
+
+Applications that cache sessions in Redis must forget the erased ones: give
+--redis-url (or ${REDIS_URL_ENV}) and --redis-namespace, or --no-cache.
+--dry-run counts what would be erased and needs neither.""",
     "import-legacy": """\
 Import the table of the hand-written session manager agent-session-store
 replaces (--table, default agent_sessions) from the database of --from-url,
@@ -200,7 +229,7 @@ RedisCache.stats, or the agent_session_store.cache.events metric).""",
 }
 
 # `--older-than -1h`: argparse takes `-1h` for an option and says only "expected one argument".
-AGE_OPTIONS = ("--older-than", "--deleted-before")
+AGE_OPTIONS = ("--older-than", "--deleted-before", "--finished-before")
 _NEGATIVE = re.compile(r"-\d")
 
 
@@ -348,11 +377,22 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
     batch_size(sub, "sessions", 2000, MAX_BATCH_SIZE)
-    sub = add(commands, "purge", purge, "hard-delete sessions soft-deleted long ago")
+    sub = add(commands, "purge", purge, "hard-delete sessions deleted or finished long ago")
     sub.add_argument(
-        "--deleted-before", type=fmt.duration, required=True, metavar="AGE",
-        help="time since deletion, e.g. 30d",
+        "--deleted-before", type=fmt.duration, metavar="AGE",
+        help="soft-deleted sessions: time since deletion, e.g. 30d",
     )  # fmt: skip
+    sub.add_argument(
+        "--finished-before", type=fmt.duration, metavar="AGE",
+        help="COMPLETED and FAILED sessions: time since their last update, e.g. 90d",
+    )  # fmt: skip
+    sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
+    batch_size(sub, "sessions", 500, MAX_BATCH_SIZE)
+    sub = add(commands, "erase-user", erase_user, "erase everything stored about one user")
+    sub.add_argument("user_id", metavar="USER", help="the user's id, as the applications store it")
+    sub.add_argument(
+        "--agent-type", metavar="TYPE", help="only this agent type's sessions and shared state"
+    )
     sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
     batch_size(sub, "sessions", 500, MAX_BATCH_SIZE)
     sub = add(commands, "import-legacy", import_legacy, "import a hand-written manager's table")

@@ -310,7 +310,7 @@ async def test_purge_finished_refuses_bad_ages_and_batch_sizes(repo: SessionRepo
         await repo.purge_finished_sessions(timedelta(days=1), batch_size=50_001)
 
 
-async def test_purge_deleted_sessions_shares_the_removal_and_forgets_cached_copies(
+async def test_purge_deleted_sessions_removes_the_checkpoints_through_the_shared_removal(
     repo: SessionRepository, db: Backend, clock: FakeClock
 ) -> None:
     clock.advance(days=-40)

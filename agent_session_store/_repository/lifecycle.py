@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, or_, select
@@ -55,6 +55,17 @@ class ErasureReport:
     sessions: int = 0
     checkpoints: int = 0
     shared_state: int = 0
+
+
+def deleted_before(cutoff: datetime) -> ColumnElement[bool]:
+    """The sessions :meth:`~Lifecycle.purge_deleted_sessions` removes: soft-deleted before."""
+    return and_(S.state == sql.DELETED, S.updated_at < cutoff)
+
+
+def finished_before(cutoff: datetime, states: Sequence[str]) -> ColumnElement[bool]:
+    """The sessions :meth:`~Lifecycle.purge_finished_sessions` removes: in one of ``states``
+    (finished ones, see :func:`finished_states`) and not updated since ``cutoff``."""
+    return and_(or_(*(S.state == state for state in states)), S.updated_at < cutoff)
 
 
 def user_sessions(user_id: str, agent_type: str | None) -> ColumnElement[bool]:
@@ -169,7 +180,7 @@ class Lifecycle(RepositoryBase):
         """
         check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
         cutoff = check_cutoff(older_than, "older_than", checked_now(self._clock))
-        doomed = and_(S.state == sql.DELETED, S.updated_at < cutoff)
+        doomed = deleted_before(cutoff)
         total, _ = await self._remove_in_batches("purge_deleted_sessions", doomed, batch_size)
         if total:
             logger.info("purged %d sessions deleted before %s", total, cutoff.isoformat())
@@ -206,7 +217,7 @@ class Lifecycle(RepositoryBase):
         check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
         wanted = finished_states(states)
         cutoff = check_cutoff(older_than, "older_than", checked_now(self._clock))
-        doomed = and_(or_(*(S.state == state for state in wanted)), S.updated_at < cutoff)
+        doomed = finished_before(cutoff, wanted)
         total, _ = await self._remove_in_batches("purge_finished_sessions", doomed, batch_size)
         if total:
             logger.info(
