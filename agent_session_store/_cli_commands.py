@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import logging
 import shlex
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from alembic.script import ScriptDirectory
 from sqlalchemy import ColumnElement, Connection, and_, func, select
@@ -25,7 +26,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from agent_session_store import _cli_context, _cli_redis, legacy, migrations
+from agent_session_store import _cli_context, _cli_redis, legacy, migrations, transfer
 from agent_session_store import _cli_format as fmt
 from agent_session_store._arguments import parse_id
 from agent_session_store._cli_context import (
@@ -678,4 +679,74 @@ async def import_legacy(ctx: Context) -> int:
         ctx.print(f"rejected {rejected.old_id!r}: {rejected.reason}")
     for old_id, fields in report.defaulted.items():
         ctx.print(f"defaulted {old_id!r}: {', '.join(fields)}")
+    return EXIT_OK
+
+
+# -- export, import ---------------------------------------------------------------------------
+
+
+async def export(ctx: Context) -> int:
+    args = ctx.args
+    engine = ctx.engine()
+    if args.output is None:
+        report = await transfer.export_sessions(
+            engine, sys.stdout, user_id=args.user_id, agent_type=args.agent_type
+        )
+        summary = sys.stderr  # stdout holds the lines
+    else:
+        with _opened(args.output, "w") as out:
+            report = await transfer.export_sessions(
+                engine, out, user_id=args.user_id, agent_type=args.agent_type
+            )
+        summary = ctx.out
+    where = "stdout" if args.output is None else args.output
+    print(
+        f"export: wrote {fmt.count(report.sessions, 'session')} "
+        f"({fmt.count(report.checkpoints, 'checkpoint')}) and "
+        f"{fmt.count(report.shared_state, 'shared-state document')} to {where}",
+        file=summary,
+    )
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _opened(name: str, mode: str) -> Iterator[Any]:
+    """The file ``name`` (``-``: stdin) opened in ``mode``; a failure to open is a CliError."""
+    if name == "-" and mode == "rb":
+        yield sys.stdin.buffer
+        return
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        file: IO[Any] = open(name, mode, encoding=encoding)  # noqa: SIM115
+    except OSError as exc:
+        doing = "read" if "r" in mode else "write"
+        raise CliError(f"cannot {doing} {name}: {exc.strerror or exc}", EXIT_USAGE) from None
+    with file:
+        yield file
+
+
+async def import_export(ctx: Context) -> int:
+    args = ctx.args
+    engine = ctx.engine()
+    with _opened(args.file, "rb") as lines:
+        report = await transfer.import_sessions(engine, lines, batch_size=args.batch_size)
+    ctx.print(
+        f"import: {fmt.count(report.lines, 'line')}: "
+        f"{fmt.count(report.sessions_imported, 'session')} imported "
+        f"({fmt.count(report.checkpoints_imported, 'checkpoint')}), "
+        f"{report.sessions_present} present; "
+        f"{fmt.count(report.shared_state_imported, 'shared-state document')} imported, "
+        f"{report.shared_state_present} present; {fmt.count(len(report.conflicts), 'conflict')}, "
+        f"{fmt.count(len(report.rejected), 'line')} rejected"
+    )
+    for problem in report.conflicts:
+        ctx.print(f"conflict: line {problem.line}: {problem.what}: {problem.reason}")
+    for problem in report.rejected:
+        ctx.print(f"rejected: line {problem.line}: {problem.what}: {problem.reason}")
+    if report.rejected:
+        raise CliError(
+            f"{fmt.count(len(report.rejected), 'line')} of {args.file} could not be imported "
+            "(listed above); the rest was imported",
+            EXIT_ERROR,
+        )
     return EXIT_OK

@@ -27,7 +27,7 @@ from alembic.util import CommandError
 from sqlalchemy import exc as sa_exc
 
 from agent_session_store import _cli_format as fmt
-from agent_session_store import legacy
+from agent_session_store import legacy, transfer
 from agent_session_store._arguments import MAX_BATCH_SIZE, MAX_PAGE_SIZE
 from agent_session_store._cli_commands import (
     STALE_AFTER,
@@ -38,6 +38,8 @@ from agent_session_store._cli_commands import (
     db_sql,
     db_upgrade,
     erase_user,
+    export,
+    import_export,
     import_legacy,
     known_revisions,
     library_version,
@@ -100,7 +102,8 @@ environment:
 
 exit codes:
   0    success
-  1    operational error: the database is unreachable or failed; or the Redis
+  1    operational error: the database is unreachable or failed; import found
+       corrupt lines (after importing the rest); or the Redis
        given could not be used (cleanup, purge, erase-user, stats: after
        printing what was done)
   2    usage error: bad arguments, unparseable URL or unsupported driver;
@@ -213,6 +216,26 @@ app-wide shared state are untouched. Prints counts, never contents.
 Applications that cache sessions in Redis must forget the erased ones: give
 --redis-url (or ${REDIS_URL_ENV}) and --redis-namespace, or --no-cache.
 --dry-run counts what would be erased and needs neither.""",
+    "export": """\
+Write the database's sessions to JSON lines, portable between SQLite and
+PostgreSQL: a header line, then one line per session with its whole history
+(every column of the session and of each checkpoint, and the rows the
+LangGraph checkpointer keeps for it), then one line per shared-state
+document. Values are written as stored: an encrypted database exports
+ciphertext. --user-id and --agent-type limit it to one user's data (a GDPR
+art. 20 request) or one agent type's. Streamed in constant memory; on
+PostgreSQL one snapshot. Writes to --output FILE, else stdout; the summary
+goes to stderr when the lines go to stdout.""",
+    "import": """\
+Load a file written by `export` (FILE, or - for stdin) into the database of
+--url, which must be migrated first (`db upgrade`). Each line is checked on its
+own: a corrupt one is reported with its line number and skipped, the rest is
+imported, and the command exits 1 at the end. Nothing the target holds is ever
+replaced, so importing a file again changes nothing: a session (or
+shared-state document) the target holds with the same content is counted as
+present; with other content, or a key a live session of the target holds, it
+is a conflict, listed by line and id and left out (exit 0). Batches of
+--batch-size lines, each one transaction. Prints counts, never contents.""",
     "import-legacy": """\
 Import the table of the hand-written session manager agent-session-store
 replaces (--table, default agent_sessions) from the database of --from-url,
@@ -395,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
     batch_size(sub, "sessions", 500, MAX_BATCH_SIZE)
+    sub = add(commands, "export", export, "write sessions and shared state as JSON lines")
+    sub.add_argument("--user-id", metavar="USER", help="only this user's sessions and state")
+    sub.add_argument("--agent-type", metavar="TYPE", help="only this agent type's")
+    sub.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
+    sub = add(commands, "import", import_export, "load a file written by export")
+    sub.add_argument("file", metavar="FILE", help="the export's file, or - for stdin")
+    batch_size(sub, "lines", 100, transfer.MAX_BATCH_SIZE)
     sub = add(commands, "import-legacy", import_legacy, "import a hand-written manager's table")
     sub.add_argument("--from-url", required=True, metavar="URL", help="the old database (read)")
     sub.add_argument("--table", default="agent_sessions", help="the old table (agent_sessions)")
