@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import shlex
 import sys
 import uuid
@@ -694,10 +695,18 @@ async def export(ctx: Context) -> int:
         )
         summary = sys.stderr  # stdout holds the lines
     else:
-        with _opened(args.output, "w") as out:
-            report = await transfer.export_sessions(
-                engine, out, user_id=args.user_id, agent_type=args.agent_type
-            )
+        # Written beside it and renamed once whole: FILE never holds half an export.
+        partial = f"{args.output}.partial"
+        try:
+            with _opened(partial, "w") as out:
+                report = await transfer.export_sessions(
+                    engine, out, user_id=args.user_id, agent_type=args.agent_type
+                )
+            os.replace(partial, args.output)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
         summary = ctx.out
     where = "stdout" if args.output is None else args.output
     print(
@@ -743,6 +752,13 @@ async def import_export(ctx: Context) -> int:
         ctx.print(f"conflict: line {problem.line}: {problem.what}: {problem.reason}")
     for problem in report.rejected:
         ctx.print(f"rejected: line {problem.line}: {problem.what}: {problem.reason}")
+    if not report.complete:
+        raise CliError(
+            f"{args.file} ends without the export's end line: it was cut short (an export that "
+            "did not finish, or a partial copy); the lines it has were imported. Export again "
+            "and import the whole file: what is already there is skipped as present",
+            EXIT_ERROR,
+        )
     if report.rejected:
         raise CliError(
             f"{fmt.count(len(report.rejected), 'line')} of {args.file} could not be imported "

@@ -1,11 +1,13 @@
 """Export a store's sessions to JSON lines, and import them into another store.
 
 The file is portable between SQLite and PostgreSQL. Its first line is a header; then one line
-per session, with its whole history; then one line per shared-state document::
+per session, with its whole history; then one line per shared-state document; last, an end
+line with the counts, whose absence tells a file cut short (an export that failed half-way)::
 
     {"format": "agent-session-store-export", "version": 1, "library": "0.1.0", ...}
     {"kind": "session", "session": {...}, "checkpoints": [...], "rows": {...}}
     {"kind": "shared_state", "row": {...}}
+    {"kind": "end", "sessions": 1, "checkpoints": 3, "shared_state": 1}
 
 Every value is exported as stored, column by column, from the table definitions
 (:mod:`agent_session_store.tables`), so a column a later migration adds comes along without a
@@ -20,7 +22,8 @@ Export streams in constant memory: sessions in keyset batches by id (each with i
 shared state by its key; on PostgreSQL the whole export reads one snapshot (REPEATABLE READ).
 
 Import checks each line on its own (JSON, the columns of the target's tables, each value's
-type): a line that fails is reported with its number and skipped, and the rest is imported. It
+type): a line that fails is reported with its number and skipped, and the rest is imported; a
+file without its end line is imported as far as it goes and reported incomplete. It
 never replaces what the target holds, so importing a file again changes nothing:
 
 - a session whose id the target holds is skipped: counted as *present* when its stored row is
@@ -46,8 +49,7 @@ Example::
 
 from __future__ import annotations
 
-import base64
-import binascii
+import dataclasses
 import json
 import logging
 import uuid
@@ -56,36 +58,31 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import (
-    JSON,
-    Column,
-    DateTime,
-    Integer,
-    LargeBinary,
-    String,
-    Table,
-    TableClause,
-    TypeDecorator,
-    Uuid,
-    and_,
-    column,
-    insert,
-    select,
-    table,
-    tuple_,
-)
+from sqlalchemy import and_, insert, select, tuple_
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.types import TypeEngine
 
 from agent_session_store import _statements as sql
 from agent_session_store import migrations
 from agent_session_store._arguments import check_filter
 from agent_session_store._errors import storage_errors
-from agent_session_store._validation import check_text
+from agent_session_store._transfer_rows import (
+    CHECKPOINTS,
+    OTHER_ROWS,
+    STORED,
+    TABLES,
+    DocumentLine,
+    Line,
+    Reject,
+    SessionLine,
+    encode,
+    encoded_row,
+    parse,
+    text_of,
+)
 from agent_session_store.engine import create_engine
 from agent_session_store.errors import SessionValidationError, StorageError
-from agent_session_store.tables import SCOPES, STATES, sessions_table, shared_state_table
+from agent_session_store.tables import sessions_table, shared_state_table
 
 __all__ = [
     "FORMAT",
@@ -103,10 +100,6 @@ FORMAT = "agent-session-store-export"
 VERSION = 1
 DEFAULT_BATCH_SIZE = 100
 MAX_BATCH_SIZE = 5000  # a batch's ids are bound one parameter each in IN (...)
-
-_CHECKPOINTS = sql.SESSION_ROWS[0]
-_OTHER_ROWS = sql.SESSION_ROWS[1:]  # the LangGraph checkpointer's tables, children first
-assert _CHECKPOINTS.name == "agent_sessions_checkpoints"
 
 
 class Writable(Protocol):
@@ -146,127 +139,9 @@ class ImportReport:
     shared_state_present: int = 0
     conflicts: list[Problem] = field(default_factory=list)
     rejected: list[Problem] = field(default_factory=list)
-
-
-# -- the tables as stored ---------------------------------------------------------------------
-
-
-def _stored_type(type_: TypeEngine[Any]) -> TypeEngine[Any]:
-    """The type a column's values are stored as: a ``TypeDecorator``'s own ``impl``, unwrapped,
-    so that values move as the database holds them (an encrypting type is not applied)."""
-    while isinstance(type_, TypeDecorator):
-        type_ = type_.impl_instance
-    return type_
-
-
-def _as_stored(source: Table) -> TableClause:
-    return table(source.name, *(column(c.name, _stored_type(c.type)) for c in source.columns))
-
-
-_STORED: dict[str, TableClause] = {
-    t.name: _as_stored(t) for t in (sessions_table, shared_state_table, *sql.SESSION_ROWS)
-}
-_TABLES: dict[str, Table] = {
-    t.name: t for t in (sessions_table, shared_state_table, *sql.SESSION_ROWS)
-}
-
-
-def _encode(value: Any, type_: TypeEngine[Any]) -> Any:
-    """A stored value as JSON."""
-    if value is None:
-        return None
-    if isinstance(type_, LargeBinary):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(type_, Uuid):
-        return str(value)
-    if isinstance(type_, DateTime):
-        when = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        return when.isoformat(timespec="microseconds")
-    return value
-
-
-class _Reject(Exception):
-    """This line cannot be imported: ``str(exc)`` says why (never with a value in it)."""
-
-
-def _decode(value: Any, col: Column[Any], where: str) -> Any:
-    """A value of the line as the column stores it; ``_Reject`` when it cannot be one."""
-    type_ = _stored_type(col.type)
-    what = f"{where}.{col.name}"
-    if value is None:
-        if not col.nullable:
-            raise _Reject(f"{what} is null, and the column takes no null")
-        return None
-    if isinstance(type_, LargeBinary):
-        if not isinstance(value, str):
-            raise _Reject(f"{what} must be base64 text")
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise _Reject(f"{what} is not valid base64") from None
-    if isinstance(type_, Uuid):
-        try:
-            return uuid.UUID(value)
-        except (TypeError, ValueError, AttributeError):
-            raise _Reject(f"{what} is not a UUID") from None
-    if isinstance(type_, DateTime):
-        try:
-            when = datetime.fromisoformat(value)
-        except (TypeError, ValueError):
-            raise _Reject(f"{what} is not an ISO 8601 time") from None
-        if when.tzinfo is None:
-            raise _Reject(f"{what} has no time zone")
-        try:
-            return when.astimezone(UTC)
-        except OverflowError:
-            raise _Reject(f"{what} is out of range") from None
-    if isinstance(type_, Integer):
-        if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= 2**31:
-            raise _Reject(f"{what} must be a 32-bit integer")
-        return value
-    if isinstance(type_, String):  # Text included
-        if not isinstance(value, str):
-            raise _Reject(f"{what} must be text")
-        if type_.length is not None and len(value) > type_.length:
-            raise _Reject(f"{what} is longer than {type_.length} characters")
-        try:
-            check_text(value, what)
-        except ValueError as exc:
-            raise _Reject(str(exc)) from None
-        return value
-    if isinstance(type_, JSON):
-        return value
-    raise AssertionError(f"no transfer rule for the type of {what}")  # pragma: no cover
-
-
-def _row(data: object, name: str, where: str, *, owner: bool = True) -> dict[str, Any]:
-    """The values of a line's row for table ``name``; ``owner=False``: without session_id."""
-    if not isinstance(data, dict):
-        raise _Reject(f"{where} must be a JSON object")
-    source = _TABLES[name]
-    columns = {c.name: c for c in source.columns if owner or c.name != "session_id"}
-    unknown = sorted(set(data) - set(columns))
-    if unknown:
-        raise _Reject(
-            f"{where} has columns this database's {name} does not ({', '.join(unknown)}): "
-            "upgrade the target's schema (agent-session-store db upgrade) or this package"
-        )
-    values = {}
-    for col_name, col in columns.items():
-        if col_name not in data:
-            if col.nullable or col.server_default is not None:
-                continue  # the database's own default
-            raise _Reject(f"{where} has no {col_name}")
-        values[col_name] = _decode(data[col_name], col, where)
-    return values
-
-
-def _encoded_row(row: Mapping[Any, Any], name: str, *, owner: bool = True) -> dict[str, Any]:
-    return {
-        c.name: _encode(row[c.name], c.type)
-        for c in _STORED[name].columns
-        if owner or c.name != "session_id"
-    }
+    # Whether the file ended with the export's end line: without it, it was cut short (an
+    # export that did not finish, a partial copy), and only the lines it had were imported.
+    complete: bool = False
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -306,6 +181,7 @@ async def export_sessions(
                 out.write(_header(user_id, agent_type) + "\n")
                 await _export_sessions(conn, out, report, user_id, agent_type, batch_size)
                 await _export_shared_state(conn, out, report, user_id, agent_type, batch_size)
+                out.write(json.dumps({"kind": "end", **dataclasses.asdict(report)}) + "\n")
     finally:
         if isinstance(source, str):
             await engine.dispose()
@@ -333,7 +209,7 @@ def _header(user_id: str | None, agent_type: str | None) -> str:
             "library": __version__,
             "exported_at": datetime.now(UTC).isoformat(timespec="microseconds"),
             "filters": {"user_id": user_id, "agent_type": agent_type},
-            "tables": {name: [c.name for c in t.columns] for name, t in _TABLES.items()},
+            "tables": {name: [c.name for c in t.columns] for name, t in TABLES.items()},
         }
     )
 
@@ -346,7 +222,7 @@ async def _export_sessions(
     agent_type: str | None,
     batch_size: int,
 ) -> None:
-    stored = _STORED[sessions_table.name]
+    stored = STORED[sessions_table.name]
     ids = stored.c.id
     filters = []
     if user_id is not None:
@@ -365,11 +241,11 @@ async def _export_sessions(
         children = {t.name: await _children(conn, t.name, batch) for t in sql.SESSION_ROWS}
         for row in sessions:
             sid = row["id"]
-            checkpoints = children[_CHECKPOINTS.name].get(sid, [])
-            rows = {t.name: children[t.name][sid] for t in _OTHER_ROWS if sid in children[t.name]}
+            checkpoints = children[CHECKPOINTS.name].get(sid, [])
+            rows = {t.name: children[t.name][sid] for t in OTHER_ROWS if sid in children[t.name]}
             line = {
                 "kind": "session",
-                "session": _encoded_row(row, sessions_table.name),
+                "session": encoded_row(row, sessions_table.name),
                 "checkpoints": checkpoints,
                 "rows": rows,
             }
@@ -385,12 +261,12 @@ async def _children(
     conn: AsyncConnection, name: str, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[dict[str, Any]]]:
     """The rows of table ``name`` of the sessions ``ids``, encoded, by session, in key order."""
-    stored, source = _STORED[name], _TABLES[name]
+    stored, source = STORED[name], TABLES[name]
     key = [stored.c[c.name] for c in source.primary_key.columns] or list(stored.c)
     query = select(stored).where(stored.c.session_id.in_(ids)).order_by(*key)
     found: dict[uuid.UUID, list[dict[str, Any]]] = {}
     for row in (await conn.execute(query)).mappings():
-        found.setdefault(row["session_id"], []).append(_encoded_row(row, name, owner=False))
+        found.setdefault(row["session_id"], []).append(encoded_row(row, name, owner=False))
     return found
 
 
@@ -402,7 +278,7 @@ async def _export_shared_state(
     agent_type: str | None,
     batch_size: int,
 ) -> None:
-    stored = _STORED[shared_state_table.name]
+    stored = STORED[shared_state_table.name]
     key = tuple_(stored.c.agent_type, stored.c.scope, stored.c.user_id)
     filters = []
     if user_id is not None:
@@ -421,7 +297,7 @@ async def _export_shared_state(
             page = page.where(key > tuple_(*last))
         rows = (await conn.execute(page)).mappings().all()
         for row in rows:
-            line = {"kind": "shared_state", "row": _encoded_row(row, shared_state_table.name)}
+            line = {"kind": "shared_state", "row": encoded_row(row, shared_state_table.name)}
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
             report.shared_state += 1
         if len(rows) < batch_size:
@@ -430,32 +306,6 @@ async def _export_shared_state(
 
 
 # -- import -----------------------------------------------------------------------------------
-
-
-@dataclass
-class _Session:
-    line: int
-    row: dict[str, Any]
-    checkpoints: list[dict[str, Any]]
-    rows: dict[str, list[dict[str, Any]]]
-
-    @property
-    def id(self) -> uuid.UUID:
-        sid: uuid.UUID = self.row["id"]
-        return sid
-
-
-@dataclass
-class _Document:
-    line: int
-    row: dict[str, Any]
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.row["agent_type"], self.row["scope"], self.row["user_id"])
-
-
-_Item = _Session | _Document
 
 
 async def import_sessions(
@@ -492,16 +342,22 @@ async def import_sessions(
         numbered = enumerate(lines, start=1)
         _check_header(next(numbered, (1, "")))
         report.lines = 1
-        batch: list[_Item] = []
+        batch: list[Line] = []
         for number, text in numbered:
             report.lines = number
             if not text.strip():
                 continue
             try:
-                batch.append(_parse(number, _text(text)))
-            except _Reject as exc:
+                if report.complete:
+                    raise Reject("after the export's end line")
+                item = parse(number, text_of(text))
+            except Reject as exc:
                 report.rejected.append(Problem(number, "line", str(exc)))
                 continue
+            if item is None:  # the end line
+                report.complete = True
+                continue
+            batch.append(item)
             if len(batch) >= batch_size:
                 await _write_batch(engine, batch, report)
                 batch = []
@@ -512,10 +368,10 @@ async def import_sessions(
             await engine.dispose()
     logger.info(
         "imported %d sessions (%d checkpoints) and %d shared-state documents; %d present, "
-        "%d conflicts, %d lines rejected",
+        "%d conflicts, %d lines rejected%s",
         report.sessions_imported, report.checkpoints_imported, report.shared_state_imported,
         report.sessions_present + report.shared_state_present, len(report.conflicts),
-        len(report.rejected),
+        len(report.rejected), "" if report.complete else "; the file has no end line",
     )  # fmt: skip
     return report
 
@@ -529,19 +385,10 @@ def _check_batch_size(batch_size: object) -> None:
         )
 
 
-def _text(line: str | bytes) -> str:
-    if isinstance(line, str):
-        return line
-    try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _Reject("not UTF-8 text") from None
-
-
 def _check_header(first: tuple[int, str | bytes]) -> None:
     try:
-        header = json.loads(_text(first[1]))
-    except (ValueError, _Reject):
+        header = json.loads(text_of(first[1]))
+    except (ValueError, Reject):
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise SessionValidationError(
@@ -555,58 +402,12 @@ def _check_header(first: tuple[int, str | bytes]) -> None:
         )
 
 
-def _parse(number: int, text: str) -> _Item:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise _Reject("not valid JSON") from None
-    if not isinstance(data, dict):
-        raise _Reject("not a JSON object")
-    kind = data.get("kind")
-    if kind == "shared_state":
-        document = _row(data.get("row"), shared_state_table.name, "row")
-        scope = document.get("scope")
-        if scope not in SCOPES or (scope == "app" and document.get("user_id", "") != ""):
-            raise _Reject("row.scope must be app (with an empty user_id) or user")
-        return _Document(number, document)
-    if kind != "session":
-        raise _Reject(f"unknown kind {str(kind)[:40]!r} (expected session or shared_state)")
-    session = _row(data.get("session"), sessions_table.name, "session")
-    if session.get("state") not in STATES:
-        raise _Reject(f"session.state must be one of {', '.join(STATES)}")
-    checkpoints = data.get("checkpoints", [])
-    if not isinstance(checkpoints, list):
-        raise _Reject("checkpoints must be a JSON array")
-    cps = [
-        _row(cp, _CHECKPOINTS.name, f"checkpoints[{i}]", owner=False)
-        for i, cp in enumerate(checkpoints)
-    ]
-    seqs = [cp["seq"] for cp in cps]
-    count = session.get("checkpoint_count", len(cps))
-    if len(set(seqs)) != len(seqs) or any(not 1 <= seq <= count for seq in seqs):
-        raise _Reject(f"checkpoint seqs must be distinct and from 1 to checkpoint_count ({count})")
-    given = data.get("rows", {})
-    if not isinstance(given, dict):
-        raise _Reject("rows must be a JSON object of table names")
-    unknown = sorted(set(given) - {t.name for t in _OTHER_ROWS})
-    if unknown:
-        raise _Reject(f"rows names tables this database does not have ({', '.join(unknown)})")
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for name, items in given.items():
-        if not isinstance(items, list):
-            raise _Reject(f"rows.{name} must be a JSON array")
-        rows[name] = [
-            _row(item, name, f"rows.{name}[{i}]", owner=False) for i, item in enumerate(items)
-        ]
-    return _Session(number, session, cps, rows)
-
-
 # What the database says of a row it will not take (a taken unique value, a value out of its
 # range); anything else (a lost connection) stops the import.
 _REFUSALS = (sa_exc.IntegrityError, sa_exc.DataError)
 
 
-async def _write_batch(engine: AsyncEngine, batch: list[_Item], report: ImportReport) -> None:
+async def _write_batch(engine: AsyncEngine, batch: list[Line], report: ImportReport) -> None:
     """Write a batch in one transaction; one the database refuses, line by line."""
     try:
         with storage_errors("import: writing a batch"):
@@ -626,7 +427,7 @@ async def _write_batch(engine: AsyncEngine, batch: list[_Item], report: ImportRe
     _add(report, done)
 
 
-def _refused(item: _Item, error: sa_exc.DBAPIError, report: ImportReport) -> None:
+def _refused(item: Line, error: sa_exc.DBAPIError, report: ImportReport) -> None:
     """A line the database refused on its own: a taken unique value, or a value it rejects."""
     what = _what(item)
     if isinstance(error, sa_exc.IntegrityError):
@@ -638,8 +439,8 @@ def _refused(item: _Item, error: sa_exc.DBAPIError, report: ImportReport) -> Non
         report.rejected.append(Problem(item.line, what, reason))
 
 
-def _what(item: _Item) -> str:
-    if isinstance(item, _Session):
+def _what(item: Line) -> str:
+    if isinstance(item, SessionLine):
         return f"session {item.id}"
     agent_type, scope, _ = item.key
     return f"shared state of {agent_type!r} ({'app-wide' if scope == 'app' else 'a user'})"
@@ -666,24 +467,24 @@ def _add(report: ImportReport, done: _Done) -> None:
     report.rejected += done.rejected
 
 
-async def _write(conn: AsyncConnection, batch: list[_Item]) -> _Done:
+async def _write(conn: AsyncConnection, batch: list[Line]) -> _Done:
     done = _Done()
-    sessions = [item for item in batch if isinstance(item, _Session)]
-    documents = [item for item in batch if isinstance(item, _Document)]
+    sessions = [item for item in batch if isinstance(item, SessionLine)]
+    documents = [item for item in batch if isinstance(item, DocumentLine)]
     new_sessions = await _sort_sessions(conn, sessions, done)
     if new_sessions:
-        await conn.execute(insert(_STORED[sessions_table.name]), [s.row for s in new_sessions])
+        await conn.execute(insert(STORED[sessions_table.name]), [s.row for s in new_sessions])
         for name in (t.name for t in reversed(sql.SESSION_ROWS)):  # parents first
             rows = [
                 {**row, "session_id": s.id}
                 for s in new_sessions
-                for row in (s.checkpoints if name == _CHECKPOINTS.name else s.rows.get(name, []))
+                for row in (s.checkpoints if name == CHECKPOINTS.name else s.rows.get(name, []))
             ]
             if rows:
-                await conn.execute(insert(_STORED[name]), rows)
+                await conn.execute(insert(STORED[name]), rows)
     new_documents = await _sort_documents(conn, documents, done)
     if new_documents:
-        await conn.execute(insert(_STORED[shared_state_table.name]), [d.row for d in new_documents])
+        await conn.execute(insert(STORED[shared_state_table.name]), [d.row for d in new_documents])
     done.sessions = len(new_sessions)
     done.checkpoints = sum(len(s.checkpoints) for s in new_sessions)
     done.shared_state = len(new_documents)
@@ -692,23 +493,23 @@ async def _write(conn: AsyncConnection, batch: list[_Item]) -> _Done:
 
 def _same(given: Mapping[str, Any], stored: Mapping[Any, Any], name: str) -> bool:
     """Whether a line's row is the stored one, compared as exported."""
-    types = {c.name: c.type for c in _STORED[name].columns}
-    return all(_encode(v, types[k]) == _encode(stored[k], types[k]) for k, v in given.items())
+    types = {c.name: c.type for c in STORED[name].columns}
+    return all(encode(v, types[k]) == encode(stored[k], types[k]) for k, v in given.items())
 
 
 async def _sort_sessions(
-    conn: AsyncConnection, sessions: list[_Session], done: _Done
-) -> list[_Session]:
+    conn: AsyncConnection, sessions: list[SessionLine], done: _Done
+) -> list[SessionLine]:
     """The sessions to insert; the others counted as present, conflicting or duplicated."""
     if not sessions:
         return []
-    stored = _STORED[sessions_table.name]
+    stored = STORED[sessions_table.name]
     wanted = list({s.id for s in sessions})
     held = {
         row["id"]: row
         for row in (await conn.execute(select(stored).where(stored.c.id.in_(wanted)))).mappings()
     }
-    new: dict[uuid.UUID, _Session] = {}
+    new: dict[uuid.UUID, SessionLine] = {}
     for s in sessions:
         if s.id in new:
             reason = f"the same session as line {new[s.id].line}"
@@ -743,18 +544,18 @@ async def _sort_sessions(
 
 
 async def _sort_documents(
-    conn: AsyncConnection, documents: list[_Document], done: _Done
-) -> list[_Document]:
+    conn: AsyncConnection, documents: list[DocumentLine], done: _Done
+) -> list[DocumentLine]:
     if not documents:
         return []
-    stored = _STORED[shared_state_table.name]
+    stored = STORED[shared_state_table.name]
     key = tuple_(stored.c.agent_type, stored.c.scope, stored.c.user_id)
     wanted = list({d.key for d in documents})
     held = {
         (row["agent_type"], row["scope"], row["user_id"]): row
         for row in (await conn.execute(select(stored).where(key.in_(wanted)))).mappings()
     }
-    new: dict[tuple[str, str, str], _Document] = {}
+    new: dict[tuple[str, str, str], DocumentLine] = {}
     for d in documents:
         if d.key in new:
             reason = f"the same document as line {new[d.key].line}"

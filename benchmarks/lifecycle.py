@@ -191,6 +191,7 @@ async def import_(url: str, sizes: Sizes, path: Path) -> dict[str, Any]:
             first = await transfer.import_sessions(engine, lines)
         seconds = time.perf_counter() - started
         assert first.sessions_imported == sizes.transfer_sessions, first
+        assert first.complete, "the export has no end line"
         assert not first.rejected, first.rejected[:3]
         assert not first.conflicts, first.conflicts[:3]
         started = time.perf_counter()

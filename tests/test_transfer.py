@@ -27,6 +27,7 @@ from agent_session_store import (
     migrations,
 )
 from agent_session_store import transfer as t
+from agent_session_store._transfer_rows import STORED, encoded_row
 from agent_session_store.integrations.langgraph import SessionStoreSaver
 from agent_session_store.tables import LANGGRAPH_TABLES, metadata, sessions_table
 from tests.conftest import FakeClock
@@ -108,9 +109,9 @@ async def dump(engine: AsyncEngine) -> dict[str, list[str]]:
     tables: dict[str, list[str]] = {}
     async with engine.connect() as conn:
         for table in metadata.sorted_tables:
-            rows = (await conn.execute(select(t._STORED[table.name]))).mappings().all()
+            rows = (await conn.execute(select(STORED[table.name]))).mappings().all()
             tables[table.name] = sorted(
-                json.dumps(t._encoded_row(row, table.name), sort_keys=True) for row in rows
+                json.dumps(encoded_row(row, table.name), sort_keys=True) for row in rows
             )
     return tables
 
@@ -131,11 +132,16 @@ async def test_a_whole_database_round_trips_sqlite_postgres_sqlite_with_every_fi
     text, exported = await export_text(source)
     assert (exported.sessions, exported.shared_state) == (sessions, 3)
     assert exported.checkpoints == len(original["agent_sessions_checkpoints"])
-    assert len(text.splitlines()) == 1 + sessions + 3
+    assert len(text.splitlines()) == 1 + sessions + 3 + 1  # header, sessions, documents, end
+    assert json.loads(text.splitlines()[-1]) == {
+        "kind": "end", "sessions": sessions, "checkpoints": exported.checkpoints,
+        "shared_state": 3,
+    }  # fmt: skip
 
     into_pg = await t.import_sessions(postgres, text.splitlines(keepends=True))
     assert (into_pg.sessions_imported, into_pg.shared_state_imported) == (sessions, 3)
     assert into_pg.conflicts == into_pg.rejected == []
+    assert into_pg.complete
     assert await dump(postgres) == original
 
     again, _ = await export_text(postgres)
@@ -181,6 +187,24 @@ async def test_a_corrupt_line_is_reported_by_number_and_the_rest_is_imported(
     assert report.shared_state_imported == 3
 
 
+async def test_a_file_cut_short_is_imported_as_far_as_it_goes_and_reported_incomplete(
+    source: AsyncEngine, target: AsyncEngine
+) -> None:
+    sessions = await seed(source)
+    lines = (await export_text(source))[0].splitlines()
+
+    cut = await t.import_sessions(target, lines[: 1 + sessions])  # no documents, no end line
+
+    assert cut.sessions_imported == sessions
+    assert not cut.complete
+    whole = await t.import_sessions(target, [*lines, lines[1]])  # a line after the end line
+    assert whole.complete
+    assert (whole.sessions_present, whole.shared_state_imported) == (sessions, 3)
+    assert [(p.line, p.reason) for p in whole.rejected] == [
+        (len(lines) + 1, "after the export's end line")
+    ]
+
+
 async def test_a_session_the_target_holds_with_other_content_is_a_conflict_left_as_it_is(
     source: AsyncEngine, target: AsyncEngine
 ) -> None:
@@ -215,6 +239,33 @@ async def test_a_key_a_live_session_of_the_target_holds_is_a_conflict(
         "a live session of the target holds its key; left out"
     ]
     assert report.sessions_imported == 0
+
+
+async def test_a_langgraph_thread_the_target_holds_is_a_conflict_and_the_batch_goes_on(
+    source: AsyncEngine, target: AsyncEngine
+) -> None:
+    for engine in (source, target):  # one thread id in both: two sessions, one thread key
+        repo = SessionRepository(async_sessionmaker(engine, expire_on_commit=False))
+        saver = SessionStoreSaver(repo, agent_type="graph")
+        config: Any = {"configurable": {"thread_id": "shared"}}
+        await saver.aput(config, checkpoint({"a": 1}), {}, {"a": 1})
+        await repo.create_session("planner", f"u-{uuid.uuid4().hex[:8]}")
+    # The target's thread session is soft-deleted: its key is free, its thread row is not.
+    theirs = SessionRepository(async_sessionmaker(target, expire_on_commit=False))
+    thread = await theirs.get_session_by_key("graph", key="shared")
+    assert thread is not None
+    await theirs.delete_session(thread.session_id)
+    before = await dump(target)
+
+    report = await t.import_sessions(target, (await export_text(source))[0].splitlines())
+
+    assert [p.reason for p in report.conflicts] == [
+        "a unique value of it (a key, a LangGraph thread id) is taken in the target"
+    ]
+    assert report.sessions_imported == 1  # the other session of the same batch
+    after = await dump(target)
+    assert len(after["agent_sessions_sessions"]) == len(before["agent_sessions_sessions"]) + 1
+    assert after["agent_sessions_lg_threads"] == before["agent_sessions_lg_threads"]
 
 
 async def test_export_of_one_user_holds_only_that_users_sessions_and_documents(
@@ -268,11 +319,16 @@ async def test_export_and_import_commands_round_trip_and_report_counts(
     imported = await cli("import", "out.jsonl", "--url", f"sqlite+aiosqlite:///{dst}",
                          cwd=tmp_path)  # fmt: skip
     assert imported.code == 0, imported.err
-    assert imported.out.startswith(f"import: {sessions + 4} lines: {sessions} sessions imported")
+    assert imported.out.startswith(f"import: {sessions + 5} lines: {sessions} sessions imported")
     assert await dump(target) == await dump(source)
     assert SECRET not in exported.out + exported.err + imported.out + imported.err
 
+    assert not (tmp_path / "out.jsonl.partial").exists()
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    (tmp_path / "cut.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    cut = await cli("import", "cut.jsonl", "--url", f"sqlite+aiosqlite:///{dst}", cwd=tmp_path)
+    assert cut.code == 1
+    assert "cut.jsonl ends without the export's end line: it was cut short" in cut.err
     lines[2] = "{broken"
     (tmp_path / "corrupt.jsonl").write_text("\n".join(lines) + "\n")
     again = await cli("import", "corrupt.jsonl", "--url", f"sqlite+aiosqlite:///{dst}",
@@ -294,7 +350,7 @@ def test_export_to_stdout_prints_the_summary_on_stderr(
     assert main(["export", "--url", url]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out.splitlines()[0])["format"] == t.FORMAT
-    assert len(out.splitlines()) == 1
+    assert [json.loads(line).get("kind") for line in out.splitlines()] == [None, "end"]
     assert (
         err == "export: wrote 0 sessions (0 checkpoints) and 0 shared-state documents to stdout\n"
     )
