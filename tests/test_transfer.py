@@ -7,15 +7,18 @@ table of the schema; then line validation, idempotence, conflicts and the comman
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import threading
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from agent_session_store import (
@@ -155,6 +158,50 @@ async def test_a_whole_database_round_trips_sqlite_postgres_sqlite_with_every_fi
     assert (repeat.shared_state_imported, repeat.shared_state_present) == (0, 3)
     assert repeat.conflicts == repeat.rejected == []
     assert await dump(postgres) == original
+
+
+LATE = uuid.UUID("ffffffff-ffff-4fff-bfff-ffffffffffff")  # sorts after every other id
+
+
+async def _insert_late_session(url: str) -> None:
+    engine = create_engine(url)
+    now = datetime.now(UTC)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(sessions_table).values(
+                    id=LATE, agent_type="planner", user_id="late", state="active", context={},
+                    metadata={}, checkpoint_count=0, version=1, created_at=now, updated_at=now,
+                    last_heartbeat=now,
+                )
+            )  # fmt: skip
+    finally:
+        await engine.dispose()
+
+
+async def test_an_export_on_postgres_reads_one_snapshot(postgres: AsyncEngine) -> None:
+    """A session committed while the export runs (after its first line) is not in it."""
+    repo = SessionRepository(async_sessionmaker(postgres, expire_on_commit=False))
+    for _ in range(3):
+        await repo.create_session("planner", "early")
+    url = postgres.url.render_as_string(hide_password=False)
+
+    class CommitsMidway(io.StringIO):
+        def write(self, text: str, /) -> int:
+            if self.tell() and not getattr(self, "done", False):  # the first session's line
+                self.done = True
+                # Another connection commits a session now, whole, before the export goes on.
+                worker = threading.Thread(target=asyncio.run, args=(_insert_late_session(url),))
+                worker.start()
+                worker.join()
+            return super().write(text)
+
+    out = CommitsMidway()
+    report = await t.export_sessions(postgres, out, batch_size=1)
+
+    assert report.sessions == 3
+    assert str(LATE) not in out.getvalue()
+    assert await repo.get_session(str(LATE)) is not None  # committed before the export ended
 
 
 async def test_a_corrupt_line_is_reported_by_number_and_the_rest_is_imported(
