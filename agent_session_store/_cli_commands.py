@@ -738,7 +738,15 @@ async def import_export(ctx: Context) -> int:
     args = ctx.args
     engine = ctx.engine()
     with _opened(args.file, "rb") as lines:
-        report = await transfer.import_sessions(engine, lines, batch_size=args.batch_size)
+        try:
+            report = await transfer.import_sessions(engine, lines, batch_size=args.batch_size)
+        except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels the command
+            raise CliError(
+                f"interrupted: the batches of {args.batch_size} lines done so far were imported "
+                "and committed; the batch in progress was rolled back. Run the same command "
+                "again: what is there is skipped as present",
+                EXIT_INTERRUPTED,
+            ) from None
     ctx.print(
         f"import: {fmt.count(report.lines, 'line')}: "
         f"{fmt.count(report.sessions_imported, 'session')} imported "

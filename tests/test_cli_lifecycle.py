@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +13,10 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from agent_session_store import SessionRepository, SessionState, create_engine, migrations
+from agent_session_store._cli_context import CliError, Context
+from agent_session_store.cli import build_parser
 from agent_session_store.redis_cache import RedisCache
+from tests.cancelling import cancel_at
 from tests.conftest import FakeClock
 from tests.test_cli import cli, in_process
 
@@ -155,6 +159,35 @@ async def test_erase_user_invalidates_the_applications_cached_copies(
         assert all([await app.get_session(sid) is None for sid in ids])
     finally:
         await client.aclose()
+
+
+async def test_erase_user_interrupted_says_the_batches_done_are_kept_and_resumes(
+    tmp_path: Path, url: str, repo: SessionRepository
+) -> None:
+    for k in range(1, 200):  # cancelled at its k-th await, until one falls between batches
+        user = f"alice-{k}"
+        await seed(repo, user)
+        args = build_parser().parse_args(
+            ["erase-user", user, "--no-cache", "--batch-size", "1", "--url", url]
+        )
+        ctx = Context(args, out=io.StringIO())
+        try:
+            outcome = await cancel_at(k, lambda ctx=ctx: ctx.args.handler(ctx))
+        finally:
+            await ctx.close()
+        assert outcome.cancelled or outcome.error is None or isinstance(outcome.error, CliError)
+        page = await repo.list_sessions(user_id=user, state=SessionState.DELETED)
+        left = len((await repo.list_sessions(user_id=user)).items) + len(page.items)
+        if isinstance(outcome.error, CliError) and 0 < left < 3:
+            break
+    else:
+        raise AssertionError("no cancellation fell between two batches")
+    assert outcome.error.code == 130
+    assert "interrupted: the batches of 1 sessions done so far were erased" in str(outcome.error)
+    assert "Run the same command again" in str(outcome.error)
+    again = await cli("erase-user", user, "--no-cache", "--url", url, cwd=tmp_path)
+    assert again.code == 0, again.err
+    assert again.out.startswith(f"erase-user: erased {left} session")
 
 
 async def _finished(repo: SessionRepository, state: SessionState) -> str:
