@@ -71,6 +71,16 @@ async def postgres(postgres_url: str, _dispose_engines: None) -> AsyncEngine:
     return backend.engine
 
 
+@pytest.fixture
+async def pooled(pgbouncer_url: str, _dispose_engines: None) -> AsyncEngine:
+    """The test PostgreSQL through PgBouncer (transaction pooling), every table emptied."""
+    backend = await conftest_backend("pgbouncer", pgbouncer_url)
+    async with backend.engine.begin() as conn:
+        for table in reversed(metadata.sorted_tables):
+            await conn.execute(delete(table))
+    return backend.engine
+
+
 async def seed(engine: AsyncEngine) -> int:
     """Sessions in every state (keys, checkpoints, metadata), shared state, LangGraph rows;
     returns how many sessions."""
@@ -232,6 +242,19 @@ async def test_a_corrupt_line_is_reported_by_number_and_the_rest_is_imported(
     assert SECRET not in reasons
     assert report.sessions_imported == sessions - 6
     assert report.shared_state_imported == 3
+
+
+async def test_export_and_import_work_through_a_transaction_pooler(
+    source: AsyncEngine, pooled: AsyncEngine
+) -> None:
+    sessions = await seed(source)
+    text, _ = await export_text(source)
+    report = await t.import_sessions(pooled, text.splitlines(), batch_size=7)
+    assert report.sessions_imported == sessions
+    again, exported = await export_text(pooled, batch_size=5)
+    assert exported.sessions == sessions
+    assert len(again.splitlines()) == len(text.splitlines())
+    assert await dump(pooled) == await dump(source)
 
 
 async def test_a_file_cut_short_is_imported_as_far_as_it_goes_and_reported_incomplete(
