@@ -734,6 +734,10 @@ def _opened(name: str, mode: str) -> Iterator[Any]:
         yield file
 
 
+def _problem(problem: transfer.Problem) -> str:
+    return f"{problem.what}: {problem.reason}" if problem.what else problem.reason
+
+
 async def import_export(ctx: Context) -> int:
     args = ctx.args
     engine = ctx.engine()
@@ -757,9 +761,9 @@ async def import_export(ctx: Context) -> int:
         f"{fmt.count(len(report.rejected), 'line')} rejected"
     )
     for problem in report.conflicts:
-        ctx.print(f"conflict: line {problem.line}: {problem.what}: {problem.reason}")
+        ctx.print(f"conflict: line {problem.line}: {_problem(problem)}")
     for problem in report.rejected:
-        ctx.print(f"rejected: line {problem.line}: {problem.what}: {problem.reason}")
+        ctx.print(f"rejected: line {problem.line}: {_problem(problem)}")
     if not report.complete:
         raise CliError(
             f"{args.file} ends without the export's end line: it was cut short (an export that "

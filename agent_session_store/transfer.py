@@ -110,7 +110,8 @@ class Writable(Protocol):
 class Problem:
     """A line that was not imported (whole or in part): its number, what, and why.
 
-    ``what`` names the session (``session <id>``) or document, never its contents.
+    ``what`` names the session (``session <id>``) or document, never its contents; it is
+    empty for a line that could not be read as either.
     """
 
     line: int
@@ -352,7 +353,7 @@ async def import_sessions(
                     raise Reject("after the export's end line")
                 item = parse(number, text_of(text))
             except Reject as exc:
-                report.rejected.append(Problem(number, "line", str(exc)))
+                report.rejected.append(Problem(number, "", str(exc)))
                 continue
             if item is None:  # the end line
                 report.complete = True

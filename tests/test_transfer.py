@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sqlite3
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -404,9 +405,22 @@ async def test_export_and_import_commands_round_trip_and_report_counts(
     again = await cli("import", "corrupt.jsonl", "--url", f"sqlite+aiosqlite:///{dst}",
                       cwd=tmp_path)  # fmt: skip
     assert again.code == 1
-    assert "rejected: line 3: line: not valid JSON" in again.out
+    assert "rejected: line 3: not valid JSON" in again.out
     assert f"{sessions - 1} present" in again.out
     assert "1 line of corrupt.jsonl could not be imported" in again.err
+
+
+def test_import_into_a_database_that_is_not_migrated_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent_session_store.cli import main
+
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"format": t.FORMAT, "version": 1}) + "\n")
+    bare = tmp_path / "bare.db"
+    sqlite3.connect(bare).close()  # a SQLite file without the schema
+    code = main(["import", str(tmp_path / "empty.jsonl"), "--url", f"sqlite+aiosqlite:///{bare}"])
+    assert code == 3
+    assert "agent-session-store db upgrade" in capsys.readouterr().err
 
 
 def test_export_to_stdout_prints_the_summary_on_stderr(
