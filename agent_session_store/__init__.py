@@ -29,7 +29,7 @@ from agent_session_store.models import (
 )
 from agent_session_store.readthrough import ModelCache, read_through
 from agent_session_store.redis_cache import CacheStats, RedisCache
-from agent_session_store.repository import SessionRepository
+from agent_session_store.repository import ErasureReport, SessionRepository
 from agent_session_store.tables import metadata
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "CacheStats",
     "ConcurrentUpdateError",
     "DecryptionError",
+    "ErasureReport",
     "InvalidStateTransitionError",
     "ModelCache",
     "RedisCache",

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
+import logging
+import os
 import shlex
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from alembic.script import ScriptDirectory
 from sqlalchemy import ColumnElement, Connection, and_, func, select
@@ -24,7 +27,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from agent_session_store import _cli_context, _cli_redis, legacy, migrations
+from agent_session_store import _cli_context, _cli_redis, legacy, migrations, transfer
 from agent_session_store import _cli_format as fmt
 from agent_session_store._arguments import parse_id
 from agent_session_store._cli_context import (
@@ -38,6 +41,7 @@ from agent_session_store._cli_context import (
     Context,
 )
 from agent_session_store._errors import storage_errors
+from agent_session_store._repository import lifecycle
 from agent_session_store._rows import (
     CHECKPOINT_COLUMNS,
     SESSION_COLUMNS,
@@ -48,8 +52,10 @@ from agent_session_store._sealed import fields_for
 from agent_session_store.encryption import ENV_ACTIVE, ENV_KEYS
 from agent_session_store.errors import SessionNotFoundError, StorageError
 from agent_session_store.models import AgentSession, SessionState
-from agent_session_store.repository import SessionRepository
-from agent_session_store.tables import checkpoints_table, sessions_table
+from agent_session_store.repository import ErasureReport, SessionRepository
+from agent_session_store.tables import checkpoints_table, sessions_table, shared_state_table
+
+logger = logging.getLogger("agent_session_store.cli")
 
 # -- db ---------------------------------------------------------------------------------------
 
@@ -441,19 +447,37 @@ def _swept_since(started: datetime) -> ColumnElement[bool]:
 
 
 async def purge(ctx: Context) -> int:
-    older_than: fmt.Duration = ctx.args.deleted_before
+    args = ctx.args
+    if args.deleted_before is None and args.finished_before is None:
+        raise CliError(
+            "purge needs --deleted-before AGE (soft-deleted sessions), --finished-before AGE "
+            "(COMPLETED and FAILED ones), or both",
+            EXIT_USAGE,
+        )
+    if args.finished_before is not None and not args.dry_run:
+        # Finished sessions are served from the applications' cache: it must forget them.
+        ctx.require_cache_choice("purge --finished-before")
+    if args.deleted_before is not None:
+        await _purge_deleted(ctx, args.deleted_before)
+    if args.finished_before is not None:
+        await _purge_finished(ctx, args.finished_before)
+    if args.finished_before is not None:
+        await _raise_redis_trouble(ctx, "purged sessions")
+    return EXIT_OK
+
+
+async def _purge_deleted(ctx: Context, older_than: fmt.Duration) -> None:
     cutoff = datetime.now(UTC) - older_than.delta
     ago = f"more than {older_than.text} ago (before {fmt.timestamp(cutoff)})"
 
     def what(n: int) -> str:
         return f"{fmt.count(n, 'session')} soft-deleted {ago}"
 
-    S = sessions_table.c
-    doomed = and_(S.state == SessionState.DELETED.value, S.updated_at < cutoff)
+    doomed = lifecycle.deleted_before(cutoff)
     if ctx.args.dry_run:
         n = await _count_sessions(ctx, doomed)
         ctx.print(f"purge --dry-run: {what(n)} would be removed; nothing was changed")
-        return EXIT_OK
+        return
     repo, batch = ctx.repository(), ctx.args.batch_size
     removed = await _with_progress(
         ctx, lambda n: f"purge: removing {fmt.count(n, 'deleted session')}", doomed,
@@ -461,6 +485,110 @@ async def purge(ctx: Context) -> int:
     )  # fmt: skip
     its = "its checkpoints" if removed == 1 else "their checkpoints"
     ctx.print(f"purge: removed {what(removed)}, with {its}")
+
+
+# What `purge --finished-before` removes: every finished state (the library's default).
+FINISHED = (SessionState.COMPLETED, SessionState.FAILED)
+
+
+async def _purge_finished(ctx: Context, older_than: fmt.Duration) -> None:
+    cutoff = datetime.now(UTC) - older_than.delta
+    ago = f"not updated for {older_than.text} (since {fmt.timestamp(cutoff)})"
+
+    def what(n: int) -> str:
+        return f"{fmt.count(n, 'finished session')} (completed or failed) {ago}"
+
+    doomed = lifecycle.finished_before(cutoff, lifecycle.finished_states(FINISHED))
+    if ctx.args.dry_run:
+        n = await _count_sessions(ctx, doomed)
+        ctx.print(f"purge --dry-run: {what(n)} would be removed; nothing was changed")
+        return
+    repo, batch = ctx.repository(), ctx.args.batch_size
+    try:
+        removed = await _with_progress(
+            ctx, lambda n: f"purge: removing {fmt.count(n, 'finished session')}", doomed,
+            lambda: repo.purge_finished_sessions(
+                older_than.delta, states=FINISHED, batch_size=batch
+            ),
+        )  # fmt: skip
+    except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels the command
+        raise CliError(
+            f"interrupted: the batches of {batch} sessions done so far were removed and "
+            "committed; the batch in progress was rolled back. Run the same command again to "
+            "remove the rest",
+            EXIT_INTERRUPTED,
+        ) from None
+    its = "its checkpoints" if removed == 1 else "their checkpoints"
+    ctx.print(f"purge: removed {what(removed)}, with {its}")
+
+
+async def _raise_redis_trouble(ctx: Context, changed: str) -> None:
+    """Exit 1 (after the summary) when the Redis given could not be used to forget copies."""
+    trouble = await ctx.redis_trouble()
+    if trouble is not None:
+        raise CliError(
+            f"Redis at {_cli_redis.shown(ctx.redis_url or '')} could not be used ({trouble}): "
+            f"the {changed} were committed, but applications may serve cached copies until "
+            "they expire (the cache's ttl); run the command again once Redis is reachable",
+            EXIT_ERROR,
+        )
+
+
+# -- erase-user -------------------------------------------------------------------------------
+
+
+async def _count_erasure(ctx: Context, user_id: str, agent_type: str | None) -> ErasureReport:
+    """What ``erase_user`` would remove, read only, after checking the schema."""
+    doomed = lifecycle.user_sessions(user_id, agent_type)
+    documents = lifecycle.user_shared_state(user_id, agent_type)
+    S = sessions_table.c
+
+    def count(conn: Connection) -> ErasureReport:
+        migrations.check_connection(conn)
+        sessions = select(func.count(), func.coalesce(func.sum(S.checkpoint_count), 0))
+        n, checkpoints = conn.execute(sessions.where(doomed)).one()
+        shared = select(func.count()).select_from(shared_state_table).where(documents)
+        return ErasureReport(int(n), int(checkpoints), int(conn.execute(shared).scalar_one()))
+
+    with storage_errors("counting a user's data"):
+        async with ctx.engine().connect() as conn:
+            return await conn.run_sync(count)
+
+
+def _erasure_text(report: ErasureReport) -> str:
+    return (
+        f"{fmt.count(report.sessions, 'session')}, {fmt.count(report.checkpoints, 'checkpoint')}"
+        f" and {fmt.count(report.shared_state, 'shared-state document')}"
+    )
+
+
+async def erase_user(ctx: Context) -> int:
+    args = ctx.args
+    lifecycle.check_user_to_erase(args.user_id, args.agent_type)  # before connecting: exit 2
+    whose = f"user {args.user_id!r}" + (
+        f" (agent type {args.agent_type!r})" if args.agent_type is not None else ""
+    )
+    if args.dry_run:
+        counted = await _count_erasure(ctx, args.user_id, args.agent_type)
+        ctx.print(
+            f"erase-user --dry-run: {_erasure_text(counted)} of {whose} would be erased; "
+            "nothing was changed"
+        )
+        return EXIT_OK
+    ctx.require_cache_choice("erase-user")
+    repo, batch = ctx.repository(), args.batch_size
+    try:
+        report = await repo.erase_user(args.user_id, agent_type=args.agent_type, batch_size=batch)
+    except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels the command
+        raise CliError(
+            f"interrupted: the batches of {batch} sessions done so far were erased and "
+            "committed; the batch in progress was rolled back. Run the same command again to "
+            "erase the rest",
+            EXIT_INTERRUPTED,
+        ) from None
+    ctx.print(f"erase-user: erased {_erasure_text(report)} of {whose}")
+    logger.info("erase-user: erased %s", _erasure_text(report))
+    await _raise_redis_trouble(ctx, "erased sessions")
     return EXIT_OK
 
 
@@ -582,6 +710,103 @@ async def rotate_keys(ctx: Context) -> int:
             "the values were re-encrypted and committed, but applications may serve cached "
             "copies under the old key until they expire (the cache's ttl): keep the old key "
             "configured until then",
+            EXIT_ERROR,
+        )
+    return EXIT_OK
+
+
+# -- export, import ---------------------------------------------------------------------------
+
+
+async def export(ctx: Context) -> int:
+    args = ctx.args
+    engine = ctx.engine()
+    if args.output is None:
+        report = await transfer.export_sessions(
+            engine, sys.stdout, user_id=args.user_id, agent_type=args.agent_type
+        )
+        summary = sys.stderr  # stdout holds the lines
+    else:
+        # Written beside it and renamed once whole: FILE never holds half an export.
+        partial = f"{args.output}.partial"
+        try:
+            with _opened(partial, "w") as out:
+                report = await transfer.export_sessions(
+                    engine, out, user_id=args.user_id, agent_type=args.agent_type
+                )
+            os.replace(partial, args.output)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
+        summary = ctx.out
+    where = "stdout" if args.output is None else args.output
+    print(
+        f"export: wrote {fmt.count(report.sessions, 'session')} "
+        f"({fmt.count(report.checkpoints, 'checkpoint')}) and "
+        f"{fmt.count(report.shared_state, 'shared-state document')} to {where}",
+        file=summary,
+    )
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _opened(name: str, mode: str) -> Iterator[Any]:
+    """The file ``name`` (``-``: stdin) opened in ``mode``; a failure to open is a CliError."""
+    if name == "-" and mode == "rb":
+        yield sys.stdin.buffer
+        return
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        file: IO[Any] = open(name, mode, encoding=encoding)  # noqa: SIM115
+    except OSError as exc:
+        doing = "read" if "r" in mode else "write"
+        raise CliError(f"cannot {doing} {name}: {exc.strerror or exc}", EXIT_USAGE) from None
+    with file:
+        yield file
+
+
+def _problem(problem: transfer.Problem) -> str:
+    return f"{problem.what}: {problem.reason}" if problem.what else problem.reason
+
+
+async def import_export(ctx: Context) -> int:
+    args = ctx.args
+    engine = ctx.engine()
+    with _opened(args.file, "rb") as lines:
+        try:
+            report = await transfer.import_sessions(engine, lines, batch_size=args.batch_size)
+        except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels the command
+            raise CliError(
+                f"interrupted: the batches of {args.batch_size} lines done so far were imported "
+                "and committed; the batch in progress was rolled back. Run the same command "
+                "again: what is there is skipped as present",
+                EXIT_INTERRUPTED,
+            ) from None
+    ctx.print(
+        f"import: {fmt.count(report.lines, 'line')}: "
+        f"{fmt.count(report.sessions_imported, 'session')} imported "
+        f"({fmt.count(report.checkpoints_imported, 'checkpoint')}), "
+        f"{report.sessions_present} present; "
+        f"{fmt.count(report.shared_state_imported, 'shared-state document')} imported, "
+        f"{report.shared_state_present} present; {fmt.count(len(report.conflicts), 'conflict')}, "
+        f"{fmt.count(len(report.rejected), 'line')} rejected"
+    )
+    for problem in report.conflicts:
+        ctx.print(f"conflict: line {problem.line}: {_problem(problem)}")
+    for problem in report.rejected:
+        ctx.print(f"rejected: line {problem.line}: {_problem(problem)}")
+    if not report.complete:
+        raise CliError(
+            f"{args.file} ends without the export's end line: it was cut short (an export that "
+            "did not finish, or a partial copy); the lines it has were imported. Export again "
+            "and import the whole file: what is already there is skipped as present",
+            EXIT_ERROR,
+        )
+    if report.rejected:
+        raise CliError(
+            f"{fmt.count(len(report.rejected), 'line')} of {args.file} could not be imported "
+            "(listed above); the rest was imported",
             EXIT_ERROR,
         )
     return EXIT_OK

@@ -27,7 +27,7 @@ from alembic.util import CommandError
 from sqlalchemy import exc as sa_exc
 
 from agent_session_store import _cli_format as fmt
-from agent_session_store import legacy
+from agent_session_store import legacy, transfer
 from agent_session_store._arguments import MAX_BATCH_SIZE, MAX_PAGE_SIZE
 from agent_session_store._cli_commands import (
     STALE_AFTER,
@@ -37,6 +37,9 @@ from agent_session_store._cli_commands import (
     db_downgrade,
     db_sql,
     db_upgrade,
+    erase_user,
+    export,
+    import_export,
     import_legacy,
     known_revisions,
     library_version,
@@ -92,8 +95,9 @@ environment:
       the database URL when --url is not given
       (default {DEFAULT_URL})
   {REDIS_URL_ENV}
-      the applications' Redis cache when --redis-url is not given (cleanup
-      invalidates its copies, stats reports on it); --no-cache overrides it
+      the applications' Redis cache when --redis-url is not given (cleanup,
+      erase-user and purge --finished-before invalidate its copies, stats
+      reports on it); --no-cache overrides it
   {REDIS_NAMESPACE_ENV}
       the cache's namespace when --redis-namespace is not given
       (default {DEFAULT_REDIS_NAMESPACE})
@@ -105,10 +109,13 @@ environment:
 
 exit codes:
   0    success
-  1    operational error: the database is unreachable or failed; or the Redis
-       given could not be used (cleanup, stats: after printing what was done)
+  1    operational error: the database is unreachable or failed; import found
+       corrupt lines (after importing the rest); or the Redis
+       given could not be used (cleanup, purge, erase-user, stats: after
+       printing what was done)
   2    usage error: bad arguments, unparseable URL or unsupported driver;
-       cleanup with neither --redis-url nor --no-cache
+       cleanup, erase-user or purge --finished-before with neither
+       --redis-url nor --no-cache
   3    the database schema is not at this version's revision
        (run `agent-session-store db upgrade`), or a newer release migrated it
   4    the session asked for does not exist
@@ -185,12 +192,57 @@ after the summary, and the exit code is 1.
 
 {AGES}""",
     "purge": f"""\
-Hard-delete the sessions soft-deleted more than AGE ago, with their
-checkpoints, in batches of --batch-size sessions, each its own transaction.
---dry-run only counts them. No cache needs invalidating: a soft-deleted
-session is no longer served from any cache.
+Hard-delete sessions for good, with their checkpoints and every row a
+framework backend (LangGraph) stores for them, in batches of --batch-size
+sessions, each its own transaction; give one option or both:
+
+  --deleted-before AGE   the sessions soft-deleted more than AGE ago
+                         (SessionRepository.purge_deleted_sessions)
+  --finished-before AGE  the COMPLETED and FAILED sessions not updated for
+                         AGE: a retention rule, e.g. 90d
+                         (SessionRepository.purge_finished_sessions)
+
+--dry-run only counts them. Applications may cache finished sessions, so
+--finished-before needs the cache's --redis-url (or ${REDIS_URL_ENV}) or
+--no-cache, as cleanup does; --deleted-before alone needs neither (a
+soft-deleted session is no longer served from any cache).
 
 {AGES}""",
+    "erase-user": f"""\
+Erase everything stored about USER, for good (a right-to-erasure request):
+every session of the user in every state (live, finished, soft-deleted),
+their checkpoints and every row a framework backend (LangGraph) stores for
+them, and the user's shared-state documents
+(SessionRepository.erase_user). With --agent-type, only that agent type's.
+Works in batches of --batch-size sessions, each its own transaction;
+interrupted, it keeps the batches done, and running it again erases the rest
+(a run that finds nothing prints zeros). USER is the id exactly as the
+applications store it; an empty one is refused. Other users' data and the
+app-wide shared state are untouched. Prints counts, never contents.
+
+Applications that cache sessions in Redis must forget the erased ones: give
+--redis-url (or ${REDIS_URL_ENV}) and --redis-namespace, or --no-cache.
+--dry-run counts what would be erased and needs neither.""",
+    "export": """\
+Write the database's sessions to JSON lines, portable between SQLite and
+PostgreSQL: a header line, then one line per session with its whole history
+(every column of the session and of each checkpoint, and the rows the
+LangGraph checkpointer keeps for it), then one line per shared-state
+document. Values are written as stored: an encrypted database exports
+ciphertext. --user-id and --agent-type limit it to one user's data (a GDPR
+art. 20 request) or one agent type's. Streamed in constant memory; on
+PostgreSQL one snapshot. Writes to --output FILE, else stdout; the summary
+goes to stderr when the lines go to stdout.""",
+    "import": """\
+Load a file written by `export` (FILE, or - for stdin) into the database of
+--url, which must be migrated first (`db upgrade`). Each line is checked on its
+own: a corrupt one is reported with its line number and skipped, the rest is
+imported, and the command exits 1 at the end. Nothing the target holds is ever
+replaced, so importing a file again changes nothing: a session (or
+shared-state document) the target holds with the same content is counted as
+present; with other content, or a key a live session of the target holds, it
+is a conflict, listed by line and id and left out (exit 0). Batches of
+--batch-size lines, each one transaction. Prints counts, never contents.""",
     "import-legacy": """\
 Import the table of the hand-written session manager agent-session-store
 replaces (--table, default agent_sessions) from the database of --from-url,
@@ -224,7 +276,7 @@ RedisCache.stats, or the agent_session_store.cache.events metric).""",
 }
 
 # `--older-than -1h`: argparse takes `-1h` for an option and says only "expected one argument".
-AGE_OPTIONS = ("--older-than", "--deleted-before")
+AGE_OPTIONS = ("--older-than", "--deleted-before", "--finished-before")
 _NEGATIVE = re.compile(r"-\d")
 
 
@@ -372,13 +424,31 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
     batch_size(sub, "sessions", 2000, MAX_BATCH_SIZE)
-    sub = add(commands, "purge", purge, "hard-delete sessions soft-deleted long ago")
+    sub = add(commands, "purge", purge, "hard-delete sessions deleted or finished long ago")
     sub.add_argument(
-        "--deleted-before", type=fmt.duration, required=True, metavar="AGE",
-        help="time since deletion, e.g. 30d",
+        "--deleted-before", type=fmt.duration, metavar="AGE",
+        help="soft-deleted sessions: time since deletion, e.g. 30d",
+    )  # fmt: skip
+    sub.add_argument(
+        "--finished-before", type=fmt.duration, metavar="AGE",
+        help="COMPLETED and FAILED sessions: time since their last update, e.g. 90d",
     )  # fmt: skip
     sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
     batch_size(sub, "sessions", 500, MAX_BATCH_SIZE)
+    sub = add(commands, "erase-user", erase_user, "erase everything stored about one user")
+    sub.add_argument("user_id", metavar="USER", help="the user's id, as the applications store it")
+    sub.add_argument(
+        "--agent-type", metavar="TYPE", help="only this agent type's sessions and shared state"
+    )
+    sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
+    batch_size(sub, "sessions", 500, MAX_BATCH_SIZE)
+    sub = add(commands, "export", export, "write sessions and shared state as JSON lines")
+    sub.add_argument("--user-id", metavar="USER", help="only this user's sessions and state")
+    sub.add_argument("--agent-type", metavar="TYPE", help="only this agent type's")
+    sub.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
+    sub = add(commands, "import", import_export, "load a file written by export")
+    sub.add_argument("file", metavar="FILE", help="the export's file, or - for stdin")
+    batch_size(sub, "lines", 100, transfer.MAX_BATCH_SIZE)
     sub = add(commands, "import-legacy", import_legacy, "import a hand-written manager's table")
     sub.add_argument("--from-url", required=True, metavar="URL", help="the old database (read)")
     sub.add_argument("--table", default="agent_sessions", help="the old table (agent_sessions)")

@@ -5,19 +5,19 @@ statements, reads never touch more than ``recent_checkpoints`` checkpoint rows, 
 back from our own database are not validated a second time.
 
 The class is assembled from parts, one file each under ``agent_session_store/_repository/``:
-``reads``, ``writes``, ``checkpoints``, ``lifecycle`` and ``rotation`` (re-encryption) on a
-shared ``base``.
+``reads``, ``writes``, ``checkpoints``, ``lifecycle`` (sweeps, purges, erasure) and ``rotation``
+(re-encryption) on a shared ``base``.
 """
 
 from __future__ import annotations
 
 from agent_session_store._repository.checkpoints import Checkpoints
-from agent_session_store._repository.lifecycle import Lifecycle
+from agent_session_store._repository.lifecycle import ErasureReport, Lifecycle
 from agent_session_store._repository.reads import Reads
 from agent_session_store._repository.rotation import KeyRotation, Rotation
 from agent_session_store._repository.writes import Writes
 
-__all__ = ["KeyRotation", "SessionRepository"]
+__all__ = ["ErasureReport", "KeyRotation", "SessionRepository"]
 
 
 class SessionRepository(Reads, Writes, Checkpoints, Lifecycle, Rotation):

@@ -321,6 +321,43 @@ async def _purge(repo: SessionRepository, db: Backend, clock: FakeClock) -> Any:
     return call, check, at(created.session_id)
 
 
+async def _purge_finished(repo: SessionRepository, db: Backend, clock: FakeClock) -> Any:
+    created = await repo.create_session("planner")
+    await repo.add_checkpoint(created.session_id, "x")
+    finished = await repo.get_session(created.session_id)
+    assert finished is not None
+    finished.complete()
+    await repo.update_session(finished)
+    clock.advance(days=91)
+
+    async def call(r: SessionRepository) -> int:
+        return await r.purge_finished_sessions(timedelta(days=90))
+
+    async def check(outcome: Outcome) -> None:
+        found = await stored(db, created.session_id)  # asserts no orphaned checkpoints
+        assert outcome.cancelled or found is None
+
+    return call, check, at(created.session_id)
+
+
+async def _erase_user(repo: SessionRepository, db: Backend, clock: FakeClock) -> Any:
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    created = await repo.create_session("planner", user)
+    await repo.add_checkpoint(created.session_id, "x")
+    await repo.update_shared_state("planner", {"a": 1}, user_id=user)
+
+    async def call(r: SessionRepository) -> Any:
+        return await r.erase_user(user)
+
+    async def check(outcome: Outcome) -> None:
+        found = await stored(db, created.session_id)  # asserts no orphaned checkpoints
+        state = await SessionRepository(db.factory).get_shared_state("planner", user_id=user)
+        assert state in ({}, {"a": 1})
+        assert outcome.cancelled or (found is None and state == {})
+
+    return call, check, at(created.session_id)
+
+
 def _counts_move(
     prepare: Callable[[SessionRepository, str], Awaitable[None]],
     act: Callable[[SessionRepository, str], Awaitable[Any]],
@@ -420,6 +457,8 @@ SCENARIOS: dict[str, Scenario] = {
     "delete_session": _delete,
     "cleanup_stale_sessions": _cleanup,
     "purge_deleted_sessions": _purge,
+    "purge_finished_sessions": _purge_finished,
+    "erase_user": _erase_user,
     "create_session(key)": _create_with_key,
     "add_checkpoints": _counts_move(
         _nothing, lambda r, sid: r.add_checkpoints(sid, [("a", {}), ("b", {})]), (1, 1), (2, 3)

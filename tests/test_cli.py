@@ -128,6 +128,7 @@ async def test_help_lists_commands_and_exit_codes(tmp_path: Path) -> None:
         [], ["db"], ["db", "upgrade"], ["db", "downgrade"], ["db", "current"], ["db", "check"],
         ["db", "sql"], ["sessions"], ["sessions", "list"], ["sessions", "show"],
         ["sessions", "checkpoints"], ["cleanup"], ["purge"], ["stats"], ["import-legacy"],
+        ["erase-user"],
     ],
 )  # fmt: skip
 def test_every_level_has_help(path: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -204,6 +204,7 @@ def with_clock(clock_value: Any, method: str) -> Call:
             "delete_session": lambda: repo.delete_session(sid),
             "cleanup_stale_sessions": lambda: repo.cleanup_stale_sessions(),
             "purge_deleted_sessions": lambda: repo.purge_deleted_sessions(),
+            "purge_finished_sessions": lambda: repo.purge_finished_sessions(timedelta(days=1)),
         }
         return await calls[method]()
 
@@ -225,6 +226,7 @@ CLOCK_METHODS = [
     "delete_session",
     "cleanup_stale_sessions",
     "purge_deleted_sessions",
+    "purge_finished_sessions",
 ]
 BAD_CLOCKS: list[tuple[str, Any]] = [
     ("naive datetimes", datetime(2026, 1, 1)),
@@ -240,6 +242,7 @@ BAD_CLOCKS: list[tuple[str, Any]] = [
     ("None", None),
     ("an ISO string", "2026-01-01T00:00:00+00:00"),
 ]
+SWEEPS = ("cleanup_stale_sessions", "purge_deleted_sessions", "purge_finished_sessions")
 BAD_DURATIONS: list[tuple[str, Any]] = [
     ("timedelta.max", timedelta.max),
     ("timedelta(days=10**6)", timedelta(days=10**6)),
@@ -726,7 +729,11 @@ ROWS: list[Row] = [
     ),
     *(
         Row(f"{method}: max age {label}", sweep(method, age))
-        for method in ("cleanup_stale_sessions", "purge_deleted_sessions")
+        for method in (
+            "cleanup_stale_sessions",
+            "purge_deleted_sessions",
+            "purge_finished_sessions",
+        )
         for label, age in BAD_DURATIONS
     ),
     *(

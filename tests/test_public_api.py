@@ -13,6 +13,7 @@ def test_public_names_are_pinned() -> None:
         "CacheStats",
         "ConcurrentUpdateError",
         "DecryptionError",
+        "ErasureReport",
         "InvalidStateTransitionError",
         "ModelCache",
         "RedisCache",
