@@ -290,7 +290,9 @@ async def test_unparseable_url_exits_2(tmp_path: Path) -> None:
     [
         ("mysql+aiomysql://u:pw@localhost/db", "unsupported database 'mysql'"),
         ("sqlite:///x.db", "use an async driver"),
-        ("postgresql://u:pw@localhost/db", "use an async driver"),
+        # A sync-only driver named outright: a bare postgresql:// means psycopg 3 where it is
+        # installed (the bench extra brings it), and psycopg 3 has an async dialect.
+        ("postgresql+psycopg2://u:pw@localhost/db", "use an async driver"),
     ],
 )
 def test_unsupported_driver_exits_2(
