@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from sqlalchemy import Executable, Result, Select, func, select, update
 
 from agent_session_store import _statements as sql
+from agent_session_store._errors import INTEGRITY_ERRORS
 from agent_session_store._rows import S, checkpoint_values
 from agent_session_store.models import AgentSession, SessionCheckpoint, SessionState
 from agent_session_store.tables import sessions_table
@@ -144,11 +145,12 @@ class Postgres(Dialect):
     async def create(self, db: Runner, session: AgentSession) -> None:
         first = session.checkpoints[0]
         await db.fetch(
-            sql.CREATE_IN_ONE,
+            sql.CREATE_IN_ONE[session.key is not None],  # keyed: frees an expired holder
             {"b_sid": uuid.UUID(session.session_id), "b_agent": session.agent_type,
              "b_user": session.user_id, "b_context": session.context,
              "b_metadata": session.metadata, "b_now": session.created_at,
-             "b_name": first.name, "b_data": first.data, "b_key": session.key},
+             "b_name": first.name, "b_data": first.data, "b_key": session.key,
+             "b_expires": session.expires_at},
         )  # fmt: skip
 
     async def append(self, db: Runner, params: dict[str, Any], cp: SessionCheckpoint) -> int | None:
@@ -216,8 +218,16 @@ class Sqlite(Dialect):
         params = {"b_sid": uuid.UUID(session.session_id), "b_agent": session.agent_type,
                   "b_user": session.user_id, "b_context": session.context,
                   "b_metadata": session.metadata, "b_now": session.created_at,
-                  "b_key": session.key}  # fmt: skip
-        await db.fetch(sql.INSERT_SESSION_ROW, params)
+                  "b_key": session.key, "b_expires": session.expires_at}  # fmt: skip
+        try:
+            await db.fetch(sql.INSERT_SESSION_ROW, params)
+        except INTEGRITY_ERRORS:
+            # The key is taken: by an expired session, its key is free. Freed here, after the
+            # refusal, so that a create pays for it only when the key is held (SQLite undoes the
+            # refused statement alone; the transaction and its write lock stay).
+            if session.key is None or not await db.fetch(sql.FREE_EXPIRED_KEY, params):
+                raise
+            await db.fetch(sql.INSERT_SESSION_ROW, params)
         await db.fetch(
             sql.INSERT_ONE_CHECKPOINT,
             {"b_sid": params["b_sid"], "b_seq": 1, "b_name": first.name, "b_data": first.data,

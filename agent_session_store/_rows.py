@@ -17,9 +17,15 @@ S = sessions_table.c
 C = checkpoints_table.c
 SESSION_COLUMNS = (
     S.id, S.agent_type, S.user_id, S.state, S.context, S.metadata, S.checkpoint_count,
-    S.version, S.created_at, S.updated_at, S.last_heartbeat, S.key,
+    S.version, S.created_at, S.updated_at, S.last_heartbeat, S.key, S.expires_at,
 )  # fmt: skip
 CHECKPOINT_COLUMNS = (C.seq, C.name, C.data, C.created_at.label("cp_created_at"))
+
+
+def expired(session: AgentSession, now: datetime) -> bool:
+    """Whether ``session`` has expired at ``now``: the rule the statements apply, for a copy
+    that did not come from one of them (a cached copy)."""
+    return session.expires_at is not None and session.expires_at <= now
 
 
 def checkpoints_from_json(items: list[dict[str, Any]] | None) -> list[SessionCheckpoint]:
@@ -61,6 +67,7 @@ def session_from_row(row: Any, checkpoints: list[SessionCheckpoint]) -> AgentSes
         last_heartbeat=row.last_heartbeat,
         version=row.version,
         key=row.key,
+        expires_at=row.expires_at,
     )
 
 

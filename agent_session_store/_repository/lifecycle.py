@@ -89,3 +89,36 @@ class Lifecycle(RepositoryBase):
         if total:
             logger.info("purged %d sessions deleted before %s", total, cutoff.isoformat())
         return total
+
+    async def purge_expired_sessions(self, *, batch_size: int = 500) -> int:
+        """Hard-delete the sessions whose ``expires_at`` has passed, with all their rows.
+
+        Expired sessions are already absent to every read; this reclaims their space (the
+        checkpoints and the framework backends' rows, ``_statements.SESSION_ROWS``) and forgets
+        their cached copies. Works in batches of ``batch_size`` sessions, each its own
+        transaction unless bound, oldest expiry first; safe to run from several workers.
+
+        Returns:
+            How many sessions were removed.
+
+        Raises:
+            SessionValidationError: a bad ``batch_size``; nothing was written.
+        """
+        check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
+        now = checked_now(self._clock)
+        doomed = select(S.id).where(S.expires_at <= now).order_by(S.expires_at).limit(batch_size)
+        total = 0
+        while True:
+            async with self._call("purge_expired_sessions") as db:
+                ids = (await db.execute(doomed)).scalars().all()
+                if ids:
+                    for table in sql.SESSION_ROWS:  # its rows first, explicitly: see there
+                        await db.execute(delete(table).where(table.c.session_id.in_(ids)))
+                    await db.execute(delete(sessions_table).where(S.id.in_(ids)))
+                    db.invalidate_on_commit(ids)
+            total += len(ids)
+            if len(ids) < batch_size:
+                break
+        if total:
+            logger.info("purged %d sessions expired by %s", total, now.isoformat())
+        return total
