@@ -5,12 +5,14 @@ statements, reads never touch more than ``recent_checkpoints`` checkpoint rows, 
 back from our own database are not validated a second time.
 
 The class is assembled from parts, one file each under ``agent_session_store/_repository/``:
-``reads``, ``writes``, ``checkpoints`` and ``lifecycle`` on a shared ``base``.
+``reads``, ``writes``, ``checkpoints`` and ``lifecycle`` on a shared ``base``, and ``compose``
+(get-or-create, read-change-write) on reads and writes.
 """
 
 from __future__ import annotations
 
 from agent_session_store._repository.checkpoints import Checkpoints
+from agent_session_store._repository.compose import Compose
 from agent_session_store._repository.lifecycle import Lifecycle
 from agent_session_store._repository.reads import Reads
 from agent_session_store._repository.writes import Writes
@@ -18,7 +20,7 @@ from agent_session_store._repository.writes import Writes
 __all__ = ["SessionRepository"]
 
 
-class SessionRepository(Reads, Writes, Checkpoints, Lifecycle):
+class SessionRepository(Compose, Reads, Writes, Checkpoints, Lifecycle):
     """Create, read, update and sweep agent sessions.
 
     Each call is its own transaction, committed before it returns, unless the repository is
