@@ -84,6 +84,19 @@ def check_expiry(expires_at: object, now: datetime) -> datetime | None:
     return when
 
 
+def check_idempotency_key(key: object, what: str) -> str | None:
+    """An append's idempotency key: ``None``, or text of 1 to 256 characters (kept as given)."""
+    if key is None:
+        return None
+    check_filter(key, what)
+    assert isinstance(key, str)  # check_filter refused anything else
+    if not 1 <= len(key) <= 256:
+        raise SessionValidationError(
+            f"{what} (an idempotency key) must be 1 to 256 characters long, got {len(key)}"
+        )
+    return key
+
+
 def check_key(key: object) -> str:
     """A session key as stored: printable text of 1 to 128 characters, without surrounding spaces.
 

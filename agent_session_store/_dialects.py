@@ -93,13 +93,21 @@ class Dialect:
         raise NotImplementedError
 
     async def append(self, db: Runner, params: dict[str, Any], cp: SessionCheckpoint) -> int | None:
-        """Append ``cp`` (``params``: b_sid, b_now, b_at, b_user); its seq, or ``None``."""
+        """Append ``cp`` (``params``: b_sid, b_now, b_at, b_user, b_ikey); its seq, or ``None``.
+
+        A known ``b_ikey`` makes the checkpoints' unique index refuse it (a driver error).
+        """
         raise NotImplementedError
 
     async def append_many(
-        self, db: Runner, params: dict[str, Any], batch: list[SessionCheckpoint]
+        self,
+        db: Runner,
+        params: dict[str, Any],
+        batch: list[SessionCheckpoint],
+        keys: list[str | None],
     ) -> int | None:
-        """Append ``batch`` (``params`` as ``append``, b_added); the first seq, or ``None``."""
+        """Append ``batch`` (``params`` as ``append``, b_added) with idempotency ``keys``, one per
+        item; the first seq, or ``None``."""
         raise NotImplementedError
 
     async def merge_shared_state(
@@ -154,13 +162,21 @@ class Postgres(Dialect):
         )  # fmt: skip
 
     async def append(self, db: Runner, params: dict[str, Any], cp: SessionCheckpoint) -> int | None:
-        rows = await db.fetch(sql.APPEND_IN_ONE[params["b_user"] is not None], params)
+        keyed = params["b_ikey"] is not None
+        rows = await db.fetch(sql.APPEND_IN_ONE[params["b_user"] is not None, keyed], params)
         return int(rows[0].seq) if rows else None
 
     async def append_many(
-        self, db: Runner, params: dict[str, Any], batch: list[SessionCheckpoint]
+        self,
+        db: Runner,
+        params: dict[str, Any],
+        batch: list[SessionCheckpoint],
+        keys: list[str | None],
     ) -> int | None:
-        params = {**params, "b_items": [{"name": cp.name, "data": cp.data} for cp in batch]}
+        items = [
+            {"name": cp.name, "data": cp.data, "ikey": k} for cp, k in zip(batch, keys, strict=True)
+        ]
+        params = {**params, "b_items": items}
         stmt = sql.APPEND_MANY_IN_ONE[params["b_user"] is not None]
         seqs = (await db.execute(stmt, params)).scalars().all()
         return min(seqs) if seqs else None
@@ -231,23 +247,28 @@ class Sqlite(Dialect):
         await db.fetch(
             sql.INSERT_ONE_CHECKPOINT,
             {"b_sid": params["b_sid"], "b_seq": 1, "b_name": first.name, "b_data": first.data,
-             "b_at": first.timestamp},
+             "b_at": first.timestamp, "b_ikey": None},
         )  # fmt: skip
 
     async def append(self, db: Runner, params: dict[str, Any], cp: SessionCheckpoint) -> int | None:
-        rows = await db.fetch(sql.APPEND[params["b_user"] is not None], params)
+        bump = sql.APPEND_NEW if params["b_ikey"] is not None else sql.APPEND
+        rows = await db.fetch(bump[params["b_user"] is not None], params)
         if not rows:
             return None
         seq = int(rows[0].checkpoint_count)
         await db.fetch(
             sql.INSERT_ONE_CHECKPOINT,
             {"b_sid": params["b_sid"], "b_seq": seq, "b_name": cp.name, "b_data": cp.data,
-             "b_at": cp.timestamp},
+             "b_at": cp.timestamp, "b_ikey": params["b_ikey"]},
         )  # fmt: skip
         return seq
 
     async def append_many(
-        self, db: Runner, params: dict[str, Any], batch: list[SessionCheckpoint]
+        self,
+        db: Runner,
+        params: dict[str, Any],
+        batch: list[SessionCheckpoint],
+        keys: list[str | None],
     ) -> int | None:
         count = (await db.execute(sql.APPEND_MANY[params["b_user"] is not None], params)).scalar()
         if count is None:
@@ -255,8 +276,8 @@ class Sqlite(Dialect):
         first: int = count - len(batch) + 1
         sid = params["b_sid"]
         rows = [
-            checkpoint_values(sid, cp.model_copy(update={"seq": first + i}))
-            for i, cp in enumerate(batch)
+            checkpoint_values(sid, cp.model_copy(update={"seq": first + i}), key)
+            for i, (cp, key) in enumerate(zip(batch, keys, strict=True))
         ]
         await db.execute(sql.INSERT_CHECKPOINT, rows)
         return first

@@ -71,7 +71,9 @@ def session_from_row(row: Any, checkpoints: list[SessionCheckpoint]) -> AgentSes
     )
 
 
-def checkpoint_values(sid: uuid.UUID, cp: SessionCheckpoint) -> dict[str, Any]:
+def checkpoint_values(
+    sid: uuid.UUID, cp: SessionCheckpoint, idempotency_key: str | None = None
+) -> dict[str, Any]:
     """The checkpoints table's values for storing ``cp`` in session ``sid``."""
     return {"session_id": sid, "seq": cp.seq, "name": cp.name, "data": cp.data,
-            "created_at": cp.timestamp}  # fmt: skip
+            "created_at": cp.timestamp, "idempotency_key": idempotency_key}  # fmt: skip

@@ -19,6 +19,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    exists,
     func,
     insert,
     literal,
@@ -160,6 +161,15 @@ APPEND = _scoped(
     .returning(S.checkpoint_count)
 )
 
+# An append with an idempotency key (b_ikey): bumps only when the session holds no checkpoint
+# under that key. On SQLite the write lock makes the check exact; on PostgreSQL two appends of
+# one key racing both pass it (one snapshot per statement) and the unique index refuses the
+# second, which the repository then answers with the stored checkpoint.
+_HOLDS_KEY = exists().where(
+    C.session_id == _SID, C.idempotency_key == bindparam("b_ikey", type_=String())
+)
+APPEND_NEW = {scoped: stmt.where(~_HOLDS_KEY) for scoped, stmt in APPEND.items()}
+
 DELETE = _scoped(
     update(sessions_table)
     .where(S.id == _SID, S.state != DELETED, _present())
@@ -213,27 +223,25 @@ STORED_FOR_UPDATE = select(S.version, S.state, S.user_id, S.expires_at).where(S.
 
 # PostgreSQL only (SQLite has no writing CTEs): the two writes of an append, or of a create,
 # as one statement, so a call is one round trip with no BEGIN/COMMIT around it.
-_CHECKPOINT_COLUMN_NAMES = ["session_id", "seq", "name", "data", "created_at"]
+_CHECKPOINT_COLUMN_NAMES = ["session_id", "seq", "name", "data", "created_at", "idempotency_key"]
+_IKEY = bindparam("b_ikey", type_=String())  # the append's idempotency key, or NULL
 _CP_NAME = bindparam("b_name", type_=String())
 _CP_DATA = bindparam("b_data", type_=JsonType)
 _AT = bindparam("b_at", type_=UtcDateTime())  # the checkpoint's time (the caller's, or now)
 
 
-def _append_in_one(scoped: bool) -> Any:
-    bump = (
-        update(sessions_table)
-        .where(S.id == _SID, _live())
-        .values(checkpoint_count=S.checkpoint_count + 1, version=S.version + 1, updated_at=_NOW)
-        .returning(S.id, S.checkpoint_count)
-    )
-    if scoped:
-        bump = bump.where(S.user_id == _USER)
+def _append_in_one(scoped: bool, keyed: bool) -> Any:
+    bump = (APPEND_NEW if keyed else APPEND)[scoped].returning(S.id)
     bumped = bump.cte("bumped")
-    rows = select(bumped.c.id, bumped.c.checkpoint_count, _CP_NAME, _CP_DATA, _AT)
+    rows = select(bumped.c.id, bumped.c.checkpoint_count, _CP_NAME, _CP_DATA, _AT, _IKEY)
     return insert(checkpoints_table).from_select(_CHECKPOINT_COLUMN_NAMES, rows).returning(C.seq)
 
 
-APPEND_IN_ONE = {False: _append_in_one(False), True: _append_in_one(True)}
+APPEND_IN_ONE = {
+    (scoped, keyed): _append_in_one(scoped, keyed)
+    for scoped in (False, True)
+    for keyed in (False, True)
+}
 
 _NEW_SESSION_VALUES: dict[str, Any] = {
     "id": _SID,
@@ -274,6 +282,7 @@ INSERT_ONE_CHECKPOINT = insert(checkpoints_table).values(
     name=_CP_NAME,
     data=_CP_DATA,
     created_at=_AT,
+    idempotency_key=_IKEY,
 )
 
 
@@ -296,7 +305,14 @@ def _create_in_one(keyed: bool) -> Any:
     created = new_row.returning(S.id).cte("created")
     return insert(checkpoints_table).from_select(
         _CHECKPOINT_COLUMN_NAMES,
-        select(created.c.id, literal(1, Integer()), _CP_NAME, _CP_DATA, _NOW),
+        select(
+            created.c.id,
+            literal(1, Integer()),
+            _CP_NAME,
+            _CP_DATA,
+            _NOW,
+            literal(None, String()),
+        ),
     )
 
 
@@ -339,6 +355,24 @@ APPEND_MANY = _scoped(
     .returning(S.checkpoint_count)
 )
 
+# The checkpoint a session holds under an idempotency key, if the session is there for the
+# caller (the slow path of an append whose key was known: see Checkpoints.add_checkpoint).
+KNOWN_CHECKPOINT = _scoped(
+    select(*CHECKPOINT_COLUMNS)
+    .join(sessions_table, S.id == C.session_id)
+    .where(C.session_id == _SID, C.idempotency_key == _IKEY, S.state != DELETED, _present())
+)
+
+
+def known_checkpoints(scoped: bool, keys: list[str]) -> Select[Any]:
+    """The checkpoints a session holds under any of ``keys``, with their keys (a batch's)."""
+    return _scoped(
+        select(*CHECKPOINT_COLUMNS, C.idempotency_key)
+        .join(sessions_table, S.id == C.session_id)
+        .where(C.session_id == _SID, C.idempotency_key.in_(keys), S.state != DELETED, _present())
+    )[scoped]
+
+
 HARD_DELETE = _scoped(delete(sessions_table).where(S.id == _SID).returning(S.id))
 # Every table whose rows belong to a session, children first: its checkpoints, and the LangGraph
 # checkpointer's rows (integrations/langgraph.py). A hard delete and a purge remove them
@@ -364,6 +398,7 @@ def _append_many_in_one(scoped: bool) -> Any:
         items.c.value.op("->>")(literal("name")),
         items.c.value.op("->", return_type=postgresql.JSONB())(literal("data")),
         _AT,
+        items.c.value.op("->>")(literal("ikey")),
     ).select_from(bumped.join(items, true()))  # one bumped row: every item goes with it
     return insert(checkpoints_table).from_select(_CHECKPOINT_COLUMN_NAMES, rows).returning(C.seq)
 
