@@ -103,12 +103,9 @@ class Reads(RepositoryBase):
         Like :meth:`get_session` otherwise (same window, same cache). Keys are per user:
         another user's session with the same key is never returned.
 
-        Example (get or create: create first, so two workers racing get one session)::
+        Example (to get or create, use :meth:`get_or_create_session`)::
 
-            try:
-                session = await repo.create_session("planner", "u1", key="chat-42")
-            except SessionExistsError:
-                session = await repo.get_session_by_key("planner", "u1", key="chat-42")
+            session = await repo.get_session_by_key("planner", "u1", key="chat-42")
 
         Raises:
             SessionValidationError: an ``agent_type``, ``user_id`` or ``key`` no session can

@@ -6,11 +6,11 @@ Create Date: 2026-12-05
 
 Never imports the live models: this file describes the schema as it was at this revision.
 One transaction (no CONCURRENTLY): two nullable columns, added without a default, cost no
-table rewrite; the new indexes are built under the transaction's lock, which a deploy of a
-large table may prefer to build ahead of time with ``CREATE INDEX CONCURRENTLY`` under the
-same names (see docs/operations.md). Existing sessions never expire (``expires_at`` NULL) and
-existing checkpoints have no idempotency key (NULL), so the partial unique index holds from
-the start.
+table rewrite; the new indexes are built under the transaction's lock. They are created with
+IF NOT EXISTS, so a deploy of a large table may build them ahead of time with ``CREATE INDEX
+CONCURRENTLY`` under the same names and definitions (see docs/operations.md). Existing
+sessions never expire (``expires_at`` NULL) and existing checkpoints have no idempotency key
+(NULL), so the partial unique index holds from the start.
 
 - ``agent_sessions_sessions.expires_at``: an expired session is absent to every read; an
   index over the sessions that have one serves ``purge_expired_sessions``.
@@ -52,6 +52,7 @@ def upgrade() -> None:
         ["expires_at"],
         postgresql_where=HAS_EXPIRY,
         sqlite_where=HAS_EXPIRY,
+        if_not_exists=True,
     )
     op.create_index(
         "uq_agent_sessions_checkpoints_session_id_idempotency_key",
@@ -60,15 +61,19 @@ def upgrade() -> None:
         unique=True,
         postgresql_where=HAS_IDEMPOTENCY_KEY,
         sqlite_where=HAS_IDEMPOTENCY_KEY,
+        if_not_exists=True,
     )
     if op.get_context().dialect.name == "postgresql":
-        op.create_index("ix_agent_sessions_sessions_updated_at", SESSIONS, ["updated_at"])
+        op.create_index(
+            "ix_agent_sessions_sessions_updated_at", SESSIONS, ["updated_at"], if_not_exists=True
+        )
         op.create_index(
             "ix_agent_sessions_sessions_key_pattern",
             SESSIONS,
             ["key"],
             postgresql_ops={"key": "varchar_pattern_ops"},
             postgresql_where=HAS_KEY,
+            if_not_exists=True,
         )
         op.create_index(
             "ix_agent_sessions_sessions_metadata",
@@ -76,6 +81,7 @@ def upgrade() -> None:
             ["metadata"],
             postgresql_using="gin",
             postgresql_ops={"metadata": "jsonb_path_ops"},
+            if_not_exists=True,
         )
 
 
