@@ -195,14 +195,23 @@ async def _not_found_after_checking(ctx: Context, session_id: str) -> CliError:
     return CliError(_not_found(session_id), EXIT_NOT_FOUND)
 
 
+def _session_filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The filters of ``sessions list`` and ``sessions count``, as the repository takes them."""
+    before = args.updated_before
+    return {
+        "agent_type": args.agent_type,
+        "user_id": args.user_id,
+        "state": args.state,
+        "key_prefix": args.key_prefix,
+        "updated_before": None if before is None else datetime.now(UTC) - before.delta,
+        "metadata": None if args.metadata is None else dict(args.metadata),
+    }
+
+
 async def sessions_list(ctx: Context) -> int:
     args = ctx.args
     page = await ctx.repository().list_sessions(
-        agent_type=args.agent_type,
-        user_id=args.user_id,
-        state=args.state,
-        limit=args.limit,
-        cursor=args.cursor,
+        limit=args.limit, cursor=args.cursor, **_session_filters(args)
     )
     if args.json:
         items = [s.model_dump(mode="json", exclude={"checkpoints"}) for s in page.items]
@@ -211,6 +220,12 @@ async def sessions_list(ctx: Context) -> int:
     ctx.print(fmt.sessions_table(page.items) if page.items else "no sessions")
     if page.next_cursor:
         ctx.print(f"next cursor: {page.next_cursor}")
+    return EXIT_OK
+
+
+async def sessions_count(ctx: Context) -> int:
+    n = await ctx.repository().count_sessions(**_session_filters(ctx.args))
+    ctx.print(fmt.to_json({"count": n}) if ctx.args.json else fmt.count(n, "session"))
     return EXIT_OK
 
 
@@ -437,6 +452,10 @@ def _swept_since(started: datetime) -> ColumnElement[bool]:
 
 
 async def purge(ctx: Context) -> int:
+    if (ctx.args.deleted_before is None) == (not ctx.args.expired):
+        raise CliError("give one of --deleted-before AGE and --expired", EXIT_USAGE)
+    if ctx.args.expired:
+        return await _purge_expired(ctx)
     older_than: fmt.Duration = ctx.args.deleted_before
     cutoff = datetime.now(UTC) - older_than.delta
     ago = f"more than {older_than.text} ago (before {fmt.timestamp(cutoff)})"
@@ -457,6 +476,25 @@ async def purge(ctx: Context) -> int:
     )  # fmt: skip
     its = "its checkpoints" if removed == 1 else "their checkpoints"
     ctx.print(f"purge: removed {what(removed)}, with {its}")
+    return EXIT_OK
+
+
+async def _purge_expired(ctx: Context) -> int:
+    now = datetime.now(UTC)
+    what = f"expired by {fmt.timestamp(now)}"
+    S = sessions_table.c
+    if ctx.args.dry_run:
+        n = await _count_sessions(ctx, S.expires_at <= now)
+        ctx.print(f"purge --dry-run: {fmt.count(n, 'session')} {what} would be removed; "
+                  "nothing was changed")  # fmt: skip
+        return EXIT_OK
+    repo, batch = ctx.repository(), ctx.args.batch_size
+    removed = await _with_progress(
+        ctx, lambda n: f"purge: removing {fmt.count(n, 'expired session')}", S.expires_at <= now,
+        lambda: repo.purge_expired_sessions(batch_size=batch),
+    )  # fmt: skip
+    its = "its checkpoints" if removed == 1 else "their checkpoints"
+    ctx.print(f"purge: removed {fmt.count(removed, 'session')} {what}, with {its}")
     return EXIT_OK
 
 
