@@ -9,6 +9,8 @@ operation         PostgreSQL                                 SQLite
 create, append,   one statement (writing CTEs): one round    two statements in a write
 append many       trip, no BEGIN/COMMIT                      transaction
 load a session    ``json_agg`` of the newest checkpoints     ``json_group_array``
+create with a     a CTE frees an expired holder of the key   after the index refuses the
+key               first, in the same statement               key: free an expired holder
 shared state      an upsert that merges under the row lock   upsert (takes the write lock),
                                                              merge here, write back
 stale sweep       ``FOR UPDATE SKIP LOCKED`` batch, ``||``   plain batch, ``json_set``
