@@ -3,10 +3,10 @@
 Issue 22's targets, each figure measured interleaved (``timing.measure``) with the raw redis-py
 commands it is held to, in one process and one run, single client, repeat by repeat:
 
-- **miss overhead**: (a first ``get_session`` through ``RedisCache`` − the same read by a
+- **miss overhead**: (a first ``get_session`` through ``RedisCache`` - the same read by a
   repository without the cache) ÷ (a raw ``GET`` + a raw ``SET`` of the bytes the cache stores
   for such a session); target ≤ 1.5;
-- **write overhead**, for create, append, update and delete: (with the cache − without) ÷ one
+- **write overhead**, for create, append, update and delete: (with the cache - without) ÷ one
   raw ``SET`` of a generation token with an expiry (what an invalidation must write); target
   ≤ 1.5. Appends, updates and deletes hit sessions that are cached, as in an application that
   reads before it writes;
@@ -147,7 +147,7 @@ class Bench:
         stored = await self.redis.get(await self.value_key(a[0]))
         assert isinstance(stored, bytes)
         await self.redis.set(f"{self.raw_prefix}get", stored)
-        a = a[1:] + [(await self.sessions(1))[0]]
+        a = [*a[1:], (await self.sessions(1))[0]]
 
         async def cached(item: int, worker: int) -> None:
             expect(await self.cached.get_session(a[item]), "get_session")
@@ -333,7 +333,7 @@ async def profile(postgres_url: str | None, redis_url: str, workdir: Path, into:
     redis = Redis.from_url(redis_url)
     backend = "postgres" if postgres_url else "sqlite"
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
-    into.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(into.mkdir, parents=True, exist_ok=True)
     url = await dbs.create(backend, "cache_profile")
     bench = Bench(url, redis, namespace, QUICK)
     n = 2000
