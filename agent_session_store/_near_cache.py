@@ -204,9 +204,12 @@ class Listener:
         self._label = label
         self._task: asyncio.Task[None] | None = None
         self._pool: ConnectionPool | None = None
-        self.confirmed = asyncio.Event()  # set while a subscription is confirmed (for tests)
-        self.heard = 0  # messages applied (for tests)
-        self.losses = 0  # subscriptions lost (for tests and logs)
+        # For tests, which wait on events rather than sleep: set while a subscription is
+        # confirmed; set on every message applied, subscription lost or confirmed.
+        self.confirmed = asyncio.Event()
+        self.changed = asyncio.Event()
+        self.heard = 0  # messages applied
+        self.losses = 0  # subscriptions lost while live
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -233,6 +236,7 @@ class Listener:
         self.confirmed.clear()
         if was_live:
             self.losses += 1
+            self.changed.set()
 
     def _subscription(self) -> _Subscription:
         if isinstance(self._client, RedisCluster):
@@ -273,11 +277,13 @@ class Listener:
                         self._near.clear()  # whatever was published before is unknown
                         self._near.live = True
                         self.confirmed.set()
+                        self.changed.set()
                         delay = _RETRY_FIRST
                     elif kind == "message":
                         data = found["data"]
                         self._near.heard(data if isinstance(data, bytes) else str(data).encode())
                         self.heard += 1
+                        self.changed.set()
             except _REDIS_ERRORS as exc:
                 self._lose()
                 logger.debug(
