@@ -291,7 +291,11 @@ def namespace() -> str:
 
 
 def repo_fixture(*caches: str) -> Callable[..., AsyncIterator[SessionRepository]]:
-    """The ``repo`` fixture over these caches: ``nocache``, ``redis``, ``valkey``."""
+    """The ``repo`` fixture over these caches: ``nocache``, ``redis``, ``valkey``, ``redis-near``.
+
+    ``redis-near``: Redis with the near cache on (an hour's max age, so that only its
+    invalidation keeps it coherent), subscribed before the test begins.
+    """
 
     @pytest.fixture(params=list(caches))
     async def repo(
@@ -301,12 +305,19 @@ def repo_fixture(*caches: str) -> Callable[..., AsyncIterator[SessionRepository]
         if request.param == "nocache":
             yield SessionRepository(db.factory, clock=clock)
             return
-        client = Redis.from_url(request.getfixturevalue(f"{request.param}_url"))
+        server, _, near = request.param.partition("-")
+        client = Redis.from_url(request.getfixturevalue(f"{server}_url"))
+        cache = RedisCache(client, namespace=namespace)
+        if near:
+            cache = RedisCache(client, namespace=namespace, near_cache_entries=1000,
+                               near_cache_max_age=timedelta(hours=1))  # fmt: skip
+            assert cache._listener is not None
+            cache._listener.start()
+            await cache._listener.confirmed.wait()
         try:
-            yield SessionRepository(
-                db.factory, clock=clock, cache=RedisCache(client, namespace=namespace)
-            )
+            yield SessionRepository(db.factory, clock=clock, cache=cache)
         finally:
+            await cache.aclose()
             await client.aclose()
 
     return repo
