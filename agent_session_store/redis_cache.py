@@ -169,16 +169,43 @@ class _Found(NamedTuple):
     stored: asyncio.Task[bool] | None = None
 
 
+class _Miss(NamedTuple):
+    keys: _Keys
+    began: Began | None  # when the read began, for the near cache
+    read: tuple[bytes, bytes, bytes | None] | None  # epoch, generation, value; None: no Redis
+
+
+def _shared_copy(value: BaseModel | None) -> BaseModel | None:
+    return None if value is None else value.model_copy(deep=True)
+
+
 class _Flight:
-    """One load in progress for a key, shared by every caller that misses meanwhile."""
+    """One read of a key in progress, and the load after it, shared by the callers meanwhile.
 
-    __slots__ = ("callers", "sent", "task", "waiting")
+    Its first caller (the leader) reads Redis in its own task; on a miss the load and store
+    run in a task of their own (``task``), which no caller's cancellation cuts short while
+    others still wait. ``outcome`` gets the result; ``None`` tells the others to read on their
+    own (a hit, or a leader cancelled during its read).
+    """
 
-    def __init__(self, task: asyncio.Task[_Found]) -> None:
-        self.task = task
-        self.callers = 0  # ever joined: more than one means the result must be copied
-        self.waiting = 0  # still awaiting it: at zero the load is cancelled
-        self.sent = False  # its first read (Redis, or the database) has gone out
+    __slots__ = ("callers", "outcome", "task", "waiting")
+
+    def __init__(self, outcome: asyncio.Future[_Found | None]) -> None:
+        self.outcome = outcome
+        self.task: asyncio.Task[_Found] | None = None
+        self.callers = 1  # ever joined: more than one means the result must be copied
+        self.waiting = 0  # awaiting the load: at zero it is cancelled
+
+    def settle(self, task: asyncio.Task[_Found]) -> None:
+        """Pass the load's result (or error) on to ``outcome``."""
+        if self.outcome.done():
+            return
+        if task.cancelled():
+            self.outcome.set_result(None)
+        elif (error := task.exception()) is not None:
+            self.outcome.set_exception(error)
+        else:
+            self.outcome.set_result(task.result())
 
 
 class RedisCache:
@@ -201,15 +228,17 @@ class RedisCache:
       task the cache tracks (``drain()`` waits for them), within ``timeout``, whatever happens
       to the callers. The generation check above is what makes the delay safe: a store that
       comes after an invalidation is refused, however late it runs.
-    - **Single flight.** Concurrent misses on one key share one load in this process.
+    - **Single flight.** Concurrent misses on one key share one load in this process. The
+      first caller reads Redis in its own task (a hit costs no task; measured, the task and
+      its shield were a fifth of a hit's client time), and only a miss starts the shared load.
       ``invalidate`` detaches that load, so a caller arriving after a write made here never
-      joins it. A write made in another process is seen here only through Redis, so a caller
-      that arrives after the load's first read went out keeps its result only if the load
-      then stored it with the generation unchanged (no invalidation in between, so none
-      before this caller began either); otherwise it reads again on its own. A caller
-      arriving once the value is loaded, while it is being stored, does not join: it reads on
-      its own (a store vouches for the generation only, not for the epoch a lost
-      invalidation's repair sets).
+      joins it. A write made in another process is seen here only through Redis, and a
+      caller that joins arrives after the first read went out: it keeps the shared result
+      only if the load then stored it with the generation unchanged (no invalidation in
+      between, so none before this caller began either); otherwise (or if the first read was
+      a hit) it reads again on its own. A caller arriving once the value is loaded, while it
+      is being stored, does not join: it reads on its own (a store vouches for the generation
+      only, not for the epoch a lost invalidation's repair sets).
     - **Unusable values are misses.** A stored value carries a format tag, the model's schema
       fingerprint and the namespace epoch; a corrupt one, one of another format or schema, one
       whose id field is not its key, or one of another epoch is dropped and loaded again.
@@ -380,40 +409,29 @@ class RedisCache:
         """
         near = self._near
         if near is not None:
-            found = near.get(model.__qualname__, key)
-            if found is not None:
+            copied = near.get(model.__qualname__, key)
+            if copied is not None:
                 self._count("near_hits")
-                return cast("M", found)
+                return cast("M", copied)
             assert self._listener is not None
             self._listener.start()
         flight_key = (model, key)
         flight = self._flights.get(flight_key)
         if flight is None:
-            task = asyncio.create_task(self._fly(model, key, load, id_field))
-            flight = self._flights[flight_key] = _Flight(task)
-        late = flight.sent  # its read went out before this call began
+            return cast("M | None", await self._lead(flight_key, model, key, load, id_field))
+        # Its read went out before this call began, so it may miss a write acknowledged (in
+        # another process) in between: keep its result only if the load then stored it with
+        # the generation unchanged (no invalidation in between, so none before this call
+        # began either); otherwise read again, without joining anyone.
         flight.callers += 1
-        flight.waiting += 1
-        try:
-            value, hit, stored = await asyncio.shield(flight.task)
-        except asyncio.CancelledError:
-            flight.waiting -= 1
-            if flight.waiting == 0 and not flight.task.done():  # nobody wants it any more
-                self._detach(flight_key, flight)
-                flight.task.cancel()
-            raise
-        # Only a late caller waits for the store (a cancellation leaves the store running).
-        if late and (stored is None or not await asyncio.shield(stored)):
-            # A write acknowledged (in another process) after that read went out and before
-            # this call began may be missing from it: read again, without joining anyone.
+        found = await self._wait(flight_key, flight)
+        if found is None or found.stored is None or not await asyncio.shield(found.stored):
             value, hit, *_ = await self._read_or_load(model, key, load, id_field)
             self._count("hits" if hit else "misses")
             return cast("M | None", value)
-        self._count("hits" if hit else "misses")
-        if value is not None and flight.callers > 1:
-            # Models are mutable: callers sharing one load must not share one object.
-            value = value.model_copy(deep=True)
-        return cast("M | None", value)
+        self._count("hits" if found.hit else "misses")
+        # Models are mutable: callers sharing one load must not share one object.
+        return cast("M | None", _shared_copy(found.value))
 
     async def invalidate(self, model: type[BaseModel], keys: Collection[str]) -> None:
         """Forget ``keys``; call once the write that changed them has committed. Never raises.
@@ -500,44 +518,81 @@ class RedisCache:
         if self._flights.get(flight_key) is flight:
             del self._flights[flight_key]
 
-    async def _fly(
-        self, model: type[BaseModel], key: str, load: Callable[[], Awaitable[BaseModel | None]],
-        id_field: str,
-    ) -> _Found:  # fmt: skip
-        """The flight's body: read Redis, else load (and store after returning)."""
-        flight_key = (model, key)
-        flight = self._flights.get(flight_key)
-        if flight is None or flight.task is not asyncio.current_task():
-            flight = None  # detached already (invalidated, or abandoned by its callers)
-        else:
-            flight.sent = True  # callers from now on may arrive after a write it cannot see
+    async def _lead(
+        self, flight_key: tuple[type[BaseModel], str], model: type[BaseModel], key: str,
+        load: Callable[[], Awaitable[BaseModel | None]], id_field: str,
+    ) -> BaseModel | None:  # fmt: skip
+        """The first caller: read Redis here (a hit costs no task), load in a shared task."""
+        flight = _Flight(asyncio.get_running_loop().create_future())
+        self._flights[flight_key] = flight
         try:
-            found = await self._read_or_load(model, key, load, id_field)
-        except BaseException:
-            if flight is not None:
-                self._detach(flight_key, flight)
+            step = await self._read_step(model, key, id_field)
+        except BaseException:  # cancelled while reading: the others read on their own
+            self._detach(flight_key, flight)
+            flight.outcome.set_result(None)
             raise
-        if flight is not None:
+        if isinstance(step, _Found):  # a hit: callers who joined meanwhile read on their own
+            self._detach(flight_key, flight)
+            flight.outcome.set_result(None)
+            self._count("hits")
+            return step.value
+        task = asyncio.get_running_loop().create_task(
+            self._finish(flight_key, flight, model, key, load, id_field, step)
+        )
+        flight.task = task
+        task.add_done_callback(flight.settle)
+        found = await self._wait(flight_key, flight)
+        if found is None:  # the load was cancelled under it (a sweep of every task)
+            raise asyncio.CancelledError
+        self._count("hits" if found.hit else "misses")
+        return found.value if flight.callers == 1 else _shared_copy(found.value)
+
+    async def _wait(
+        self, flight_key: tuple[type[BaseModel], str], flight: _Flight
+    ) -> _Found | None:
+        """Wait for the flight's outcome; the last waiter to be cancelled cancels its load."""
+        flight.waiting += 1
+        try:
+            return await asyncio.shield(flight.outcome)
+        except asyncio.CancelledError:
+            flight.waiting -= 1
+            if flight.waiting == 0 and flight.task is not None and not flight.task.done():
+                self._detach(flight_key, flight)  # nobody wants it any more
+                flight.task.cancel()
+            raise
+
+    async def _finish(
+        self, flight_key: tuple[type[BaseModel], str], flight: _Flight, model: type[BaseModel],
+        key: str, load: Callable[[], Awaitable[BaseModel | None]], id_field: str, step: _Miss,
+    ) -> _Found:  # fmt: skip
+        """The flight's load after a miss, and its store after returning."""
+        try:
+            return await self._load_step(model, key, load, id_field, step)
+        finally:
             # Left as soon as the value is loaded, before its store ends: a caller arriving
             # during the store reads on its own. Were it to join, the store's success would
             # vouch for the value, and a store succeeds whenever the generation is unchanged —
             # also after an invalidation that was lost while Redis was frozen, which only the
             # new epoch set afterwards repairs, and which a read checks but a store does not.
             self._detach(flight_key, flight)
-        return found
 
     async def _read_or_load(
         self, model: type[BaseModel], key: str, load: Callable[[], Awaitable[BaseModel | None]],
         id_field: str,
     ) -> _Found:  # fmt: skip
+        step = await self._read_step(model, key, id_field)
+        if isinstance(step, _Found):
+            return step
+        return await self._load_step(model, key, load, id_field, step)
+
+    async def _read_step(self, model: type[BaseModel], key: str, id_field: str) -> _Found | _Miss:
+        """Redis's answer: a hit, or what a load needs to store its value afterwards."""
         keys = _keys(self._namespace, model, key)
         began = None if self._near is None else self._near.begin()
         try:
             epoch, gen, raw = await self._call("read", lambda: self._read(keys), self._timeout)
         except _Unavailable:
-            loaded = await self._load(load)
-            self._fill(model, key, id_field, loaded, began)
-            return _Found(loaded, hit=False)
+            return _Miss(keys, began, None)
         if raw is not None:
             found, problem, rejected = self._decode(raw, model, key, id_field, keys, epoch, gen)
             if found is not None:
@@ -549,6 +604,19 @@ class RedisCache:
                 self._count("discarded")
                 logger.debug("cache %r: dropping %s %s: %s", self._namespace, model.__name__,
                              key, problem)  # fmt: skip
+        return _Miss(keys, began, (epoch, gen, raw))
+
+    async def _load_step(
+        self, model: type[BaseModel], key: str, load: Callable[[], Awaitable[BaseModel | None]],
+        id_field: str, step: _Miss,
+    ) -> _Found:  # fmt: skip
+        """Load after a miss; store the value after returning (unless Redis failed)."""
+        keys, began = step.keys, step.began
+        if step.read is None:  # Redis failed or the circuit is open: nothing is stored
+            loaded = await self._load(load)
+            self._fill(model, key, id_field, loaded, began)
+            return _Found(loaded, hit=False)
+        epoch, gen, raw = step.read
         value = await self._load(load)
         if value is None or getattr(value, id_field) != key:
             if raw is not None:  # the dropped value must not stay
