@@ -79,26 +79,42 @@ class _Entry(NamedTuple):
 
 
 def copy_value(value: Any) -> Any:
-    """A deep copy of a model or JSON-shaped value, by hand where the shape is known."""
+    """A deep copy of a model or JSON-shaped value, by hand where the shape is known.
+
+    Immutable leaves are shared, checked inline (a call per leaf would cost more than the
+    copy); types found immutable by ``isinstance`` are remembered by their exact type.
+    """
     kind = type(value)
-    if kind is dict:
-        return {k: copy_value(v) for k, v in value.items()}
-    if kind is list:
-        return [copy_value(v) for v in value]
-    if kind in _IMMUTABLE or isinstance(value, _IMMUTABLE_BASES):
+    if kind in _IMMUTABLE:
         return value
+    if kind is dict:
+        return {k: v if type(v) in _IMMUTABLE else copy_value(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _IMMUTABLE else copy_value(v) for v in value]
     if isinstance(value, BaseModel):
-        fields = value.__dict__
-        copied = value.model_copy()  # shallow; then its mutable fields, one by one
-        object.__setattr__(copied, "__dict__", {k: copy_value(v) for k, v in fields.items()})
+        copied = value.__copy__()  # shallow (what model_copy() starts with); then its fields
+        fields = {
+            k: v if type(v) in _IMMUTABLE else copy_value(v) for k, v in value.__dict__.items()
+        }
+        object.__setattr__(copied, "__dict__", fields)
+        for slot in ("__pydantic_extra__", "__pydantic_private__"):  # None unless the model has
+            if getattr(value, slot, None):
+                object.__setattr__(copied, slot, copy_value(getattr(value, slot)))
         return copied
+    if isinstance(value, _IMMUTABLE_BASES):
+        _IMMUTABLE.add(kind)  # an enum, a subclass of str...: its exact type, from now on
+        return value
     return copy.deepcopy(value)  # anything else (a set, a custom class): the general way
 
 
-_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
+# Exact types whose values are shared, never copied; grows with the subclasses seen.
+_IMMUTABLE: set[type] = {
+    str, int, float, bool, type(None), bytes, datetime.datetime, datetime.date,
+    datetime.timedelta, uuid.UUID,
+}  # fmt: skip
 _IMMUTABLE_BASES: tuple[type, ...] = (
     str, int, float, bytes, datetime.datetime, datetime.date, datetime.timedelta, enum.Enum,
-    uuid.UUID,
+    uuid.UUID, frozenset,
 )  # fmt: skip
 
 

@@ -170,13 +170,13 @@ class Bench:
     async def write(self, op: str) -> None:
         items = self.plan.items
         if op == "create":
-            a = b = [""] * items
+            a = b = c = [""] * items
         else:
-            a, b = await self.sessions(items), await self.sessions(items)
+            a, b, c = [await self.sessions(items) for _ in range(3)]
         copies: dict[str, AgentSession] = {}
         for sid in a if op != "create" else ():  # cached, as in an application
             copies[sid] = expect(await self.cached.get_session(sid), "get_session")
-        for sid in b if op == "update" else ():
+        for sid in [*b, *c] if op == "update" else ():
             copies[sid] = expect(await self.plain.get_session(sid), "get_session")
         await self.cache.drain()
 
@@ -198,15 +198,31 @@ class Bench:
             return {"create": create, "append": append, "update": update, "delete": delete}[op]
 
         token = secrets.token_hex(8).encode()
+        without, raw_set = run(self.plain, c), self.raw_set(token, px=172_800_000)
+
+        async def then_set(item: int, worker: int) -> None:
+            await without(item, worker)
+            await raw_set(item, worker)
+
         rates = await measure(
             {
                 "with cache": run(self.cached, a),
                 "without": run(self.plain, b),
-                "raw SET": self.raw_set(token, px=172_800_000),
+                "raw SET": raw_set,
+                "without, then raw SET": then_set,
             },
             self.plan,
         )
         self._overhead(op, rates, "with cache", "without", ("raw SET",))
+        # What one SET costs right after the same write (servers woken in turn), beside the
+        # same SET in a loop of its own: the floor of an invalidation sent after the commit.
+        us = {k: _per_op(v) for k, v in rates.items()}
+        in_place = [t - w for t, w in zip(us["without, then raw SET"], us["without"], strict=True)]
+        extra = [m - w for m, w in zip(us["with cache"], us["without"], strict=True)]
+        self.results[op]["raw SET after the write, us"] = round(statistics.median(in_place), 1)
+        self.results[op]["overhead / raw SET after the write"] = _spread(
+            [e / i for e, i in zip(extra, in_place, strict=True) if i > 0]
+        )
 
     async def hit(self, checkpoints: int, cache: RedisCache, figure: str) -> None:
         repo = SessionRepository(self.maker, cache=cache)
@@ -281,18 +297,53 @@ WHAT = {
 }
 
 
+def near_memory(entries: int = 1000) -> dict[str, int]:
+    """Bytes per near-cache entry (``tracemalloc``), for a session of 1 and of 20 checkpoints."""
+    import tracemalloc
+    from datetime import UTC, datetime
+
+    from agent_session_store import SessionCheckpoint
+    from agent_session_store._near_cache import NearCache
+
+    out = {}
+    for checkpoints in (1, 20):
+        session = AgentSession(
+            agent_type="bench", user_id="bench-user", context=seed.CONTEXT,
+            checkpoints=[SessionCheckpoint(name=f"step-{i}", data=seed.CHECKPOINT_DATA, seq=i + 1,
+                                           timestamp=datetime.now(UTC))
+                         for i in range(checkpoints)],
+            checkpoint_count=checkpoints,
+        )  # fmt: skip
+        near = NearCache(entries, 3600.0, time.monotonic)
+        near.live = True
+        keys = [str(uuid.uuid4()) for _ in range(entries)]
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for key in keys:
+            near.put("AgentSession", key, session, near.begin())
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        out[f"{checkpoints} checkpoint(s)"] = (after - before) // entries
+    return out
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| backend | figure | what | ratio (median, range) | target | met | us/op |",
         "|---|---|---|---|---|---|---|",
     ]
     for backend, figures in results.items():
+        if backend == "near cache bytes per entry":
+            continue
         for figure, found in figures.items():
             ratio = found["ratio"]
             sense, target = TARGETS[figure]
             value = ratio["median"]
             met = value <= target if sense == "<=" else value >= target
             us = ", ".join(f"{k} {v}" for k, v in found["us_per_op"].items())
+            if "overhead / raw SET after the write" in found:
+                after = found["overhead / raw SET after the write"]
+                us += f"; overhead / raw SET right after the write {after['median']:.2f}"
             lines.append(
                 f"| {backend} | {figure} | {WHAT[figure]} | {value:.2f} "
                 f"({ratio['min']:.2f}-{ratio['max']:.2f}) | {sense} {target:g} | "
@@ -395,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         sizes = QUICK if args.quick else FULL
         results = asyncio.run(run(sizes, postgres_url, redis_url, Path(tmp), backends))
+    results["near cache bytes per entry"] = near_memory()
     print(table(results))
+    print("near cache, bytes per entry:", results["near cache bytes per entry"])
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -181,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(writer(json.loads(args.writer)))
         return 0
     with tempfile.TemporaryDirectory(prefix="near-staleness-") as tmp:
-        found = asyncio.run(
-            run(args.seconds, timedelta(milliseconds=args.max_age_ms), Path(tmp))
-        )
+        found = asyncio.run(run(args.seconds, timedelta(milliseconds=args.max_age_ms), Path(tmp)))
     print(json.dumps(found, indent=2))
     return 0 if found["within_max_age"] else 1
 

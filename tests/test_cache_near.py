@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 from redis.asyncio import Redis
 
 from agent_session_store import AgentSession, RedisCache, SessionCheckpoint
@@ -403,3 +403,17 @@ async def test_aclose_stops_the_subscription_and_the_near_cache_serves_nothing_a
     await near.drain()
     await fetch(near, source, "a")
     assert near.stats.near_hits == 0
+
+
+def test_copies_of_models_with_extra_and_private_attributes_share_nothing_mutable() -> None:
+    class Loose(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        _seen: list[int] = PrivateAttr(default_factory=list)
+
+    loose = Loose.model_validate({"more": {"a": [1]}})
+    loose._seen.append(1)
+    copied = copy_value(loose)
+    copied.more["a"].append(2)
+    copied._seen.append(2)
+    assert loose.more == {"a": [1]} and loose._seen == [1]
+    assert copied.more == {"a": [1, 2]} and copied._seen == [1, 2]
