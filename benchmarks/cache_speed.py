@@ -82,7 +82,9 @@ def _per_op(rates: list[float]) -> list[float]:
 class Bench:
     """One run on one backend: builds the repositories and the keys, then measures."""
 
-    def __init__(self, url: str, redis: Redis, namespace: str, sizes: Sizes) -> None:
+    def __init__(
+        self, url: str, redis: Redis, namespace: str, sizes: Sizes, before: type[Any] | None = None
+    ) -> None:
         self.url = url
         self.redis = redis
         self.namespace = namespace
@@ -93,11 +95,16 @@ class Bench:
         self.cache = RedisCache(redis, namespace=namespace)
         self.plain = SessionRepository(self.maker)
         self.cached = SessionRepository(self.maker, cache=self.cache)
+        # The cache of another commit (``--before``), measured in the same repeats.
+        self.before_cache = None if before is None else before(redis, namespace=f"{namespace}.b")
+        self.before = SessionRepository(self.maker, cache=self.before_cache)
         self.raw_prefix = f"{namespace}.raw:"
         self.results: dict[str, Any] = {}
 
     async def close(self) -> None:
         await self.cache.drain()
+        if self.before_cache is not None:
+            await self.before_cache.drain()
         await self.engine.dispose()
 
     # -- helpers -------------------------------------------------------------------------------
@@ -155,27 +162,34 @@ class Bench:
         async def plain(item: int, worker: int) -> None:
             expect(await self.plain.get_session(b[item]), "get_session")
 
-        rates = await measure(
-            {
-                "cached miss": cached,
-                "uncached get": plain,
-                "raw GET": self.raw_get(f"{self.raw_prefix}get"),
-                "raw SET": self.raw_set(stored, px=86_400_000),
-            },
-            self.plan,
-        )
-        await self.cache.drain()
+        sides = {
+            "cached miss": cached,
+            "uncached get": plain,
+            "raw GET": self.raw_get(f"{self.raw_prefix}get"),
+            "raw SET": self.raw_set(stored, px=86_400_000),
+        }
+        if self.before_cache is not None:
+            d = await self.sessions(items)
+
+            async def before(item: int, worker: int) -> None:
+                expect(await self.before.get_session(d[item]), "get_session")
+
+            sides["cached miss (before)"] = before
+        rates = await measure(sides, self.plan)
+        await self.close_stores()
         self._overhead("miss", rates, "cached miss", "uncached get", ("raw GET", "raw SET"))
 
     async def write(self, op: str) -> None:
         items = self.plan.items
         if op == "create":
-            a = b = c = [""] * items
+            a = b = c = d = [""] * items
         else:
-            a, b, c = [await self.sessions(items) for _ in range(3)]
+            a, b, c, d = [await self.sessions(items) for _ in range(4)]
         copies: dict[str, AgentSession] = {}
         for sid in a if op != "create" else ():  # cached, as in an application
             copies[sid] = expect(await self.cached.get_session(sid), "get_session")
+        for sid in d if op != "create" and self.before_cache is not None else ():
+            copies[sid] = expect(await self.before.get_session(sid), "get_session")
         for sid in [*b, *c] if op == "update" else ():
             copies[sid] = expect(await self.plain.get_session(sid), "get_session")
         await self.cache.drain()
@@ -204,15 +218,16 @@ class Bench:
             await without(item, worker)
             await raw_set(item, worker)
 
-        rates = await measure(
-            {
-                "with cache": run(self.cached, a),
-                "without": run(self.plain, b),
-                "raw SET": raw_set,
-                "without, then raw SET": then_set,
-            },
-            self.plan,
-        )
+        sides = {
+            "with cache": run(self.cached, a),
+            "without": run(self.plain, b),
+            "raw SET": raw_set,
+            "without, then raw SET": then_set,
+        }
+        if self.before_cache is not None:
+            sides["with cache (before)"] = run(self.before, d)
+        await self.close_stores()
+        rates = await measure(sides, self.plan)
         self._overhead(op, rates, "with cache", "without", ("raw SET",))
         # What one SET costs right after the same write (servers woken in turn), beside the
         # same SET in a loop of its own: the floor of an invalidation sent after the commit.
@@ -237,27 +252,52 @@ class Bench:
         async def hit(item: int, worker: int) -> None:
             expect(await repo.get_session(sid), "get_session")
 
-        rates = await measure({"hit": hit, "raw GET+decode": self.raw_get_decode(key)}, self.plan)
-        ratios = [h / r for h, r in zip(rates["hit"], rates["raw GET+decode"], strict=True)]
+        sides = {"hit": hit, "raw GET+decode": self.raw_get_decode(key)}
+        if self.before_cache is not None and not figure.startswith("near"):
+            before = SessionRepository(self.maker, cache=self.before_cache)
+            await before.get_session(sid)
+            await self.before_cache.drain()
+
+            async def before_hit(item: int, worker: int) -> None:
+                expect(await before.get_session(sid), "get_session")
+
+            sides["hit (before)"] = before_hit
+        rates = await measure(sides, self.plan)
+        raw = rates["raw GET+decode"]
         self.results[figure] = {
-            "ratio": _spread(ratios),
+            "ratio": _spread([h / r for h, r in zip(rates["hit"], raw, strict=True)]),
             "us_per_op": {k: round(statistics.median(_per_op(v)), 1) for k, v in rates.items()},
         }
+        if "hit (before)" in rates:
+            self.results[figure]["ratio (before)"] = _spread(
+                [h / r for h, r in zip(rates["hit (before)"], raw, strict=True)]
+            )
+
+    async def close_stores(self) -> None:
+        """Let the stores misses left running end, so they do not land in the next figure."""
+        await self.cache.drain()
+        if self.before_cache is not None:
+            await self.before_cache.drain()
 
     def _overhead(
         self, figure: str, rates: dict[str, list[float]], mine: str, base: str,
         budget: tuple[str, ...],
     ) -> None:  # fmt: skip
         us = {k: _per_op(v) for k, v in rates.items()}
-        ratios = []
-        for r in range(len(us[mine])):
-            extra = us[mine][r] - us[base][r]
-            ratios.append(extra / sum(us[b][r] for b in budget))
+
+        def ratios(side: str) -> list[float]:
+            return [
+                (us[side][r] - us[base][r]) / sum(us[b][r] for b in budget)
+                for r in range(len(us[side]))
+            ]
+
         self.results[figure] = {
-            "ratio": _spread(ratios),
+            "ratio": _spread(ratios(mine)),
             "us_per_op": {k: round(statistics.median(v), 1) for k, v in us.items()},
             "overhead_us": round(statistics.median(us[mine]) - statistics.median(us[base]), 1),
         }
+        if f"{mine} (before)" in us:
+            self.results[figure]["ratio (before)"] = _spread(ratios(f"{mine} (before)"))
 
     async def run(self) -> dict[str, Any]:
         await self.miss()
@@ -329,8 +369,9 @@ def near_memory(entries: int = 1000) -> dict[str, int]:
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = [
-        "| backend | figure | what | ratio (median, range) | target | met | us/op |",
-        "|---|---|---|---|---|---|---|",
+        "| backend | figure | what | before (median, range) | after (median, range) | target "
+        "| met | us/op |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for backend, figures in results.items():
         if backend == "near cache bytes per entry":
@@ -344,17 +385,40 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             if "overhead / raw SET after the write" in found:
                 after = found["overhead / raw SET after the write"]
                 us += f"; overhead / raw SET right after the write {after['median']:.2f}"
+            old = found.get("ratio (before)")
+            before = (
+                "-" if old is None else f"{old['median']:.2f} ({old['min']:.2f}-{old['max']:.2f})"
+            )
             lines.append(
-                f"| {backend} | {figure} | {WHAT[figure]} | {value:.2f} "
+                f"| {backend} | {figure} | {WHAT[figure]} | {before} | {value:.2f} "
                 f"({ratio['min']:.2f}-{ratio['max']:.2f}) | {sense} {target:g} | "
                 f"{'yes' if met else 'NO'} | {us} |"
             )
     return "\n".join(lines)
 
 
+def load_before(ref: str) -> type[Any]:
+    """``RedisCache`` as commit ``ref`` wrote it (its own module, beside today's)."""
+    import subprocess
+    import types
+
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(
+        ["git", "show", f"{ref}:agent_session_store/redis_cache.py"],
+        cwd=root, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    module = types.ModuleType("agent_session_store._redis_cache_before")
+    module.__file__ = f"<{ref}:agent_session_store/redis_cache.py>"
+    sys.modules[module.__name__] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)  # our own history
+    cache_class: type[Any] = module.RedisCache
+    return cache_class
+
+
 async def run(
-    sizes: Sizes, postgres_url: str | None, redis_url: str, workdir: Path, backends: list[str]
-) -> dict[str, Any]:
+    sizes: Sizes, postgres_url: str | None, redis_url: str, workdir: Path, backends: list[str],
+    before: type[Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     dbs = Databases(postgres_url, workdir)
     redis = Redis.from_url(redis_url)
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
@@ -362,7 +426,7 @@ async def run(
     try:
         for backend in backends:
             url = await dbs.create(backend, "cache_speed")
-            bench = Bench(url, redis, f"{namespace}.{backend}", sizes)
+            bench = Bench(url, redis, f"{namespace}.{backend}", sizes, before)
             try:
                 out[backend] = await bench.run()
             finally:
@@ -431,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", type=Path, help="profile into this directory instead")
+    parser.add_argument(
+        "--before", metavar="REF", help="also measure RedisCache as of this git commit, interleaved"
+    )
     args = parser.parse_args(argv)
     backends = args.backend or ["postgres"]
     with tempfile.TemporaryDirectory(prefix="cache-speed-") as tmp, ExitStack() as stack:
@@ -445,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(profile(postgres_url, redis_url, Path(tmp), args.profile))
             return 0
         sizes = QUICK if args.quick else FULL
-        results = asyncio.run(run(sizes, postgres_url, redis_url, Path(tmp), backends))
+        before = None if args.before is None else load_before(args.before)
+        results = asyncio.run(run(sizes, postgres_url, redis_url, Path(tmp), backends, before))
     results["near cache bytes per entry"] = near_memory()
     print(table(results))
     print("near cache, bytes per entry:", results["near cache bytes per entry"])
