@@ -92,14 +92,17 @@ def copy_value(value: Any) -> Any:
     if kind is list:
         return [v if type(v) in _IMMUTABLE else copy_value(v) for v in value]
     if isinstance(value, BaseModel):
-        copied = value.__copy__()  # shallow (what model_copy() starts with); then its fields
+        # What pydantic's __copy__ does (no validation), with each field copied as above.
+        model_class: type[BaseModel] = kind
+        copied = model_class.__new__(model_class)
         fields = {
             k: v if type(v) in _IMMUTABLE else copy_value(v) for k, v in value.__dict__.items()
         }
-        object.__setattr__(copied, "__dict__", fields)
+        _set(copied, "__dict__", fields)
+        _set(copied, "__pydantic_fields_set__", set(value.__pydantic_fields_set__))
         for slot in ("__pydantic_extra__", "__pydantic_private__"):  # None unless the model has
-            if getattr(value, slot, None):
-                object.__setattr__(copied, slot, copy_value(getattr(value, slot)))
+            found = getattr(value, slot, None)
+            _set(copied, slot, None if found is None else copy_value(found))
         return copied
     if isinstance(value, _IMMUTABLE_BASES):
         _IMMUTABLE.add(kind)  # an enum, a subclass of str...: its exact type, from now on
@@ -107,6 +110,7 @@ def copy_value(value: Any) -> Any:
     return copy.deepcopy(value)  # anything else (a set, a custom class): the general way
 
 
+_set = object.__setattr__
 # Exact types whose values are shared, never copied; grows with the subclasses seen.
 _IMMUTABLE: set[type] = {
     str, int, float, bool, type(None), bytes, datetime.datetime, datetime.date,
