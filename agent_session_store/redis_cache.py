@@ -486,7 +486,7 @@ class RedisCache:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.set(self._epoch_key, secrets.token_hex(8))
-                await self._client.publish(self._channel, EVERYTHING)  # near caches: forget all
+                await self._publish(EVERYTHING)  # near caches: forget all
         except _REDIS_ERRORS as exc:
             logger.debug("cache %r: new epoch not set yet (%s)", self._namespace, _describe(exc))
             return False
@@ -739,7 +739,7 @@ class RedisCache:
             *_, epoch, gen, raw = await pipe.execute()
             if covered:
                 # Near caches forget everything (a cluster refuses PUBLISH in a pipeline).
-                await self._client.publish(self._channel, EVERYTHING)
+                await self._publish(EVERYTHING)
                 self._epoch_set(covered)
         if epoch is None:  # first use, or Redis lost it: values of any older epoch are misses
             pipe = self._client.pipeline(transaction=False)
@@ -776,9 +776,14 @@ class RedisCache:
         await pipe.execute()
         # After the deletes, so a near cache that hears it and reads again finds no old value;
         # its own command: a cluster refuses PUBLISH in a pipeline.
-        await self._client.publish(self._channel, EVERYTHING if covered else message(model, keys))
+        await self._publish(EVERYTHING if covered else message(model, keys))
         if covered:
             self._epoch_set(covered)
+
+    async def _publish(self, payload: bytes) -> None:
+        """Tell near caches (every process's) what to forget: ``*`` for everything."""
+        # Not client.publish(): redis-py 5.0's asyncio cluster client has no such method.
+        await self._client.execute_command("PUBLISH", self._channel, payload)
 
     async def _store(self, keys: _Keys, gen: bytes, payload: bytes) -> bool:
         stored = await self._script(self._store_script, keys, (gen, payload, self._ttl_ms))
