@@ -307,8 +307,9 @@ def repo_fixture(*caches: str) -> Callable[..., AsyncIterator[SessionRepository]
             return
         server, _, near = request.param.partition("-")
         client = Redis.from_url(request.getfixturevalue(f"{server}_url"))
-        cache = RedisCache(client, namespace=namespace)
-        if near:
+        if not near:
+            cache = RedisCache(client, namespace=namespace)
+        else:
             cache = RedisCache(client, namespace=namespace, near_cache_entries=1000,
                                near_cache_max_age=timedelta(hours=1))  # fmt: skip
             assert cache._listener is not None
