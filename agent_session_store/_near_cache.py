@@ -91,18 +91,19 @@ def copy_value(value: Any) -> Any:
         return {k: v if type(v) in _IMMUTABLE else copy_value(v) for k, v in value.items()}
     if kind is list:
         return [v if type(v) in _IMMUTABLE else copy_value(v) for v in value]
-    if isinstance(value, BaseModel):
+    if kind in _MODELS or isinstance(value, BaseModel):
+        _MODELS.add(kind)
         # What pydantic's __copy__ does (no validation), with each field copied as above.
         model_class: type[BaseModel] = kind
         copied = model_class.__new__(model_class)
-        fields = {
+        _set(copied, "__dict__", {
             k: v if type(v) in _IMMUTABLE else copy_value(v) for k, v in value.__dict__.items()
-        }
-        _set(copied, "__dict__", fields)
+        })  # fmt: skip
         _set(copied, "__pydantic_fields_set__", set(value.__pydantic_fields_set__))
-        for slot in ("__pydantic_extra__", "__pydantic_private__"):  # None unless the model has
-            found = getattr(value, slot, None)
-            _set(copied, slot, None if found is None else copy_value(found))
+        extra = value.__pydantic_extra__  # None unless the model allows extra fields
+        _set(copied, "__pydantic_extra__", None if extra is None else copy_value(extra))
+        private = getattr(value, "__pydantic_private__", None)  # None unless it has some
+        _set(copied, "__pydantic_private__", None if private is None else copy_value(private))
         return copied
     if isinstance(value, _IMMUTABLE_BASES):
         _IMMUTABLE.add(kind)  # an enum, a subclass of str...: its exact type, from now on
@@ -111,6 +112,7 @@ def copy_value(value: Any) -> Any:
 
 
 _set = object.__setattr__
+_MODELS: set[type] = set()  # the pydantic model classes seen
 # Exact types whose values are shared, never copied; grows with the subclasses seen.
 _IMMUTABLE: set[type] = {
     str, int, float, bool, type(None), bytes, datetime.datetime, datetime.date,
