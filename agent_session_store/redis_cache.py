@@ -261,6 +261,12 @@ class RedisCache:
     - **Cancellation.** An invalidation runs to its end even if its caller is cancelled
       meanwhile (then the cancellation goes on); a cancelled fetch leaves the shared load to
       the callers still waiting for it, and the last one to leave cancels it.
+    - **Near cache** (with ``near_cache_entries``). An in-process LRU in front of Redis: a
+      write here drops its keys from it before its invalidation goes out, and fences them
+      against reads in flight; other processes' invalidations arrive by pub/sub (each
+      invalidation publishes its keys); an entry is served at most ``near_cache_max_age``
+      after the read that produced it began; a lost subscription empties it. So across
+      processes a read may lag a write by up to ``near_cache_max_age`` (``_near_cache.py``).
     - **Circuit breaker.** ``failure_threshold`` consecutive failures open the circuit: calls go
       straight to the database for ``cooldown``, then one call probes Redis; success closes it.
       While Redis is down one warning is logged per ``cooldown``.
@@ -291,11 +297,20 @@ class RedisCache:
             The first signs, every one verifies: to rotate, put a new key first, and drop the
             old one once the values it signed are gone (after ``ttl``) or may be reloaded.
             ``None`` (the default): values are not signed.
+        near_cache_entries: how many values to keep in this process, in front of Redis (the
+            near cache, ``_near_cache.py``); 0, the default, keeps none. With it, another
+            process's write is seen here once its invalidation message arrives, and never later
+            than ``near_cache_max_age`` (a write through this process is seen at once). The
+            cache then holds a pub/sub subscription of its own: ``aclose()`` ends it.
+        near_cache_max_age: how long a near-cached value is served at most, counted from the
+            Redis read (or database load) that produced it.
 
     Raises:
         ValueError: a bad ``namespace``, ``ttl`` or ``timeout``; ``signing_keys`` empty, with a
-            key shorter than 32 bytes or a key listed twice.
-        TypeError: ``signing_keys`` is not a sequence of ``bytes``.
+            key shorter than 32 bytes or a key listed twice; ``near_cache_entries`` negative or
+            ``near_cache_max_age`` not positive.
+        TypeError: ``signing_keys`` is not a sequence of ``bytes``; ``near_cache_entries`` is
+            not an ``int``.
 
     Example::
 
