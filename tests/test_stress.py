@@ -29,6 +29,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import timedelta
@@ -162,7 +163,21 @@ async def _process_main(args: dict[str, Any]) -> None:
         factory = async_sessionmaker(engine, expire_on_commit=False)
         repo = SessionRepository(factory, cache=cache)
         plain = SessionRepository(factory)
-        assert await repo.get_session(args["hot"]) is not None  # connected, schema checked
+        if await repo.get_session(args["hot"]) is None:  # connected, schema checked
+            # Seen once in a full run (not reproduced alone): say what the database holds.
+            async with engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(sessions_table.c.state, sessions_table.c.expires_at).where(
+                            sessions_table.c.id == uuid.UUID(args["hot"])
+                        )
+                    )
+                ).first()
+            uncached = await plain.get_session(args["hot"])
+            raise AssertionError(
+                f"the hot session is not there for this process: stored row {row}, "
+                f"uncached read {'found it' if uncached else 'None'}, url {args['url']}"
+            )
         print("ready", flush=True)
         assert (await asyncio.to_thread(sys.stdin.readline)).strip() == "go"
         logs = await asyncio.gather(
