@@ -13,13 +13,19 @@ process of its own, so that the peak resident set (``ru_maxrss``) it reports is 
   ones removed), the rest active, or finished recently;
 - ``export``/``import``: ``transfer.export_sessions`` of ``--transfer-sessions`` sessions
   (100,000) of five checkpoints each to a file, ``transfer.import_sessions`` of that file into
-  an empty database, then once more (everything present, nothing written).
+  an empty database, then once more (everything present, nothing written);
+- ``filters``: ``count_sessions`` and pages of ``list_sessions`` (50 sessions, the first and
+  the fifth page through the cursor) with each filter, over ``--filter-sessions`` sessions
+  (1,000,000): 100 teams in the metadata, a key on every session, ``updated_at`` spread over a
+  year (a team, the key prefix and a week each match 1 to 2%); milliseconds per call, the
+  median of ``REPEATS``.
 
 Rows/s counts session and checkpoint rows together.
 
     .venv/bin/python -m benchmarks.lifecycle                        # the issue's sizes
     .venv/bin/python -m benchmarks.lifecycle --quick                # a smoke run, seconds
     .venv/bin/python -m benchmarks.lifecycle --purge-sessions 200000
+    .venv/bin/python -m benchmarks.lifecycle --only filters
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from benchmarks.databases import Databases
 from benchmarks.import_legacy import peak_rss_mib
 from benchmarks.seed import analyze
 
-PHASES = ("erase", "purge", "export", "import")
+PHASES = ("erase", "purge", "export", "import", "filters")
 
 
 @dataclass(frozen=True)
@@ -55,11 +61,12 @@ class Sizes:
     purge_sessions: int = 1_000_000
     transfer_sessions: int = 100_000
     transfer_checkpoints: int = 5
+    filter_sessions: int = 1_000_000
 
 
 QUICK = Sizes(
     erase_sessions=200, erase_checkpoints=3, purge_sessions=2_000, transfer_sessions=300,
-    transfer_checkpoints=2,
+    transfer_checkpoints=2, filter_sessions=3_000,
 )  # fmt: skip
 
 # Sessions of ``count`` (the loop variable i), seeded by the server. ``:user`` is a user id, or
@@ -179,6 +186,71 @@ async def export(url: str, sizes: Sizes, path: Path) -> dict[str, Any]:
         await engine.dispose()
 
 
+# The filters' sessions: agent type, user, team, key and last write spread so that each filter
+# below matches a small share (a team 1%, the key prefix 1%, a week 2%).
+_FILTERED = """
+INSERT INTO agent_sessions_sessions (id, agent_type, user_id, state, context, metadata,
+    checkpoint_count, version, created_at, updated_at, last_heartbeat, key)
+SELECT gen_random_uuid(), 'agent-' || mod(i, 5), 'user-' || mod(i, 1000), 'active',
+    jsonb_build_object('goal', 'goal ' || i),
+    jsonb_build_object('team', 'team-' || mod(i, 100), 'tier', mod(i, 3)), 1, 1,
+    now() - interval '365 days' + i * (interval '365 days' / CAST(:count AS integer)),
+    now() - i * (interval '365 days' / CAST(:count AS integer)), now(),
+    'chat-' || lpad(CAST(i AS text), 7, '0')
+FROM generate_series(1, CAST(:count AS integer)) AS s(i)
+"""
+REPEATS = 21
+
+
+async def filters(url: str, sizes: Sizes) -> dict[str, Any]:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(_FILTERED), {"count": sizes.filter_sessions})
+        await analyze(engine)
+        repo = SessionRepository(async_sessionmaker(engine, expire_on_commit=False))
+        now = (await repo.list_sessions(limit=1)).items[0].created_at
+        cases: dict[str, dict[str, Any]] = {
+            "none": {},
+            "metadata": {"metadata": {"team": "team-7"}},
+            "key_prefix": {"key_prefix": "chat-000"},
+            "updated_before": {"updated_before": now - timedelta(days=358)},
+            "updated_after": {"updated_after": now - timedelta(days=7)},
+            "user+metadata": {"user_id": "user-7", "metadata": {"tier": 1}},
+        }
+        figures: dict[str, Any] = {}
+        for name, where in cases.items():
+            count = await repo.count_sessions(**where)
+            figures[f"count {name} ms"] = await _median_ms(lambda w=where: repo.count_sessions(**w))
+            first = await repo.list_sessions(limit=50, **where)
+
+            async def fifth(w: dict[str, Any] = where) -> None:
+                page = await repo.list_sessions(limit=50, **w)
+                for _ in range(4):
+                    if page.next_cursor is None:
+                        return
+                    page = await repo.list_sessions(limit=50, cursor=page.next_cursor, **w)
+
+            figures[f"page {name} ms"] = await _median_ms(
+                lambda w=where: repo.list_sessions(limit=50, **w)
+            )
+            figures[f"5 pages {name} ms"] = await _median_ms(fifth)
+            figures[f"matches {name}"] = count
+            assert len(first.items) == min(50, count), (name, count)
+        return figure("filters", sizes.filter_sessions, 0.0, **figures)
+    finally:
+        await engine.dispose()
+
+
+async def _median_ms(call: Any) -> float:
+    times = []
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        await call()
+        times.append((time.perf_counter() - started) * 1000)
+    return round(sorted(times)[REPEATS // 2], 2)
+
+
 def _mib(path: Path) -> int:
     return round(path.stat().st_size / 2**20)
 
@@ -216,6 +288,8 @@ async def run_phase(phase: str, url: str, sizes: Sizes, workdir: Path) -> dict[s
             return await erase(await databases.create("postgres", "erase"), sizes)
         if phase == "purge":
             return await purge(await databases.create("postgres", "purge"), sizes)
+        if phase == "filters":
+            return await filters(await databases.create("postgres", "filters"), sizes)
         path = workdir / "export.jsonl"
         if phase == "export":
             return await export(await databases.create("postgres", "export"), sizes, path)
@@ -230,6 +304,8 @@ def line(result: dict[str, Any]) -> str:
         for k, v in result.items()
         if k not in ("what", "rows", "seconds", "rows_per_s", "peak_rss_mib")
     )
+    if result["what"] == "filters":  # times per call, not a throughput
+        return f"filters over {result['rows']:,} sessions: {more}"
     return (
         f"{result['what']:<24} {result['rows']:>10,} rows in {result['seconds']:>7.1f} s = "
         f"{result['rows_per_s'] or 0:>9,} rows/s; peak RSS {result['peak_rss_mib']} MiB ({more})"
@@ -257,7 +333,9 @@ def main() -> None:
     parser.add_argument("--erase-sessions", type=int)
     parser.add_argument("--purge-sessions", type=int)
     parser.add_argument("--transfer-sessions", type=int)
+    parser.add_argument("--filter-sessions", type=int)
     parser.add_argument("--postgres-url", help="a running server (default: a throwaway one)")
+    parser.add_argument("--only", choices=PHASES, action="append", help="run these figures only")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)  # one child process
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -271,18 +349,19 @@ def main() -> None:
     sizes = QUICK if args.quick else Sizes()
     changes = {
         "erase_sessions": args.erase_sessions, "purge_sessions": args.purge_sessions,
-        "transfer_sessions": args.transfer_sessions,
+        "transfer_sessions": args.transfer_sessions, "filter_sessions": args.filter_sessions,
     }  # fmt: skip
     sizes = Sizes(**{**sizes.__dict__, **{k: v for k, v in changes.items() if v is not None}})
+    phases = tuple(args.only) if args.only else PHASES
     print(f"sizes: {sizes}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-lifecycle-") as workdir:
         if args.postgres_url:
-            results = run_all(args.postgres_url, sizes, Path(workdir), PHASES)
+            results = run_all(args.postgres_url, sizes, Path(workdir), phases)
         else:
             from tests.servers import PostgresServer
 
             with PostgresServer.start(Path(workdir) / "pg") as server:
-                results = run_all(server.url, sizes, Path(workdir), PHASES)
+                results = run_all(server.url, sizes, Path(workdir), phases)
     if args.json:
         args.json.write_text(json.dumps({"sizes": sizes.__dict__, "figures": results}, indent=2))
 
