@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,22 @@ def parse_id(session_id: object) -> uuid.UUID | None:
         return uuid.UUID(session_id)
     except ValueError:
         return None
+
+
+# A session id as the library writes it (``str(uuid.uuid4())``): the form the cache is keyed by.
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def canonical_id(session_id: object) -> str | None:
+    """``session_id`` in the canonical text form of its UUID, or ``None`` when it is not one.
+
+    The ids callers pass back are almost always the library's own text: matched as they are,
+    they skip building a ``UUID`` and printing it again (a third of a near-cache hit's cost).
+    """
+    if isinstance(session_id, str) and _CANONICAL_ID.fullmatch(session_id):
+        return session_id
+    sid = parse_id(session_id)
+    return None if sid is None else str(sid)
 
 
 def check_int(value: object, what: str, minimum: int, maximum: int) -> int:

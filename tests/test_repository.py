@@ -77,6 +77,22 @@ async def test_get_session_unknown_or_malformed_id_is_none(
     assert await repo.get_session(bad_id) is None
 
 
+async def test_get_session_reads_every_spelling_of_an_id_as_the_same_session(
+    repo: SessionRepository,
+) -> None:
+    created = await repo.create_session("planner")
+    sid = created.session_id
+    spellings = [sid, sid.upper(), "{" + sid + "}", sid.replace("-", ""), f"urn:uuid:{sid}"]
+    for spelling in spellings:  # cached under the one canonical id, whatever the spelling
+        found = await repo.get_session(spelling)
+        assert found is not None and found.session_id == sid, spelling
+    found.context["n"] = 1
+    await repo.update_session(found)
+    for spelling in spellings:  # the write forgot the one cached copy every spelling reads
+        again = await repo.get_session(spelling)
+        assert again is not None and again.version == 2 and again.context == {"n": 1}, spelling
+
+
 async def test_get_session_of_another_user_is_none(repo: SessionRepository, user: str) -> None:
     created = await repo.create_session("planner", user)
     assert await repo.get_session(created.session_id, user_id=user) is not None

@@ -12,6 +12,7 @@ from agent_session_store import _cursor
 from agent_session_store import _statements as sql
 from agent_session_store._arguments import (
     MAX_INT,
+    canonical_id,
     check_aware,
     check_filter,
     check_int,
@@ -71,10 +72,10 @@ class Reads(RepositoryBase):
         """
         check_filter(user_id, "user_id")
         recent = self._window(recent_checkpoints)
-        sid = parse_id(session_id)
+        sid = canonical_id(session_id)
         if sid is None:
             return None
-        session = await self._load_window(str(sid), recent)
+        session = await self._load_window(sid, recent)
         if session is None or (user_id is not None and session.user_id != user_id):
             return None
         return self._fields.open_session(session)  # after the cache: it holds what was stored
@@ -86,9 +87,9 @@ class Reads(RepositoryBase):
         checked here, after the hit, so it is never served past its ``expires_at``.
         """
         session = await self._load_cached(session_id, recent)
-        if session is not None and expired(session, checked_now(self._clock)):
-            return None
-        return session
+        if session is None or session.expires_at is None:  # most never expire: no clock read
+            return session
+        return None if expired(session, checked_now(self._clock)) else session
 
     async def get_session_by_key(
         self,
