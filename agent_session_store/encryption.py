@@ -265,7 +265,6 @@ class FieldEncryption:
         """Whether a stored value is not yet an envelope under the active key (for rotation)."""
         return not (is_envelope(stored) and stored.get("kid") == self._active_kid)
 
-
     # -- raw values (the LangGraph checkpointer's bytes) -------------------------------------
 
     def seal_bytes(self, plain: bytes, where: bytes) -> bytes:

@@ -82,4 +82,3 @@ async def test_framework_canary_is_nowhere_in_storage(
         return
     assert canary.encode() not in stored
     assert not [value for value in cached if canary.encode() in value]
-

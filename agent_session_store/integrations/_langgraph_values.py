@@ -51,9 +51,7 @@ def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def list_value(
-    value: Any, kind: str, data: bytes | None, digest: Digest = _sha256
-) -> Grown | None:
+def list_value(value: Any, kind: str, data: bytes | None, digest: Digest = _sha256) -> Grown | None:
     """``value``'s serialized items, when it is a list msgpack wrote as one array.
 
     ``digest``: SHA-256, or a keyed digest when the values are encrypted (``_langgraph_sealed``).

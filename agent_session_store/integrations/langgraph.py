@@ -633,8 +633,9 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         }  # fmt: skip
         writes: dict[tuple[Any, ...], list[Any]] = {}
         for r in sorted((r for r in rows if r.kind == "w"), key=lambda r: (r.k3, r.k1, r.n)):
-            data = vals.open_write(r.session_id, agent, keys.get(r.session_id, ""),
-                                   r.checkpoint_ns, r.cid, r.k1, r.n, r.k2, r.type, r.data)  # fmt: skip
+            thread = keys.get(r.session_id, "")
+            data = vals.open_write(r.session_id, agent, thread, r.checkpoint_ns, r.cid, r.k1,
+                                   r.n, r.k2, r.type, r.data)  # fmt: skip
             writes.setdefault((r.session_id, r.checkpoint_ns, r.cid), []).append(
                 (r.k1, r.k2, self._loads(r.type, data))
             )
@@ -861,7 +862,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         vals = self._values
         if vals.on:
             data = vals.seal_checkpoint(self.agent_type, target.key, target.ns,
-                                        checkpoint["id"], kind, data)  # fmt: skip
+                                        checkpoint["id"], kind, data or b"")  # fmt: skip
         values = checkpoint["channel_values"]
         blob_rows = []
         for channel, version in new_versions.items():
