@@ -8,6 +8,7 @@ changed by a byte fail with ``DecryptionError``; rotation re-encrypts the saver'
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -32,7 +33,7 @@ from tests.test_encryption import (  # noqa: F401 - cache is a fixture
     _redis_values,
     cache,
 )
-from tests.test_integration_langgraph import checkpoint, fresh_agent_type
+from tests.test_integration_langgraph import blob_keys, checkpoint, fresh_agent_type, statements
 
 B = lg_blobs_table.c
 W = lg_writes_table.c
@@ -131,6 +132,58 @@ async def test_every_stored_value_is_sealed_under_the_active_key(
     assert values and all(sealed_kid(v) == "k1" for v in values)
     assert digests  # keyed, so none is the SHA-256 of a stored list's items
     assert all(len(d) == 32 for d in digests)
+
+
+async def test_list_digests_are_keyed_not_sha256_of_the_items(
+    saver: SessionStoreSaver, db: Backend
+) -> None:
+    """A plain digest next to ciphertext would let a reader confirm a guessed conversation."""
+    items = ["a short secret"]
+    await saver.aput({"configurable": {"thread_id": "dg"}}, checkpoint({"m": items}), META,
+                     {"m": 1})  # fmt: skip
+    _, data = saver.serde.dumps_typed(items)
+    body = data[1:]  # after msgpack's one-byte array header
+    async with db.engine.connect() as conn:
+        stored = (await conn.execute(select(B.digest).where(B.channel == "m"))).scalar_one()
+    assert stored != hashlib.sha256(body).digest()
+    assert stored == ENC.digest(body)
+
+
+async def test_an_encrypted_turn_is_one_statement_and_survives_its_base_going(
+    db: Backend, clock: FakeClock
+) -> None:
+    """PostgreSQL's put of the next turn stays one statement with encryption; when the base it
+    remembered was removed meanwhile, the whole value it stores instead decrypts (it is sealed
+    as a whole value, not as the delta it was cut as)."""
+    if db.name == "sqlite":
+        pytest.skip("SQLite reads the base inside its write transaction")
+    agent = fresh_agent_type()
+    saver = SessionStoreSaver(SessionRepository(db.factory, clock=clock, encryption=ENC),
+                              agent_type=agent)  # fmt: skip
+    other = SessionStoreSaver(SessionRepository(db.factory, encryption=ENC), agent_type=agent)
+    config: Any = {"configurable": {"thread_id": "turns", "checkpoint_ns": ""}}
+    messages = [f"message {n} " * 5 for n in range(20)]
+
+    async def turn(parent: Any, n: int, *, run: str = "run") -> Any:
+        version = f"{n:03}"
+        cp = checkpoint({"m": messages[: 10 + n]}, {"m": version})
+        return await saver.aput(parent, cp, {"run_id": f"{run}-{n}"}, {"m": version})
+
+    first = await turn(config, 1)
+    with statements(db) as sent:
+        second = await turn(first, 2, run="doomed")
+    assert (await blob_keys(db, saver, "turns"))[("m", "002")] == "001"  # a delta
+    if db.name == "postgres":
+        assert len(sent) == 1, sent  # no read before the write
+    await other.adelete_for_runs(["doomed-2"])
+    third = await turn(second, 3)
+    assert (await blob_keys(db, saver, "turns"))[("m", "003")] is None  # stored whole
+    got = await saver.aget_tuple(third)
+    assert got is not None and got.checkpoint["channel_values"]["m"] == messages[:13]
+    fourth = await turn(third, 4)
+    assert (await blob_keys(db, saver, "turns"))[("m", "004")] == "003"
+    got = await other.aget_tuple(fourth)
+    assert got is not None and got.checkpoint["channel_values"]["m"] == messages[:14]
 
 
 # -- tampering ----------------------------------------------------------------------------
