@@ -260,6 +260,31 @@ async def test_a_value_swapped_between_channels_or_threads_does_not_decrypt(
     assert (await saver.aget_tuple(two)) is not None
 
 
+async def test_thread_rows_swapped_between_threads_do_not_serve_the_other_thread(
+    saver: SessionStoreSaver, db: Backend
+) -> None:
+    """Values are bound to the thread's key, not only to its session: a database writer who
+    points thread "one" at thread "two"'s session gets a DecryptionError, not two's state."""
+    from agent_session_store.tables import lg_threads_table
+
+    one: Any = {"configurable": {"thread_id": "one"}}
+    two: Any = {"configurable": {"thread_id": "two"}}
+    await saver.aput(one, checkpoint({"a": "one's"}), META, {"a": 1})
+    await saver.aput(two, checkpoint({"a": "two's"}), META, {"a": 1})
+    sid1, sid2 = await _sid(saver, db, "one"), await _sid(saver, db, "two")
+    t = lg_threads_table.c
+    mine = t.agent_type == saver.agent_type
+    async with db.engine.begin() as conn:  # the two threads' ids swapped, through a third
+        for old, new in (("one", "spare"), ("two", "one"), ("spare", "two")):
+            await conn.execute(
+                update(lg_threads_table)
+                .where(mine, t.thread_key == old)
+                .values(thread_key=new, thread_id=new)
+            )
+    await _refused(saver, one, sid2)
+    await _refused(saver, two, sid1)
+
+
 async def test_a_delta_re_pointed_at_another_base_does_not_decrypt(
     saver: SessionStoreSaver, db: Backend
 ) -> None:
