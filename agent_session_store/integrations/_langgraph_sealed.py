@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from agent_session_store.encryption import BYTES_MARK, FieldEncryption, place, sealed_kid
@@ -179,11 +180,17 @@ class Sealed(Values):
                             row["task_id"], row["idx"], row["channel"], row["type"])  # fmt: skip
         return self.encryption.seal_bytes(blob, where)
 
+    def _open(self, data: bytes, where: bytes, sid: uuid.UUID, what: Callable[[], str]) -> bytes:
+        """Open ``data``; only a value that fails pays for the names its error gives."""
+        try:
+            return self.encryption.open_bytes(data, where, "", None)
+        except DecryptionError:
+            return self.encryption.open_bytes(data, where, what(), str(sid))  # raises, named
+
     def open_checkpoint(self, sid: uuid.UUID, agent: str, key: str, ns: str, cid: str,
                         kind: str, data: bytes) -> bytes:  # fmt: skip
-        return self.encryption.open_bytes(
-            data, checkpoint_place(agent, key, ns, cid, kind), checkpoint_what(cid, ns), str(sid)
-        )
+        where = checkpoint_place(agent, key, ns, cid, kind)
+        return self._open(data, where, sid, lambda: checkpoint_what(cid, ns))
 
     def open_blob(self, sid: uuid.UUID, agent: str, key: str, ns: str, channel: str,
                   version: str, kind: str, base: str | None, items: int | None,
@@ -191,7 +198,7 @@ class Sealed(Values):
         if data is None:
             return None
         where = blob_place(agent, key, ns, channel, version, kind, base, items)
-        return self.encryption.open_bytes(data, where, blob_what(channel, version, ns), str(sid))
+        return self._open(data, where, sid, lambda: blob_what(channel, version, ns))
 
     def open_write(self, sid: uuid.UUID, agent: str, key: str, ns: str, cid: str,
                    task_id: str, idx: int, channel: str, kind: str,
@@ -199,8 +206,7 @@ class Sealed(Values):
         if data is None:
             return None
         where = write_place(agent, key, ns, cid, task_id, idx, channel, kind)
-        what = write_what(cid, task_id, idx, channel, ns)
-        return self.encryption.open_bytes(data, where, what, str(sid))
+        return self._open(data, where, sid, lambda: write_what(cid, task_id, idx, channel, ns))
 
 
 def _refuse(what: str, sid: uuid.UUID, data: bytes) -> None:
