@@ -424,3 +424,62 @@ async def test_rotation_re_encrypts_the_savers_values(
     # the conversation goes on under the new key, deltas included
     await graph.ainvoke({"messages": [HumanMessage("more")]}, config)
     assert (await graph.aget_state(config)).values["messages"][-1] is not None
+
+
+async def test_rotation_redoes_whole_lists_digests_and_clears_deltas(
+    saver: SessionStoreSaver, db: Backend
+) -> None:
+    """A digest under the old key would stop matching anyway; redone under the new one, the
+    next turn cuts its delta at once. A delta's row does not hold its whole list: cleared."""
+    from agent_session_store.integrations._langgraph_sealed import blob_place
+    from agent_session_store.integrations._langgraph_values import array_header
+
+    config: Any = {"configurable": {"thread_id": "dg"}}
+    items: list[str] = []
+    for turn in range(1, 4):
+        items = [*items, f"message {turn} " * 5]
+        config = await saver.aput(config, checkpoint({"m": items}, {"m": turn}), META, {"m": turn})
+    new = FieldEncryption({"k1": K1, "k2": K2}, "k2")
+    await SessionRepository(db.factory, encryption=new).rotate_keys()
+    sid = uuid.UUID(await _sid(saver, db, "dg"))
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(select(lg_blobs_table).where(B.session_id == sid))).all()
+    assert {r.base_version is None for r in rows} == {True, False}  # wholes and deltas
+    for r in rows:
+        if r.base_version is not None:
+            assert r.digest is None
+            continue
+        where = blob_place(saver.agent_type, "dg", "", "m", r.version, r.type, None, r.item_count)
+        plain = new.open_bytes(r.blob, where, "m", None)
+        assert r.digest == new.digest(plain[len(array_header(r.item_count)) :])
+
+
+async def test_rotation_with_allow_plaintext_seals_what_was_stored_before(
+    db: Backend, clock: FakeClock
+) -> None:
+    """Turning encryption on over a saver's existing threads: rotate-keys --allow-plaintext."""
+    from agent_session_store.integrations._langgraph_sealed import blob_place
+    from agent_session_store.integrations._langgraph_values import array_header
+
+    agent = fresh_agent_type()
+    plain = SessionStoreSaver(SessionRepository(db.factory, clock=clock), agent_type=agent)
+    await converse(plain, "before")
+    config: Any = {"configurable": {"thread_id": "before"}}
+    graph = build_graph(plain)
+    state = await graph.aget_state(config)
+    window = FieldEncryption({"k1": K1}, "k1", allow_plaintext=True)
+    done = await SessionRepository(db.factory, encryption=window).rotate_keys(batch_size=5)
+    assert done.framework_values > 0
+    strict = SessionStoreSaver(SessionRepository(db.factory, encryption=ENC), agent_type=agent)
+    assert (await build_graph(strict).aget_state(config)).values == state.values
+    sid = uuid.UUID(await _sid(strict, db, "before"))
+    async with db.engine.connect() as conn:  # no plain SHA-256 of a list is left
+        lists = select(lg_blobs_table).where(B.session_id == sid, B.item_count.is_not(None))
+        stored = (await conn.execute(lists)).all()
+    wholes = [r for r in stored if r.base_version is None]
+    assert wholes
+    for r in wholes:
+        where = blob_place(agent, "before", r.checkpoint_ns, r.channel, r.version, r.type, None,
+                           r.item_count)  # fmt: skip
+        body = ENC.open_bytes(r.blob, where, "m", None)[len(array_header(r.item_count)) :]
+        assert r.digest == ENC.digest(body) != hashlib.sha256(body).digest()
