@@ -196,7 +196,7 @@ async def _blob(db: Backend, **where: Any) -> bytes:
         return value
 
 
-async def _set_blob(db: Backend, blob: bytes, **where: Any) -> None:
+async def _set_blob(db: Backend, blob: bytes | None, **where: Any) -> None:
     async with db.engine.begin() as conn:
         await conn.execute(
             update(lg_blobs_table).where(*(B[k] == v for k, v in where.items())).values(blob=blob)
@@ -252,6 +252,8 @@ async def test_a_value_swapped_between_channels_or_threads_does_not_decrypt(
     await _set_blob(db, a1[:-1], session_id=uuid.UUID(sid1), channel="a")
     await _refused(saver, one, sid1)
     await _set_blob(db, b"\xa6secret", session_id=uuid.UUID(sid1), channel="a")
+    await _refused(saver, one, sid1)
+    await _set_blob(db, None, session_id=uuid.UUID(sid1), channel="a")  # no bytes at all
     await _refused(saver, one, sid1)
     await _set_blob(db, a1, session_id=uuid.UUID(sid1), channel="a")  # restored: reads again
     got = await saver.aget_tuple(one)

@@ -195,16 +195,18 @@ class Sealed(Values):
     def open_blob(self, sid: uuid.UUID, agent: str, key: str, ns: str, channel: str,
                   version: str, kind: str, base: str | None, items: int | None,
                   data: bytes | None) -> bytes | None:  # fmt: skip
-        if data is None:
-            return None
+        if data is None:  # only a channel without a value ("empty") is stored without bytes
+            if kind == "empty":
+                return None
+            raise DecryptionError.malformed(blob_what(channel, version, ns), str(sid))
         where = blob_place(agent, key, ns, channel, version, kind, base, items)
         return self._open(data, where, sid, lambda: blob_what(channel, version, ns))
 
     def open_write(self, sid: uuid.UUID, agent: str, key: str, ns: str, cid: str,
                    task_id: str, idx: int, channel: str, kind: str,
                    data: bytes | None) -> bytes | None:  # fmt: skip
-        if data is None:
-            return None
+        if data is None:  # the saver stores bytes for every write
+            raise DecryptionError.malformed(write_what(cid, task_id, idx, channel, ns), str(sid))
         where = write_place(agent, key, ns, cid, task_id, idx, channel, kind)
         return self._open(data, where, sid, lambda: write_what(cid, task_id, idx, channel, ns))
 
