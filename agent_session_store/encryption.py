@@ -17,6 +17,11 @@ ciphertext copied to another row or field, altered by one bit, cut short, or mad
 that is not configured fails to decrypt: :class:`~agent_session_store.errors.DecryptionError`,
 naming the session, the field and the key id, never the key or any plaintext.
 
+The LangGraph checkpointer's values are bytes, not JSON: :meth:`FieldEncryption.seal_bytes`
+stores them as ``BYTES_MARK``, the key id, the nonce and the ciphertext, with the same associated
+data rules (``integrations/_langgraph_sealed.py`` names their places), and
+:meth:`FieldEncryption.digest` gives the keyed digests stored beside them.
+
 Keys: ``keys`` maps key ids to 32-byte keys; ``active`` names the one that encrypts, every one
 decrypts (rotation: add a key, make it active, run ``agent-session-store rotate-keys``, then
 drop the old one). The algorithm and the envelope's meaning are fixed by this module, never read

@@ -30,6 +30,11 @@ or time travel with ``update_state``) are both kept: siblings with the same pare
 listed by ``alist``; the thread's latest is the one with the greater checkpoint id (LangGraph's
 ids grow with time). Nothing is overwritten.
 
+With a repository built with ``encryption=FieldEncryption(...)``, every checkpoint body, channel
+value and pending write is sealed (AES-256-GCM) before it is sent and opened after it is read,
+bound to its thread and row (``_langgraph_sealed``); metadata stays readable, for
+``alist(filter=...)``. See docs/security.md.
+
 Stored bytes are read by a strict serializer by default: only LangGraph's and LangChain's own
 types (and those LangGraph allows for a compiled graph's state schema) are rebuilt; a value
 naming any other type raises :class:`~agent_session_store.SessionValidationError` instead of
@@ -175,6 +180,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         serde: LangGraph's serializer for checkpoints, channel values and writes; by default
             a :class:`StrictSerializer` (no type outside the allow-list is ever imported).
         agent_type: the agent type of the threads' sessions.
+
+    With the repository's ``encryption``, what LangGraph stores is encrypted too (the module's
+    docstring); a value that does not decrypt raises ``DecryptionError`` naming the thread's
+    session.
 
     The async methods are the checkpointer; the sync ones (``get_tuple``, ``list``, ``put``,
     ...) may be called from other threads while the event loop the saver was first used on
