@@ -71,6 +71,32 @@ def check_aware(value: object, what: str) -> datetime:
         raise SessionValidationError(f"{what} {value.isoformat()} is out of range") from None
 
 
+def check_expiry(expires_at: object, now: datetime) -> datetime | None:
+    """A new session's ``expires_at``: ``None``, or a UTC-aware time after ``now``."""
+    if expires_at is None:
+        return None
+    when = check_aware(expires_at, "expires_at")
+    if when <= now:
+        raise SessionValidationError(
+            f"expires_at {when.isoformat()} is not after now ({now.isoformat()}): a session "
+            "must be created to exist for a while; pass a time in the future, or None for never"
+        )
+    return when
+
+
+def check_idempotency_key(key: object, what: str) -> str | None:
+    """An append's idempotency key: ``None``, or text of 1 to 256 characters (kept as given)."""
+    if key is None:
+        return None
+    check_filter(key, what)
+    assert isinstance(key, str)  # check_filter refused anything else
+    if not 1 <= len(key) <= 256:
+        raise SessionValidationError(
+            f"{what} (an idempotency key) must be 1 to 256 characters long, got {len(key)}"
+        )
+    return key
+
+
 def check_key(key: object) -> str:
     """A session key as stored: printable text of 1 to 128 characters, without surrounding spaces.
 

@@ -58,8 +58,18 @@ from agent_session_store.tables import sessions_table
 
 logger = logging.getLogger(__name__)
 
+
+class Refused(Exception):
+    """A statement refused by a constraint the repository expects and handles (an append whose
+    idempotency key the session already holds); the call wrote nothing, its connection is fine.
+
+    Never leaves the repository.
+    """
+
+
 # Our own verdicts are raised after statements that changed nothing (or were rolled back).
 _VERDICTS = (
+    Refused,
     ConcurrentUpdateError,
     InvalidStateTransitionError,
     SessionExistsError,

@@ -203,14 +203,23 @@ async def _not_found_after_checking(ctx: Context, session_id: str) -> CliError:
     return CliError(_not_found(session_id), EXIT_NOT_FOUND)
 
 
+def _session_filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The filters of ``sessions list`` and ``sessions count``, as the repository takes them."""
+    before = args.updated_before
+    return {
+        "agent_type": args.agent_type,
+        "user_id": args.user_id,
+        "state": args.state,
+        "key_prefix": args.key_prefix,
+        "updated_before": None if before is None else datetime.now(UTC) - before.delta,
+        "metadata": None if args.metadata is None else dict(args.metadata),
+    }
+
+
 async def sessions_list(ctx: Context) -> int:
     args = ctx.args
     page = await ctx.repository().list_sessions(
-        agent_type=args.agent_type,
-        user_id=args.user_id,
-        state=args.state,
-        limit=args.limit,
-        cursor=args.cursor,
+        limit=args.limit, cursor=args.cursor, **_session_filters(args)
     )
     if args.json:
         items = [s.model_dump(mode="json", exclude={"checkpoints"}) for s in page.items]
@@ -219,6 +228,12 @@ async def sessions_list(ctx: Context) -> int:
     ctx.print(fmt.sessions_table(page.items) if page.items else "no sessions")
     if page.next_cursor:
         ctx.print(f"next cursor: {page.next_cursor}")
+    return EXIT_OK
+
+
+async def sessions_count(ctx: Context) -> int:
+    n = await ctx.repository().count_sessions(**_session_filters(ctx.args))
+    ctx.print(fmt.to_json({"count": n}) if ctx.args.json else fmt.count(n, "session"))
     return EXIT_OK
 
 
@@ -448,10 +463,11 @@ def _swept_since(started: datetime) -> ColumnElement[bool]:
 
 async def purge(ctx: Context) -> int:
     args = ctx.args
-    if args.deleted_before is None and args.finished_before is None:
+    if args.deleted_before is None and args.finished_before is None and not args.expired:
         raise CliError(
             "purge needs --deleted-before AGE (soft-deleted sessions), --finished-before AGE "
-            "(COMPLETED and FAILED ones), or both",
+            "(COMPLETED and FAILED ones), --expired (sessions whose expiry has passed), or "
+            "several of them",
             EXIT_USAGE,
         )
     if args.finished_before is not None and not args.dry_run:
@@ -461,6 +477,8 @@ async def purge(ctx: Context) -> int:
         await _purge_deleted(ctx, args.deleted_before)
     if args.finished_before is not None:
         await _purge_finished(ctx, args.finished_before)
+    if args.expired:
+        await _purge_expired(ctx)
     if args.finished_before is not None:
         await _raise_redis_trouble(ctx, "purged sessions")
     return EXIT_OK
@@ -590,6 +608,24 @@ async def erase_user(ctx: Context) -> int:
     logger.info("erase-user: erased %s", _erasure_text(report))
     await _raise_redis_trouble(ctx, "erased sessions")
     return EXIT_OK
+
+
+async def _purge_expired(ctx: Context) -> None:
+    now = datetime.now(UTC)
+    what = f"expired by {fmt.timestamp(now)}"
+    doomed = lifecycle.expired_by(now)
+    if ctx.args.dry_run:
+        n = await _count_sessions(ctx, doomed)
+        ctx.print(f"purge --dry-run: {fmt.count(n, 'session')} {what} would be removed; "
+                  "nothing was changed")  # fmt: skip
+        return
+    repo, batch = ctx.repository(), ctx.args.batch_size
+    removed = await _with_progress(
+        ctx, lambda n: f"purge: removing {fmt.count(n, 'expired session')}", doomed,
+        lambda: repo.purge_expired_sessions(batch_size=batch),
+    )  # fmt: skip
+    its = "its checkpoints" if removed == 1 else "their checkpoints"
+    ctx.print(f"purge: removed {fmt.count(removed, 'session')} {what}, with {its}")
 
 
 async def stats(ctx: Context) -> int:

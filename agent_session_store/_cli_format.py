@@ -97,6 +97,23 @@ def non_negative_int(text: str) -> int:
     return _int_from(text, 0)
 
 
+def metadata_pair(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` for a metadata filter (argparse type): VALUE as JSON when it is a JSON
+    scalar (``2``, ``true``, ``null``, ``"2"``), else the text itself."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(
+            f"invalid metadata filter {text!r}: use KEY=VALUE, e.g. team=support or tier=2"
+        )
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return key, raw
+    return (
+        (key, value) if value is None or isinstance(value, str | int | float | bool) else (key, raw)
+    )
+
+
 def int_from_1_to(maximum: int) -> Callable[[str], int]:
     """An argparse type for an integer from 1 to ``maximum`` (the repository's own bound).
 

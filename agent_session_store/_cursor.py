@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from agent_session_store.errors import SessionValidationError
 
-Filters = tuple[str | None, str | None, str | None]
+Filters = tuple[str | None, ...]  # _filters.SessionFilter.fingerprint()
 # A real cursor is about 130 characters; anything much longer is not one of ours, and must not
 # reach json.loads (a deeply nested value there raises RecursionError).
 MAX_CURSOR_LENGTH = 512
@@ -61,7 +61,8 @@ def decode(cursor: str, filters: Filters) -> tuple[datetime, uuid.UUID]:
         ) from exc
     if fingerprint != _fingerprint(filters):
         raise SessionValidationError(
-            "this cursor was made for other filters (agent_type, user_id, state); "
+            "this cursor was made for other filters (agent_type, user_id, state, key_prefix, "
+            "updated_after, updated_before, metadata); "
             "start again without a cursor"
         )
     return position

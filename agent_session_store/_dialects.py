@@ -9,6 +9,8 @@ operation         PostgreSQL                                 SQLite
 create, append,   one statement (writing CTEs): one round    two statements in a write
 append many       trip, no BEGIN/COMMIT                      transaction
 load a session    ``json_agg`` of the newest checkpoints     ``json_group_array``
+create with a     a CTE frees an expired holder of the key   after the index refuses the
+key               first, in the same statement               key: free an expired holder
 shared state      an upsert that merges under the row lock   upsert (takes the write lock),
                                                              merge here, write back
 stale sweep       ``FOR UPDATE SKIP LOCKED`` batch, ``||``   plain batch, ``json_set``
@@ -31,6 +33,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from sqlalchemy import Executable, Result, Select, func, select, update
 
 from agent_session_store import _statements as sql
+from agent_session_store._errors import INTEGRITY_ERRORS
 from agent_session_store._rows import S, checkpoint_values
 from agent_session_store.models import AgentSession, SessionCheckpoint, SessionState
 from agent_session_store.tables import sessions_table
@@ -99,13 +102,21 @@ class Dialect:
         raise NotImplementedError
 
     async def append(self, db: Runner, params: dict[str, Any], cp: SessionCheckpoint) -> int | None:
-        """Append ``cp`` (``params``: b_sid, b_now, b_at, b_user); its seq, or ``None``."""
+        """Append ``cp`` (``params``: b_sid, b_now, b_at, b_user, b_ikey); its seq, or ``None``.
+
+        A known ``b_ikey`` makes the checkpoints' unique index refuse it (a driver error).
+        """
         raise NotImplementedError
 
     async def append_many(
-        self, db: Runner, params: dict[str, Any], batch: list[SessionCheckpoint]
+        self,
+        db: Runner,
+        params: dict[str, Any],
+        batch: list[SessionCheckpoint],
+        keys: list[str | None],
     ) -> int | None:
-        """Append ``batch`` (``params`` as ``append``, b_added); the first seq, or ``None``."""
+        """Append ``batch`` (``params`` as ``append``, b_added) with idempotency ``keys``, one per
+        item; the first seq, or ``None``."""
         raise NotImplementedError
 
     # The seq is known only once the session's row is locked and its count bumped: an append
@@ -115,19 +126,25 @@ class Dialect:
         self, db: Runner, params: dict[str, Any], cp: SessionCheckpoint, seal: Seal
     ) -> int | None:
         """``append`` in two statements, storing ``seal(seq, cp.data)`` as the data."""
-        rows = await db.fetch(sql.APPEND[params["b_user"] is not None], params)
+        bump = sql.APPEND_NEW if params["b_ikey"] is not None else sql.APPEND
+        rows = await db.fetch(bump[params["b_user"] is not None], params)
         if not rows:
             return None
         seq = int(rows[0].checkpoint_count)
         await db.fetch(
             sql.INSERT_ONE_CHECKPOINT,
             {"b_sid": params["b_sid"], "b_seq": seq, "b_name": cp.name,
-             "b_data": seal(seq, cp.data), "b_at": cp.timestamp},
+             "b_data": seal(seq, cp.data), "b_at": cp.timestamp, "b_ikey": params["b_ikey"]},
         )  # fmt: skip
         return seq
 
     async def append_many_sealed(
-        self, db: Runner, params: dict[str, Any], batch: list[SessionCheckpoint], seal: Seal
+        self,
+        db: Runner,
+        params: dict[str, Any],
+        batch: list[SessionCheckpoint],
+        keys: list[str | None],
+        seal: Seal,
     ) -> int | None:
         """``append_many`` in two statements, storing ``seal(seq, cp.data)`` as each data."""
         count = (await db.execute(sql.APPEND_MANY[params["b_user"] is not None], params)).scalar()
@@ -137,9 +154,11 @@ class Dialect:
         sid = params["b_sid"]
         rows = [
             checkpoint_values(
-                sid, cp.model_copy(update={"seq": first + i, "data": seal(first + i, cp.data)})
+                sid,
+                cp.model_copy(update={"seq": first + i, "data": seal(first + i, cp.data)}),
+                key,
             )
-            for i, cp in enumerate(batch)
+            for i, (cp, key) in enumerate(zip(batch, keys, strict=True))
         ]
         await db.execute(sql.INSERT_CHECKPOINT, rows)
         return first
@@ -187,21 +206,30 @@ class Postgres(Dialect):
     async def create(self, db: Runner, session: AgentSession) -> None:
         first = session.checkpoints[0]
         await db.fetch(
-            sql.CREATE_IN_ONE,
+            sql.CREATE_IN_ONE[session.key is not None],  # keyed: frees an expired holder
             {"b_sid": uuid.UUID(session.session_id), "b_agent": session.agent_type,
              "b_user": session.user_id, "b_context": session.context,
              "b_metadata": session.metadata, "b_now": session.created_at,
-             "b_name": first.name, "b_data": first.data, "b_key": session.key},
+             "b_name": first.name, "b_data": first.data, "b_key": session.key,
+             "b_expires": session.expires_at},
         )  # fmt: skip
 
     async def append(self, db: Runner, params: dict[str, Any], cp: SessionCheckpoint) -> int | None:
-        rows = await db.fetch(sql.APPEND_IN_ONE[params["b_user"] is not None], params)
+        keyed = params["b_ikey"] is not None
+        rows = await db.fetch(sql.APPEND_IN_ONE[params["b_user"] is not None, keyed], params)
         return int(rows[0].seq) if rows else None
 
     async def append_many(
-        self, db: Runner, params: dict[str, Any], batch: list[SessionCheckpoint]
+        self,
+        db: Runner,
+        params: dict[str, Any],
+        batch: list[SessionCheckpoint],
+        keys: list[str | None],
     ) -> int | None:
-        params = {**params, "b_items": [{"name": cp.name, "data": cp.data} for cp in batch]}
+        items = [
+            {"name": cp.name, "data": cp.data, "ikey": k} for cp, k in zip(batch, keys, strict=True)
+        ]
+        params = {**params, "b_items": items}
         stmt = sql.APPEND_MANY_IN_ONE[params["b_user"] is not None]
         seqs = (await db.execute(stmt, params)).scalars().all()
         return min(seqs) if seqs else None
@@ -259,21 +287,33 @@ class Sqlite(Dialect):
         params = {"b_sid": uuid.UUID(session.session_id), "b_agent": session.agent_type,
                   "b_user": session.user_id, "b_context": session.context,
                   "b_metadata": session.metadata, "b_now": session.created_at,
-                  "b_key": session.key}  # fmt: skip
-        await db.fetch(sql.INSERT_SESSION_ROW, params)
+                  "b_key": session.key, "b_expires": session.expires_at}  # fmt: skip
+        try:
+            await db.fetch(sql.INSERT_SESSION_ROW, params)
+        except INTEGRITY_ERRORS:
+            # The key is taken: by an expired session, its key is free. Freed here, after the
+            # refusal, so that a create pays for it only when the key is held (SQLite undoes the
+            # refused statement alone; the transaction and its write lock stay).
+            if session.key is None or not await db.fetch(sql.FREE_EXPIRED_KEY, params):
+                raise
+            await db.fetch(sql.INSERT_SESSION_ROW, params)
         await db.fetch(
             sql.INSERT_ONE_CHECKPOINT,
             {"b_sid": params["b_sid"], "b_seq": 1, "b_name": first.name, "b_data": first.data,
-             "b_at": first.timestamp},
+             "b_at": first.timestamp, "b_ikey": None},
         )  # fmt: skip
 
     async def append(self, db: Runner, params: dict[str, Any], cp: SessionCheckpoint) -> int | None:
         return await self.append_sealed(db, params, cp, _as_is)
 
     async def append_many(
-        self, db: Runner, params: dict[str, Any], batch: list[SessionCheckpoint]
+        self,
+        db: Runner,
+        params: dict[str, Any],
+        batch: list[SessionCheckpoint],
+        keys: list[str | None],
     ) -> int | None:
-        return await self.append_many_sealed(db, params, batch, _as_is)
+        return await self.append_many_sealed(db, params, batch, keys, _as_is)
 
     async def merge_shared_state(
         self, db: Runner, params: dict[str, Any], changes: dict[str, Any], gone: list[str]

@@ -17,9 +17,15 @@ S = sessions_table.c
 C = checkpoints_table.c
 SESSION_COLUMNS = (
     S.id, S.agent_type, S.user_id, S.state, S.context, S.metadata, S.checkpoint_count,
-    S.version, S.created_at, S.updated_at, S.last_heartbeat, S.key,
+    S.version, S.created_at, S.updated_at, S.last_heartbeat, S.key, S.expires_at,
 )  # fmt: skip
 CHECKPOINT_COLUMNS = (C.seq, C.name, C.data, C.created_at.label("cp_created_at"))
+
+
+def expired(session: AgentSession, now: datetime) -> bool:
+    """Whether ``session`` has expired at ``now``: the rule the statements apply, for a copy
+    that did not come from one of them (a cached copy)."""
+    return session.expires_at is not None and session.expires_at <= now
 
 
 def checkpoints_from_json(items: list[dict[str, Any]] | None) -> list[SessionCheckpoint]:
@@ -61,10 +67,13 @@ def session_from_row(row: Any, checkpoints: list[SessionCheckpoint]) -> AgentSes
         last_heartbeat=row.last_heartbeat,
         version=row.version,
         key=row.key,
+        expires_at=row.expires_at,
     )
 
 
-def checkpoint_values(sid: uuid.UUID, cp: SessionCheckpoint) -> dict[str, Any]:
+def checkpoint_values(
+    sid: uuid.UUID, cp: SessionCheckpoint, idempotency_key: str | None = None
+) -> dict[str, Any]:
     """The checkpoints table's values for storing ``cp`` in session ``sid``."""
     return {"session_id": sid, "seq": cp.seq, "name": cp.name, "data": cp.data,
-            "created_at": cp.timestamp}  # fmt: skip
+            "created_at": cp.timestamp, "idempotency_key": idempotency_key}  # fmt: skip

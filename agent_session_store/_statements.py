@@ -7,7 +7,6 @@ Parameter names start with ``b_`` (names equal to a column's are reserved in UPD
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Protocol, Self, TypeVar
 
 from sqlalchemy import (
@@ -20,13 +19,13 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    exists,
     func,
     insert,
     literal,
     or_,
     select,
     true,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -61,9 +60,19 @@ class _Filterable(Protocol):
 F = TypeVar("F", bound=_Filterable)
 
 
+_EXPIRES = bindparam("b_expires", type_=UtcDateTime())
+
+
+def _present() -> ColumnElement[bool]:
+    """The session has not expired at ``b_now`` (the repository's clock): the one rule that makes
+    an expired session absent to every read and write, in the statement each already sends."""
+    return or_(S.expires_at.is_(None), S.expires_at > _NOW)
+
+
 def _live() -> ColumnElement[bool]:
-    """The session takes writes to its content: ACTIVE or PAUSED (a finished one's is final)."""
-    return or_(*(S.state == state for state in LIVE_STATES))
+    """The session takes writes to its content: ACTIVE or PAUSED (a finished one's is final),
+    and not expired."""
+    return and_(or_(*(S.state == state for state in LIVE_STATES)), _present())
 
 
 class _JsonEquals(BinaryExpression[bool]):
@@ -123,7 +132,7 @@ def _load(dialect: str, by_key: bool = False) -> Select[Any]:
         )
         recent = func.json_group_array(item, type_=JSON())
     checkpoints = select(recent).where(window).scalar_subquery().label("recent")
-    stmt = select(*SESSION_COLUMNS, checkpoints).where(S.state != DELETED)
+    stmt = select(*SESSION_COLUMNS, checkpoints).where(S.state != DELETED, _present())
     if by_key:
         return stmt.where(S.agent_type == _AGENT, S.user_id == _USER, S.key == _KEY)
     return stmt.where(S.id == _SID)
@@ -135,7 +144,7 @@ LOAD = {"postgresql": _load("postgresql"), "sqlite": _load("sqlite")}
 LOAD_BY_KEY = {"postgresql": _load("postgresql", True), "sqlite": _load("sqlite", True)}
 # The id of the live session with a key: one probe of the partial unique index.
 ID_BY_KEY = select(S.id).where(
-    S.agent_type == _AGENT, S.user_id == _USER, S.key == _KEY, S.state != DELETED
+    S.agent_type == _AGENT, S.user_id == _USER, S.key == _KEY, S.state != DELETED, _present()
 )
 
 INSERT_CHECKPOINT = insert(checkpoints_table)
@@ -152,9 +161,18 @@ APPEND = _scoped(
     .returning(S.checkpoint_count)
 )
 
+# An append with an idempotency key (b_ikey): bumps only when the session holds no checkpoint
+# under that key. On SQLite the write lock makes the check exact; on PostgreSQL two appends of
+# one key racing both pass it (one snapshot per statement) and the unique index refuses the
+# second, which the repository then answers with the stored checkpoint.
+_HOLDS_KEY = exists().where(
+    C.session_id == _SID, C.idempotency_key == bindparam("b_ikey", type_=String())
+)
+APPEND_NEW = {scoped: stmt.where(~_HOLDS_KEY) for scoped, stmt in APPEND.items()}
+
 DELETE = _scoped(
     update(sessions_table)
-    .where(S.id == _SID, S.state != DELETED)
+    .where(S.id == _SID, S.state != DELETED, _present())
     .values(state=DELETED, version=S.version + 1, updated_at=_NOW)
     .returning(S.id)
 )
@@ -183,6 +201,7 @@ def update_from(sources: tuple[str, ...]) -> Update:
             S.user_id == bindparam("b_owner", type_=String()),
             S.version == bindparam("b_version", type_=Integer()),
             or_(*(S.state == state for state in sources if state not in FINISHED_STATES), *final),
+            _present(),
         )
         .values(
             context=context,
@@ -192,95 +211,114 @@ def update_from(sources: tuple[str, ...]) -> Update:
             updated_at=_NOW,
             last_heartbeat=_NOW,
             checkpoint_count=S.checkpoint_count + added,
+            expires_at=_EXPIRES,
         )
         .returning(S.checkpoint_count, S.created_at)
     )
 
 
-# Why an update changed nothing: the stored version, state and owner.
-STORED_FOR_UPDATE = select(S.version, S.state, S.user_id).where(S.id == _SID)
+# Why an update changed nothing: the stored version, state, owner and expiry.
+STORED_FOR_UPDATE = select(S.version, S.state, S.user_id, S.expires_at).where(S.id == _SID)
 # With encryption, a finished session's update keeping its context: the stored envelope.
 STORED_CONTEXT = select(S.state, S.context).where(S.id == _SID)
 
 
-@functools.cache
-def list_page(by_agent: bool, by_user: bool, by_state: bool, after: bool) -> Select[Any]:
-    """A page of sessions, newest first; ``b_limit`` rows after (``b_after_at``, ``b_after_id``).
-
-    Without ``by_state``, deleted sessions are left out.
-    """
-    stmt = select(*SESSION_COLUMNS)
-    if by_agent:
-        stmt = stmt.where(S.agent_type == bindparam("b_agent", type_=String()))
-    if by_user:
-        stmt = stmt.where(S.user_id == _USER)
-    if by_state:
-        stmt = stmt.where(S.state == bindparam("b_state", type_=String()))
-    else:
-        stmt = stmt.where(S.state != DELETED)
-    if after:
-        position = tuple_(
-            bindparam("b_after_at", type_=UtcDateTime()), bindparam("b_after_id", type_=Uuid())
-        )
-        stmt = stmt.where(tuple_(S.created_at, S.id) < position)
-    return stmt.order_by(S.created_at.desc(), S.id.desc()).limit(
-        bindparam("b_limit", type_=Integer())
-    )
-
-
 # PostgreSQL only (SQLite has no writing CTEs): the two writes of an append, or of a create,
 # as one statement, so a call is one round trip with no BEGIN/COMMIT around it.
-_CHECKPOINT_COLUMN_NAMES = ["session_id", "seq", "name", "data", "created_at"]
+_CHECKPOINT_COLUMN_NAMES = ["session_id", "seq", "name", "data", "created_at", "idempotency_key"]
+_IKEY = bindparam("b_ikey", type_=String())  # the append's idempotency key, or NULL
 _CP_NAME = bindparam("b_name", type_=String())
 _CP_DATA = bindparam("b_data", type_=JsonType)
 _AT = bindparam("b_at", type_=UtcDateTime())  # the checkpoint's time (the caller's, or now)
 
 
-def _append_in_one(scoped: bool) -> Any:
-    bump = (
-        update(sessions_table)
-        .where(S.id == _SID, _live())
-        .values(checkpoint_count=S.checkpoint_count + 1, version=S.version + 1, updated_at=_NOW)
-        .returning(S.id, S.checkpoint_count)
-    )
-    if scoped:
-        bump = bump.where(S.user_id == _USER)
+def _append_in_one(scoped: bool, keyed: bool) -> Any:
+    bump = (APPEND_NEW if keyed else APPEND)[scoped].returning(S.id)
     bumped = bump.cte("bumped")
-    rows = select(bumped.c.id, bumped.c.checkpoint_count, _CP_NAME, _CP_DATA, _AT)
+    rows = select(bumped.c.id, bumped.c.checkpoint_count, _CP_NAME, _CP_DATA, _AT, _IKEY)
     return insert(checkpoints_table).from_select(_CHECKPOINT_COLUMN_NAMES, rows).returning(C.seq)
 
 
-APPEND_IN_ONE = {False: _append_in_one(False), True: _append_in_one(True)}
+APPEND_IN_ONE = {
+    (scoped, keyed): _append_in_one(scoped, keyed)
+    for scoped in (False, True)
+    for keyed in (False, True)
+}
 
-_new_session = insert(sessions_table).values(
-    id=_SID,
-    agent_type=_AGENT,
-    user_id=_USER,
-    key=_KEY,
-    state="active",
-    context=bindparam("b_context", type_=JsonType),
-    metadata=bindparam("b_metadata", type_=JsonType),
-    checkpoint_count=1,
-    version=1,
-    created_at=_NOW,
-    updated_at=_NOW,
-    last_heartbeat=_NOW,
-)
+_NEW_SESSION_VALUES: dict[str, Any] = {
+    "id": _SID,
+    "agent_type": _AGENT,
+    "user_id": _USER,
+    "key": _KEY,
+    "state": literal("active", String()),
+    "context": bindparam("b_context", type_=JsonType),
+    "metadata": bindparam("b_metadata", type_=JsonType),
+    "checkpoint_count": literal(1, Integer()),
+    "version": literal(1, Integer()),
+    "created_at": _NOW,
+    "updated_at": _NOW,
+    "last_heartbeat": _NOW,
+    "expires_at": _EXPIRES,
+}
+_new_session = insert(sessions_table).values(_NEW_SESSION_VALUES)
 # SQLite: the session's row, then its first checkpoint.
 INSERT_SESSION_ROW = _new_session
+# An expired session holds its key no longer: a create of that key marks the holder deleted
+# (it is absent to every read already; the purges remove its rows), which takes it out of the
+# partial unique index, in the create's own statement (PostgreSQL) or transaction (SQLite).
+FREE_EXPIRED_KEY = (
+    update(sessions_table)
+    .where(
+        S.agent_type == _AGENT,
+        S.user_id == _USER,
+        S.key == _KEY,
+        S.state != DELETED,
+        S.expires_at <= _NOW,
+    )
+    .values(state=DELETED, version=S.version + 1, updated_at=_NOW)
+    .returning(S.id)
+)
 INSERT_ONE_CHECKPOINT = insert(checkpoints_table).values(
     session_id=_SID,
     seq=bindparam("b_seq", type_=Integer()),
     name=_CP_NAME,
     data=_CP_DATA,
     created_at=_AT,
-)
-_created = _new_session.returning(S.id).cte("created")
-CREATE_IN_ONE = insert(checkpoints_table).from_select(
-    _CHECKPOINT_COLUMN_NAMES,
-    select(_created.c.id, literal(1, Integer()), _CP_NAME, _CP_DATA, _NOW),
+    idempotency_key=_IKEY,
 )
 
+
+def _create_in_one(keyed: bool) -> Any:
+    """PostgreSQL: a create as one statement; ``keyed``: freeing an expired holder of the key
+    first (``FREE_EXPIRED_KEY``).
+
+    The new row's SELECT reads the ``freed`` CTE, so the UPDATE runs to its end before the row
+    is inserted: the unique index then sees the holder's old version as deleted by this very
+    transaction, not as a conflict. (An unread writing CTE would run after the INSERT.)
+    """
+    new_row: Any = _new_session
+    if keyed:
+        freed = FREE_EXPIRED_KEY.cte("freed")
+        columns = list(_NEW_SESSION_VALUES)
+        source = select(*_NEW_SESSION_VALUES.values()).where(
+            select(func.count()).select_from(freed).scalar_subquery() >= 0
+        )
+        new_row = insert(sessions_table).from_select(columns, source)
+    created = new_row.returning(S.id).cte("created")
+    return insert(checkpoints_table).from_select(
+        _CHECKPOINT_COLUMN_NAMES,
+        select(
+            created.c.id,
+            literal(1, Integer()),
+            _CP_NAME,
+            _CP_DATA,
+            _NOW,
+            literal(None, String()),
+        ),
+    )
+
+
+CREATE_IN_ONE = {False: _create_in_one(False), True: _create_in_one(True)}
 
 # -- rewind, batch append, hard delete ----------------------------------------------------------
 
@@ -289,7 +327,7 @@ _ADDED = bindparam("b_added", type_=Integer())
 _SEQ = bindparam("b_seq", type_=Integer())
 
 # Why a write to a session's content changed nothing: its state, if it is there for the caller.
-STATE = _scoped(select(S.state).where(S.id == _SID, S.state != DELETED))
+STATE = _scoped(select(S.state).where(S.id == _SID, S.state != DELETED, _present()))
 
 # Takes the session's row lock like APPEND, so an append or another pop waits for this one to
 # commit: concurrent pops get distinct checkpoints. The first checkpoint is never popped.
@@ -319,6 +357,24 @@ APPEND_MANY = _scoped(
     .returning(S.checkpoint_count)
 )
 
+# The checkpoint a session holds under an idempotency key, if the session is there for the
+# caller (the slow path of an append whose key was known: see Checkpoints.add_checkpoint).
+KNOWN_CHECKPOINT = _scoped(
+    select(*CHECKPOINT_COLUMNS)
+    .join(sessions_table, S.id == C.session_id)
+    .where(C.session_id == _SID, C.idempotency_key == _IKEY, S.state != DELETED, _present())
+)
+
+
+def known_checkpoints(scoped: bool, keys: list[str]) -> Select[Any]:
+    """The checkpoints a session holds under any of ``keys``, with their keys (a batch's)."""
+    return _scoped(
+        select(*CHECKPOINT_COLUMNS, C.idempotency_key)
+        .join(sessions_table, S.id == C.session_id)
+        .where(C.session_id == _SID, C.idempotency_key.in_(keys), S.state != DELETED, _present())
+    )[scoped]
+
+
 HARD_DELETE = _scoped(delete(sessions_table).where(S.id == _SID).returning(S.id))
 # Every table whose rows belong to a session, children first: its checkpoints, and the LangGraph
 # checkpointer's rows (integrations/langgraph.py). A hard delete and a purge remove them
@@ -344,6 +400,7 @@ def _append_many_in_one(scoped: bool) -> Any:
         items.c.value.op("->>")(literal("name")),
         items.c.value.op("->", return_type=postgresql.JSONB())(literal("data")),
         _AT,
+        items.c.value.op("->>")(literal("ikey")),
     ).select_from(bumped.join(items, true()))  # one bumped row: every item goes with it
     return insert(checkpoints_table).from_select(_CHECKPOINT_COLUMN_NAMES, rows).returning(C.seq)
 

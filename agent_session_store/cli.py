@@ -46,6 +46,7 @@ from agent_session_store._cli_commands import (
     purge,
     rotate_keys,
     sessions_checkpoints,
+    sessions_count,
     sessions_list,
     sessions_show,
     stats,
@@ -165,7 +166,18 @@ List one page of sessions, newest first (by creation: the CREATED_AT column).
 Soft-deleted sessions appear only with --state deleted. When there is more,
 the last line is the cursor of the next page: pass it back with --cursor and
 the same filters. --json prints {"items": [...], "next_cursor": "..." | null};
-the items have no checkpoints (checkpoint_count says how many).""",
+the items have no checkpoints (checkpoint_count says how many).
+
+--key-prefix P keeps the sessions whose key starts with P (literally: % and _
+are plain characters); --updated-before AGE those not updated for AGE (e.g.
+90d); --metadata KEY=VALUE (repeatable) those whose metadata holds KEY with
+VALUE, read as JSON when it is a JSON scalar (tier=2 is the number 2,
+beta=true a boolean, team=a or team='"2"' a string). Expired sessions are
+never listed.""",
+    "sessions count": """\
+Print how many sessions match the filters, which are those of `sessions
+list`: --agent-type, --user-id, --state, --key-prefix, --updated-before and
+--metadata KEY=VALUE. --json prints {"count": N}.""",
     "sessions show": """\
 Show a session: its fields, context, metadata and newest checkpoints. Name it
 by ID (a live or soft-deleted session), or by the key it was created with:
@@ -194,18 +206,20 @@ after the summary, and the exit code is 1.
     "purge": f"""\
 Hard-delete sessions for good, with their checkpoints and every row a
 framework backend (LangGraph) stores for them, in batches of --batch-size
-sessions, each its own transaction; give one option or both:
+sessions, each its own transaction; give one option or several:
 
   --deleted-before AGE   the sessions soft-deleted more than AGE ago
                          (SessionRepository.purge_deleted_sessions)
   --finished-before AGE  the COMPLETED and FAILED sessions not updated for
                          AGE: a retention rule, e.g. 90d
                          (SessionRepository.purge_finished_sessions)
+  --expired              the sessions whose expires_at has passed
+                         (SessionRepository.purge_expired_sessions)
 
 --dry-run only counts them. Applications may cache finished sessions, so
 --finished-before needs the cache's --redis-url (or ${REDIS_URL_ENV}) or
---no-cache, as cleanup does; --deleted-before alone needs neither (a
-soft-deleted session is no longer served from any cache).
+--no-cache, as cleanup does; --deleted-before and --expired need neither
+(neither a soft-deleted nor an expired session is served from any cache).
 
 {AGES}""",
     "erase-user": f"""\
@@ -360,6 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
+    def session_filters(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--key-prefix", metavar="P", help="only keys that start with P")
+        sub.add_argument(
+            "--updated-before", type=fmt.duration, metavar="AGE",
+            help="only sessions not updated for AGE, e.g. 90d",
+        )  # fmt: skip
+        sub.add_argument(
+            "--metadata", type=fmt.metadata_pair, action="append", metavar="KEY=VALUE",
+            help="only sessions whose metadata holds KEY with VALUE (repeatable)",
+        )  # fmt: skip
+
     def batch_size(sub: argparse.ArgumentParser, what: str, default: int, most: int) -> None:
         sub.add_argument(
             "--batch-size", type=fmt.int_from_1_to(most), default=default, metavar="N",
@@ -394,6 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sub.add_argument("--cursor", help="the next cursor printed by the previous page")
     sub.add_argument("--json", action="store_true", help="print JSON")
+    session_filters(sub)
+    sub = add(sessions, "sessions count", sessions_count, "count the sessions that match")
+    sub.add_argument("--agent-type", help="only this agent type")
+    sub.add_argument("--user-id", help="only this user's sessions")
+    sub.add_argument(
+        "--state", type=fmt.state, metavar="{" + ",".join(s.value for s in SessionState) + "}",
+        help="only this state (without it: every state but deleted)",
+    )  # fmt: skip
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    session_filters(sub)
     sub = add(sessions, "sessions show", sessions_show, "show a session and recent checkpoints")
     sub.add_argument("session_id", metavar="ID", nargs="?", help="the session's id")
     sub.add_argument("--key", help="instead of ID: the key the live session was created with")
@@ -424,7 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
     batch_size(sub, "sessions", 2000, MAX_BATCH_SIZE)
-    sub = add(commands, "purge", purge, "hard-delete sessions deleted or finished long ago")
+    sub = add(
+        commands, "purge", purge, "hard-delete sessions deleted, finished or expired long ago"
+    )
     sub.add_argument(
         "--deleted-before", type=fmt.duration, metavar="AGE",
         help="soft-deleted sessions: time since deletion, e.g. 30d",
@@ -433,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--finished-before", type=fmt.duration, metavar="AGE",
         help="COMPLETED and FAILED sessions: time since their last update, e.g. 90d",
     )  # fmt: skip
+    sub.add_argument("--expired", action="store_true", help="the sessions whose expiry has passed")
     sub.add_argument("--dry-run", action="store_true", help="only count; change nothing")
     batch_size(sub, "sessions", 500, MAX_BATCH_SIZE)
     sub = add(commands, "erase-user", erase_user, "erase everything stored about one user")

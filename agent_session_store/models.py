@@ -164,6 +164,7 @@ class AgentSession(BaseModel):
     ``SessionRepository.update_session`` stores them). ``checkpoint_count`` counts the
     stored ones. ``version`` increases with every stored change except heartbeats. ``key`` is
     the caller's own name for the session, fixed at creation (``None`` when none was given).
+    ``expires_at`` is when the session stops existing for every read (``None``: never).
 
     Built directly, without ``session_id``, it mints a random UUID like the hand-written
     managers it replaces; such a session exists in the store only once created there
@@ -192,6 +193,7 @@ class AgentSession(BaseModel):
     last_heartbeat: UtcDateTime = Field(default_factory=utcnow)
     version: int = Field(default=1, ge=1)
     key: SessionKey | None = None
+    expires_at: UtcDateTime | None = None
 
     @property
     def pending_checkpoints(self) -> list[SessionCheckpoint]:

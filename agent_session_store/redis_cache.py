@@ -22,10 +22,12 @@ from typing import Any, NamedTuple, TypeVar, cast
 from pydantic import BaseModel, PydanticUserError
 from redis.asyncio import Redis, RedisCluster
 from redis.client import NEVER_DECODE
-from redis.exceptions import RedisClusterException, RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from agent_session_store import telemetry
 from agent_session_store._circuit import CircuitBreaker, Permit, State
+from agent_session_store._near_cache import EVERYTHING, Began, Listener, NearCache, channel, message
 from agent_session_store._settle import run_to_end
 from agent_session_store._signing import Keyring
 
@@ -67,17 +69,20 @@ return 1
 
 # KEYS: the epoch, then generation/value pairs. ARGV: the generation's expiry in ms, a new epoch
 # ("" to keep it), then one new generation per pair (made by the caller: a script's random
-# numbers repeat from call to call). One round trip for a whole sweep batch, where a pipeline
-# of two commands per key spends most of its time in the client. Standalone Redis only: a
-# cluster refuses scripts whose keys span slots, and keeps the pipeline.
+# numbers repeat from call to call), then the invalidation channel and its message (near
+# caches, _near_cache.py: "*" when the epoch changes). One round trip for a whole sweep batch,
+# where a pipeline of two commands per key spends most of its time in the client. Standalone
+# Redis only: a cluster refuses scripts whose keys span slots, and keeps the pipeline.
 _FORGET_SCRIPT = """
+local pairs = (#KEYS - 1) / 2
 if ARGV[2] ~= '' then
     redis.call('SET', KEYS[1], ARGV[2])
 end
-for i = 1, (#KEYS - 1) / 2 do
+for i = 1, pairs do
     redis.call('SET', KEYS[2 * i], ARGV[i + 2], 'PX', ARGV[1])
     redis.call('DEL', KEYS[2 * i + 1])
 end
+redis.call('PUBLISH', ARGV[pairs + 3], ARGV[2] ~= '' and '*' or ARGV[pairs + 4])
 return 1
 """
 
@@ -86,8 +91,8 @@ return 1
 class CacheStats:
     """Counters of one ``RedisCache`` since it was created, read with ``cache.stats``.
 
-    ``hits + misses`` is the number of ``fetch`` calls; ``loads`` counts those that read the
-    database themselves (the others joined a load already in flight for the same key).
+    ``near_hits + hits + misses`` is the number of ``fetch`` calls; ``loads`` counts those that
+    read the database themselves (the others joined a load already in flight for the same key).
     """
 
     hits: int = 0
@@ -113,6 +118,8 @@ class CacheStats:
     """New namespace epochs set after invalidations that did not reach Redis."""
     circuit: State = "closed"
     """``"closed"`` (using Redis), ``"open"`` (skipping it) or ``"half-open"`` (probing)."""
+    near_hits: int = 0
+    """With ``near_cache_entries``: fetches answered by the near cache, without Redis."""
 
 
 class _Keys(NamedTuple):
@@ -162,16 +169,43 @@ class _Found(NamedTuple):
     stored: asyncio.Task[bool] | None = None
 
 
+class _Miss(NamedTuple):
+    keys: _Keys
+    began: Began | None  # when the read began, for the near cache
+    read: tuple[bytes, bytes, bytes | None] | None  # epoch, generation, value; None: no Redis
+
+
+def _shared_copy(value: BaseModel | None) -> BaseModel | None:
+    return None if value is None else value.model_copy(deep=True)
+
+
 class _Flight:
-    """One load in progress for a key, shared by every caller that misses meanwhile."""
+    """One read of a key in progress, and the load after it, shared by the callers meanwhile.
 
-    __slots__ = ("callers", "sent", "task", "waiting")
+    Its first caller (the leader) reads Redis in its own task; on a miss the load and store
+    run in a task of their own (``task``), which no caller's cancellation cuts short while
+    others still wait. ``outcome`` gets the result; ``None`` tells the others to read on their
+    own (a hit, or a leader cancelled during its read).
+    """
 
-    def __init__(self, task: asyncio.Task[_Found]) -> None:
-        self.task = task
-        self.callers = 0  # ever joined: more than one means the result must be copied
-        self.waiting = 0  # still awaiting it: at zero the load is cancelled
-        self.sent = False  # its first read (Redis, or the database) has gone out
+    __slots__ = ("callers", "outcome", "task", "waiting")
+
+    def __init__(self, outcome: asyncio.Future[_Found | None]) -> None:
+        self.outcome = outcome
+        self.task: asyncio.Task[_Found] | None = None
+        self.callers = 1  # ever joined: more than one means the result must be copied
+        self.waiting = 0  # awaiting the load: at zero it is cancelled
+
+    def settle(self, task: asyncio.Task[_Found]) -> None:
+        """Pass the load's result (or error) on to ``outcome``."""
+        if self.outcome.done():
+            return
+        if task.cancelled():
+            self.outcome.set_result(None)
+        elif (error := task.exception()) is not None:
+            self.outcome.set_exception(error)
+        else:
+            self.outcome.set_result(task.result())
 
 
 class RedisCache:
@@ -194,15 +228,17 @@ class RedisCache:
       task the cache tracks (``drain()`` waits for them), within ``timeout``, whatever happens
       to the callers. The generation check above is what makes the delay safe: a store that
       comes after an invalidation is refused, however late it runs.
-    - **Single flight.** Concurrent misses on one key share one load in this process.
+    - **Single flight.** Concurrent misses on one key share one load in this process. The
+      first caller reads Redis in its own task (a hit costs no task; measured, the task and
+      its shield were a fifth of a hit's client time), and only a miss starts the shared load.
       ``invalidate`` detaches that load, so a caller arriving after a write made here never
-      joins it. A write made in another process is seen here only through Redis, so a caller
-      that arrives after the load's first read went out keeps its result only if the load
-      then stored it with the generation unchanged (no invalidation in between, so none
-      before this caller began either); otherwise it reads again on its own. A caller
-      arriving once the value is loaded, while it is being stored, does not join: it reads on
-      its own (a store vouches for the generation only, not for the epoch a lost
-      invalidation's repair sets).
+      joins it. A write made in another process is seen here only through Redis, and a
+      caller that joins arrives after the first read went out: it keeps the shared result
+      only if the load then stored it with the generation unchanged (no invalidation in
+      between, so none before this caller began either); otherwise (or if the first read was
+      a hit) it reads again on its own. A caller arriving once the value is loaded, while it
+      is being stored, does not join: it reads on its own (a store vouches for the generation
+      only, not for the epoch a lost invalidation's repair sets).
     - **Unusable values are misses.** A stored value carries a format tag, the model's schema
       fingerprint and the namespace epoch; a corrupt one, one of another format or schema, one
       whose id field is not its key, or one of another epoch is dropped and loaded again.
@@ -225,6 +261,12 @@ class RedisCache:
     - **Cancellation.** An invalidation runs to its end even if its caller is cancelled
       meanwhile (then the cancellation goes on); a cancelled fetch leaves the shared load to
       the callers still waiting for it, and the last one to leave cancels it.
+    - **Near cache** (with ``near_cache_entries``). An in-process LRU in front of Redis: a
+      write here drops its keys from it before its invalidation goes out, and fences them
+      against reads in flight; other processes' invalidations arrive by pub/sub (each
+      invalidation publishes its keys); an entry is served at most ``near_cache_max_age``
+      after the read that produced it began; a lost subscription empties it. So across
+      processes a read may lag a write by up to ``near_cache_max_age`` (``_near_cache.py``).
     - **Circuit breaker.** ``failure_threshold`` consecutive failures open the circuit: calls go
       straight to the database for ``cooldown``, then one call probes Redis; success closes it.
       While Redis is down one warning is logged per ``cooldown``.
@@ -255,11 +297,20 @@ class RedisCache:
             The first signs, every one verifies: to rotate, put a new key first, and drop the
             old one once the values it signed are gone (after ``ttl``) or may be reloaded.
             ``None`` (the default): values are not signed.
+        near_cache_entries: how many values to keep in this process, in front of Redis (the
+            near cache, ``_near_cache.py``); 0, the default, keeps none. With it, another
+            process's write is seen here once its invalidation message arrives, and never later
+            than ``near_cache_max_age`` (a write through this process is seen at once). The
+            cache then holds a pub/sub subscription of its own: ``aclose()`` ends it.
+        near_cache_max_age: how long a near-cached value is served at most, counted from the
+            Redis read (or database load) that produced it.
 
     Raises:
         ValueError: a bad ``namespace``, ``ttl`` or ``timeout``; ``signing_keys`` empty, with a
-            key shorter than 32 bytes or a key listed twice.
-        TypeError: ``signing_keys`` is not a sequence of ``bytes``.
+            key shorter than 32 bytes or a key listed twice; ``near_cache_entries`` negative or
+            ``near_cache_max_age`` not positive.
+        TypeError: ``signing_keys`` is not a sequence of ``bytes``; ``near_cache_entries`` is
+            not an ``int``.
 
     Example::
 
@@ -280,6 +331,8 @@ class RedisCache:
         cooldown: timedelta = timedelta(seconds=5),
         monotonic: Callable[[], float] = time.monotonic,
         signing_keys: Sequence[bytes] | None = None,
+        near_cache_entries: int = 0,
+        near_cache_max_age: timedelta = timedelta(seconds=1),
     ) -> None:
         if not _NAMESPACE.fullmatch(namespace):
             raise ValueError(
@@ -287,6 +340,13 @@ class RedisCache:
             )
         if ttl.total_seconds() < 0.001 or timeout <= timedelta(0):
             raise ValueError(f"ttl (>= 1 ms) and timeout must be positive, got {ttl}, {timeout}")
+        if isinstance(near_cache_entries, bool) or not isinstance(near_cache_entries, int):
+            raise TypeError(f"near_cache_entries must be an int, got {near_cache_entries!r}")
+        if near_cache_entries < 0 or near_cache_max_age <= timedelta(0):
+            raise ValueError(
+                "near_cache_entries must be 0 (off) or more and near_cache_max_age positive, "
+                f"got {near_cache_entries}, {near_cache_max_age}"
+            )
         self._keyring = None if signing_keys is None else Keyring(signing_keys)
         self._client = client
         self._namespace = namespace
@@ -298,6 +358,13 @@ class RedisCache:
             threshold=failure_threshold, cooldown=self._cooldown, monotonic=monotonic
         )
         self._epoch_key = _epoch_key(namespace)
+        self._channel = channel(namespace)
+        self._near: NearCache | None = None
+        self._listener: Listener | None = None
+        if near_cache_entries:
+            max_age = near_cache_max_age.total_seconds()
+            self._near = NearCache(near_cache_entries, max_age, monotonic)
+            self._listener = Listener(client, namespace, self._near, repr(namespace))
         self._store_script = client.register_script(_STORE_SCRIPT)
         self._forget_script = (
             None if isinstance(client, RedisCluster) else client.register_script(_FORGET_SCRIPT)
@@ -333,6 +400,7 @@ class RedisCache:
             rejected=c["rejected"],
             epoch_bumps=c["epoch_bumps"],
             circuit=self._circuit.state,
+            near_hits=c["near_hits"],
         )
 
     def _count(self, event: str, n: int = 1) -> None:
@@ -354,34 +422,31 @@ class RedisCache:
         Never raises because of Redis; exceptions from ``load`` propagate. Concurrent misses on
         one key share one ``load`` (each caller gets its own copy of the result).
         """
+        near = self._near
+        if near is not None:
+            copied = near.get(model.__qualname__, key)
+            if copied is not None:
+                self._count("near_hits")
+                return cast("M", copied)
+            assert self._listener is not None
+            self._listener.start()
         flight_key = (model, key)
         flight = self._flights.get(flight_key)
         if flight is None:
-            task = asyncio.create_task(self._fill(model, key, load, id_field))
-            flight = self._flights[flight_key] = _Flight(task)
-        late = flight.sent  # its read went out before this call began
+            return cast("M | None", await self._lead(flight_key, model, key, load, id_field))
+        # Its read went out before this call began, so it may miss a write acknowledged (in
+        # another process) in between: keep its result only if the load then stored it with
+        # the generation unchanged (no invalidation in between, so none before this call
+        # began either); otherwise read again, without joining anyone.
         flight.callers += 1
-        flight.waiting += 1
-        try:
-            value, hit, stored = await asyncio.shield(flight.task)
-        except asyncio.CancelledError:
-            flight.waiting -= 1
-            if flight.waiting == 0 and not flight.task.done():  # nobody wants it any more
-                self._detach(flight_key, flight)
-                flight.task.cancel()
-            raise
-        # Only a late caller waits for the store (a cancellation leaves the store running).
-        if late and (stored is None or not await asyncio.shield(stored)):
-            # A write acknowledged (in another process) after that read went out and before
-            # this call began may be missing from it: read again, without joining anyone.
+        found = await self._wait(flight_key, flight)
+        if found is None or found.stored is None or not await asyncio.shield(found.stored):
             value, hit, *_ = await self._read_or_load(model, key, load, id_field)
             self._count("hits" if hit else "misses")
             return cast("M | None", value)
-        self._count("hits" if hit else "misses")
-        if value is not None and flight.callers > 1:
-            # Models are mutable: callers sharing one load must not share one object.
-            value = value.model_copy(deep=True)
-        return cast("M | None", value)
+        self._count("hits" if found.hit else "misses")
+        # Models are mutable: callers sharing one load must not share one object.
+        return cast("M | None", _shared_copy(found.value))
 
     async def invalidate(self, model: type[BaseModel], keys: Collection[str]) -> None:
         """Forget ``keys``; call once the write that changed them has committed. Never raises.
@@ -392,6 +457,8 @@ class RedisCache:
         unique = list(dict.fromkeys(keys))
         if not unique:
             return
+        if self._near is not None:  # first: once the write returns, nothing here is older
+            self._near.drop(model.__qualname__, unique)
         for key in unique:
             self._flights.pop((model, key), None)
         # Big invalidations (a sweep) get more time: redis-py spends ~20 us on each command.
@@ -411,6 +478,16 @@ class RedisCache:
         while self._stores:
             await asyncio.wait(set(self._stores))
 
+    async def aclose(self) -> None:
+        """Stop the near cache's subscription (with ``near_cache_entries``) and empty it.
+
+        The cache opens that subscription itself, on the first fetch: close the cache before
+        the client. Without a near cache this does nothing. The cache still works afterwards,
+        without its near cache until a fetch subscribes again. Never raises because of Redis.
+        """
+        if self._listener is not None:
+            await self._listener.aclose()
+
     async def repair(self) -> bool:
         """Set a new namespace epoch now if invalidations were lost; ``True`` when none are.
 
@@ -424,6 +501,7 @@ class RedisCache:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.set(self._epoch_key, secrets.token_hex(8))
+                await self._publish(EVERYTHING)  # near caches: forget all
         except _REDIS_ERRORS as exc:
             logger.debug("cache %r: new epoch not set yet (%s)", self._namespace, _describe(exc))
             return False
@@ -455,44 +533,85 @@ class RedisCache:
         if self._flights.get(flight_key) is flight:
             del self._flights[flight_key]
 
-    async def _fill(
-        self, model: type[BaseModel], key: str, load: Callable[[], Awaitable[BaseModel | None]],
-        id_field: str,
-    ) -> _Found:  # fmt: skip
-        """The flight's body: read Redis, else load (and store after returning)."""
-        flight_key = (model, key)
-        flight = self._flights.get(flight_key)
-        if flight is None or flight.task is not asyncio.current_task():
-            flight = None  # detached already (invalidated, or abandoned by its callers)
-        else:
-            flight.sent = True  # callers from now on may arrive after a write it cannot see
+    async def _lead(
+        self, flight_key: tuple[type[BaseModel], str], model: type[BaseModel], key: str,
+        load: Callable[[], Awaitable[BaseModel | None]], id_field: str,
+    ) -> BaseModel | None:  # fmt: skip
+        """The first caller: read Redis here (a hit costs no task), load in a shared task."""
+        flight = _Flight(asyncio.get_running_loop().create_future())
+        self._flights[flight_key] = flight
         try:
-            found = await self._read_or_load(model, key, load, id_field)
-        except BaseException:
-            if flight is not None:
-                self._detach(flight_key, flight)
+            step = await self._read_step(model, key, id_field)
+        except BaseException:  # cancelled while reading: the others read on their own
+            self._detach(flight_key, flight)
+            flight.outcome.set_result(None)
             raise
-        if flight is not None:
+        if isinstance(step, _Found):  # a hit: callers who joined meanwhile read on their own
+            self._detach(flight_key, flight)
+            flight.outcome.set_result(None)
+            self._count("hits")
+            return step.value
+        task = asyncio.get_running_loop().create_task(
+            self._finish(flight_key, flight, model, key, load, id_field, step)
+        )
+        flight.task = task
+        task.add_done_callback(flight.settle)
+        found = await self._wait(flight_key, flight)
+        if found is None:  # the load was cancelled under it (a sweep of every task)
+            raise asyncio.CancelledError
+        self._count("hits" if found.hit else "misses")
+        return found.value if flight.callers == 1 else _shared_copy(found.value)
+
+    async def _wait(
+        self, flight_key: tuple[type[BaseModel], str], flight: _Flight
+    ) -> _Found | None:
+        """Wait for the flight's outcome; the last waiter to be cancelled cancels its load."""
+        flight.waiting += 1
+        try:
+            return await asyncio.shield(flight.outcome)
+        except asyncio.CancelledError:
+            flight.waiting -= 1
+            if flight.waiting == 0 and flight.task is not None and not flight.task.done():
+                self._detach(flight_key, flight)  # nobody wants it any more
+                flight.task.cancel()
+            raise
+
+    async def _finish(
+        self, flight_key: tuple[type[BaseModel], str], flight: _Flight, model: type[BaseModel],
+        key: str, load: Callable[[], Awaitable[BaseModel | None]], id_field: str, step: _Miss,
+    ) -> _Found:  # fmt: skip
+        """The flight's load after a miss, and its store after returning."""
+        try:
+            return await self._load_step(model, key, load, id_field, step)
+        finally:
             # Left as soon as the value is loaded, before its store ends: a caller arriving
             # during the store reads on its own. Were it to join, the store's success would
             # vouch for the value, and a store succeeds whenever the generation is unchanged —
             # also after an invalidation that was lost while Redis was frozen, which only the
             # new epoch set afterwards repairs, and which a read checks but a store does not.
             self._detach(flight_key, flight)
-        return found
 
     async def _read_or_load(
         self, model: type[BaseModel], key: str, load: Callable[[], Awaitable[BaseModel | None]],
         id_field: str,
     ) -> _Found:  # fmt: skip
+        step = await self._read_step(model, key, id_field)
+        if isinstance(step, _Found):
+            return step
+        return await self._load_step(model, key, load, id_field, step)
+
+    async def _read_step(self, model: type[BaseModel], key: str, id_field: str) -> _Found | _Miss:
+        """Redis's answer: a hit, or what a load needs to store its value afterwards."""
         keys = _keys(self._namespace, model, key)
+        began = None if self._near is None else self._near.begin()
         try:
             epoch, gen, raw = await self._call("read", lambda: self._read(keys), self._timeout)
         except _Unavailable:
-            return _Found(await self._load(load), hit=False)
+            return _Miss(keys, began, None)
         if raw is not None:
             found, problem, rejected = self._decode(raw, model, key, id_field, keys, epoch, gen)
             if found is not None:
+                self._fill(model, key, id_field, found, began)
                 return _Found(found, hit=True)
             if rejected:
                 self._reject(model, key, problem)
@@ -500,16 +619,39 @@ class RedisCache:
                 self._count("discarded")
                 logger.debug("cache %r: dropping %s %s: %s", self._namespace, model.__name__,
                              key, problem)  # fmt: skip
+        return _Miss(keys, began, (epoch, gen, raw))
+
+    async def _load_step(
+        self, model: type[BaseModel], key: str, load: Callable[[], Awaitable[BaseModel | None]],
+        id_field: str, step: _Miss,
+    ) -> _Found:  # fmt: skip
+        """Load after a miss; store the value after returning (unless Redis failed)."""
+        keys, began = step.keys, step.began
+        if step.read is None:  # Redis failed or the circuit is open: nothing is stored
+            loaded = await self._load(load)
+            self._fill(model, key, id_field, loaded, began)
+            return _Found(loaded, hit=False)
+        epoch, gen, raw = step.read
         value = await self._load(load)
         if value is None or getattr(value, id_field) != key:
             if raw is not None:  # the dropped value must not stay
                 self._later(self._remove(keys))
             return _Found(value, hit=False)
+        self._fill(model, key, id_field, value, began)
         # Stored after returning: the caller does not wait on Redis a second time. The store
         # still checks the generation read above, so it cannot put back what a write replaced.
         payload = self._encode(value, keys, epoch, gen)
         stored = self._later(self._store_checked(model, key, keys, gen, payload))
         return _Found(value, hit=False, stored=stored)
+
+    def _fill(
+        self, model: type[BaseModel], key: str, id_field: str, value: BaseModel | None,
+        began: Began | None,
+    ) -> None:  # fmt: skip
+        """Keep ``value`` in the near cache, if on (it refuses what a drop may have outdated)."""
+        if began is not None and value is not None and getattr(value, id_field) == key:
+            assert self._near is not None
+            self._near.put(model.__qualname__, key, value, began)
 
     def _later(self, step: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
         """Run ``step`` in a task the cache tracks (see ``drain``), whoever awaits it or not."""
@@ -611,6 +753,8 @@ class RedisCache:
                 pipe.execute_command("GET", name, **_RAW)
             *_, epoch, gen, raw = await pipe.execute()
             if covered:
+                # Near caches forget everything (a cluster refuses PUBLISH in a pipeline).
+                await self._publish(EVERYTHING)
                 self._epoch_set(covered)
         if epoch is None:  # first use, or Redis lost it: values of any older epoch are misses
             pipe = self._client.pipeline(transaction=False)
@@ -629,7 +773,8 @@ class RedisCache:
                 names.extend(_keys(self._namespace, model, key))
             tokens = [secrets.token_hex(8) for _ in keys]
             epoch = secrets.token_hex(8) if covered else ""
-            await self._forget_script(keys=names, args=[2 * self._ttl_ms, epoch, *tokens])
+            args = [2 * self._ttl_ms, epoch, *tokens, self._channel, message(model, keys)]
+            await self._script(self._forget_script, names, args)
             if covered:
                 self._epoch_set(covered)
             return
@@ -644,13 +789,34 @@ class RedisCache:
             pipe.set(gen_key, secrets.token_hex(8), px=2 * self._ttl_ms)
             pipe.delete(value_key)
         await pipe.execute()
+        # After the deletes, so a near cache that hears it and reads again finds no old value;
+        # its own command: a cluster refuses PUBLISH in a pipeline.
+        await self._publish(EVERYTHING if covered else message(model, keys))
         if covered:
             self._epoch_set(covered)
 
+    async def _publish(self, payload: bytes) -> None:
+        """Tell near caches (every process's) what to forget: ``*`` for everything."""
+        # Not client.publish(): redis-py 5.0's asyncio cluster client has no such method.
+        await self._client.execute_command("PUBLISH", self._channel, payload)
+
     async def _store(self, keys: _Keys, gen: bytes, payload: bytes) -> bool:
-        stored = await self._store_script(keys=[keys.gen, keys.value],
-                                          args=[gen, payload, self._ttl_ms])  # fmt: skip
+        stored = await self._script(self._store_script, keys, (gen, payload, self._ttl_ms))
         return bool(stored)
+
+    async def _script(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[object]
+    ) -> Any:
+        """``EVALSHA``, loading the script first if the server does not know it.
+
+        What redis-py's ``AsyncScript.__call__`` does, less its per-call imports and type
+        checks (measured: a tenth of an invalidation's client time).
+        """
+        try:
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+        except NoScriptError:  # a restarted or another server: load it, then run it
+            script.sha = await self._client.script_load(script.script)
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
 
     def _epoch_set(self, lost: int) -> None:
         """A new epoch is set that covers the first ``lost`` lost invalidations."""

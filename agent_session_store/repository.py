@@ -6,12 +6,14 @@ back from our own database are not validated a second time.
 
 The class is assembled from parts, one file each under ``agent_session_store/_repository/``:
 ``reads``, ``writes``, ``checkpoints``, ``lifecycle`` (sweeps, purges, erasure) and ``rotation``
-(re-encryption) on a shared ``base``.
+(re-encryption) on a shared ``base``, and ``compose`` (get-or-create, read-change-write) on
+reads and writes.
 """
 
 from __future__ import annotations
 
 from agent_session_store._repository.checkpoints import Checkpoints
+from agent_session_store._repository.compose import Compose
 from agent_session_store._repository.lifecycle import ErasureReport, Lifecycle
 from agent_session_store._repository.reads import Reads
 from agent_session_store._repository.rotation import KeyRotation, Rotation
@@ -20,7 +22,7 @@ from agent_session_store._repository.writes import Writes
 __all__ = ["ErasureReport", "KeyRotation", "SessionRepository"]
 
 
-class SessionRepository(Reads, Writes, Checkpoints, Lifecycle, Rotation):
+class SessionRepository(Compose, Reads, Writes, Checkpoints, Lifecycle, Rotation):
     """Create, read, update and sweep agent sessions.
 
     Each call is its own transaction, committed before it returns, unless the repository is

@@ -94,6 +94,9 @@ class SessionRow(Base):
     last_heartbeat: Mapped[datetime] = mapped_column(UtcDateTime())
     # The caller's own name for the session (``None`` when it chose none).
     key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # When the session stops existing for readers (``None``: never); purge_expired_sessions
+    # removes its rows later.
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
     __table_args__ = (
         CheckConstraint(
@@ -120,6 +123,25 @@ Index(
     postgresql_where=_LIVE_KEYED,
     sqlite_where=_LIVE_KEYED,
 )
+# purge_expired_sessions: expires_at <= now, over the (few) sessions that have an expiry.
+_HAS_EXPIRY = text("expires_at IS NOT NULL")
+Index(None, SessionRow.expires_at, postgresql_where=_HAS_EXPIRY, sqlite_where=_HAS_EXPIRY)
+# The list filters, on PostgreSQL (SQLite scans for them: docs/operations.md): updated
+# after/before; a key prefix as a range of the pattern operators (~>=~, ~<~), which compare
+# bytes whatever the database's collation; metadata containment (@>).
+Index("ix_agent_sessions_sessions_updated_at", SessionRow.updated_at).ddl_if(dialect="postgresql")
+Index(
+    "ix_agent_sessions_sessions_key_pattern",
+    SessionRow.key,
+    postgresql_ops={"key": "varchar_pattern_ops"},
+    postgresql_where=text("key IS NOT NULL"),
+).ddl_if(dialect="postgresql")
+Index(
+    "ix_agent_sessions_sessions_metadata",
+    SessionRow.metadata_,
+    postgresql_using="gin",
+    postgresql_ops={"metadata": "jsonb_path_ops"},
+).ddl_if(dialect="postgresql")
 
 
 class CheckpointRow(Base):
@@ -134,9 +156,21 @@ class CheckpointRow(Base):
     name: Mapped[str] = mapped_column(String(128))
     data: Mapped[dict[str, Any]] = mapped_column(JsonType)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The caller's name for this append (a framework's event id): stored once per session.
+    idempotency_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
     # list_checkpoints(since=...): the checkpoints from a time on, without reading older ones.
-    __table_args__ = (Index(None, "session_id", "created_at"),)
+    __table_args__ = (
+        Index(None, "session_id", "created_at"),
+        Index(
+            "uq_agent_sessions_checkpoints_session_id_idempotency_key",
+            "session_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
 
 
 SCOPES = ("app", "user")
@@ -269,5 +303,13 @@ lg_threads_table: Table = LangGraphThreadRow.__table__  # type: ignore[assignmen
 lg_checkpoints_table: Table = LangGraphCheckpointRow.__table__  # type: ignore[assignment]
 lg_blobs_table: Table = LangGraphBlobRow.__table__  # type: ignore[assignment]
 lg_writes_table: Table = LangGraphWriteRow.__table__  # type: ignore[assignment]
+POSTGRESQL_ONLY_INDEXES = frozenset(
+    {
+        "ix_agent_sessions_sessions_updated_at",
+        "ix_agent_sessions_sessions_key_pattern",
+        "ix_agent_sessions_sessions_metadata",
+    }
+)
+"""The indexes created on PostgreSQL only (``ddl_if``): the list filters'."""
 LANGGRAPH_TABLES = (lg_writes_table, lg_blobs_table, lg_checkpoints_table, lg_threads_table)
 """The LangGraph tables, children first (the order their rows are deleted in)."""

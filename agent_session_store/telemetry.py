@@ -14,7 +14,7 @@ What is emitted:
 * the counter ``agent_session_store.cache.events``, by ``agent_session_store.cache.event``: the
   names of ``RedisCache.stats``'s counters (``hits``, ``misses``, ``loads``, ``errors``,
   ``circuit_open``, ``invalidations``, ``stale_sets_rejected``, ``discarded``, ``rejected``,
-  ``epoch_bumps``).
+  ``epoch_bumps``, ``near_hits``).
 
 Example::
 

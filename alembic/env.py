@@ -51,7 +51,12 @@ except ImportError:  # the first SQLAlchemy 2.0 releases have no in_greenlet
 
 
 from agent_session_store.engine import create_engine
-from agent_session_store.tables import TABLE_PREFIX, VERSION_TABLE, metadata
+from agent_session_store.tables import (
+    POSTGRESQL_ONLY_INDEXES,
+    TABLE_PREFIX,
+    VERSION_TABLE,
+    metadata,
+)
 
 # Two processes migrating one PostgreSQL database at once: the second waits for this lock,
 # then finds the schema at head and does nothing. (Any constant; "agent_se" in ASCII.)
@@ -81,11 +86,21 @@ def _include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     return True
 
 
+def _include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    # Autogenerate does not read an index's ddl_if: the list filters' indexes are PostgreSQL's.
+    if type_ == "index" and name in POSTGRESQL_ONLY_INDEXES:
+        return bool(context.get_context().dialect.name == "postgresql")
+    return True
+
+
 def _configure(**kwargs: Any) -> None:
     context.configure(
         target_metadata=metadata,
         version_table=VERSION_TABLE,
         include_name=_include_name,
+        include_object=_include_object,
         compare_type=True,
         compare_server_default=False,
         **kwargs,

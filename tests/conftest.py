@@ -302,7 +302,11 @@ def _encryption_option() -> dict[str, Any]:
 
 
 def repo_fixture(*caches: str) -> Callable[..., AsyncIterator[SessionRepository]]:
-    """The ``repo`` fixture over these caches: ``nocache``, ``redis``, ``valkey``."""
+    """The ``repo`` fixture over these caches: ``nocache``, ``redis``, ``valkey``, ``redis-near``.
+
+    ``redis-near``: Redis with the near cache on (an hour's max age, so that only its
+    invalidation keeps it coherent), subscribed before the test begins.
+    """
 
     @pytest.fixture(params=list(caches))
     async def repo(
@@ -313,12 +317,20 @@ def repo_fixture(*caches: str) -> Callable[..., AsyncIterator[SessionRepository]
         if request.param == "nocache":
             yield SessionRepository(db.factory, clock=clock, **extra)
             return
-        client = Redis.from_url(request.getfixturevalue(f"{request.param}_url"))
+        server, _, near = request.param.partition("-")
+        client = Redis.from_url(request.getfixturevalue(f"{server}_url"))
+        if not near:
+            cache = RedisCache(client, namespace=namespace)
+        else:
+            cache = RedisCache(client, namespace=namespace, near_cache_entries=1000,
+                               near_cache_max_age=timedelta(hours=1))  # fmt: skip
+            assert cache._listener is not None
+            cache._listener.start()
+            await cache._listener.confirmed.wait()
         try:
-            yield SessionRepository(
-                db.factory, clock=clock, cache=RedisCache(client, namespace=namespace), **extra
-            )
+            yield SessionRepository(db.factory, clock=clock, cache=cache, **extra)
         finally:
+            await cache.aclose()
             await client.aclose()
 
     return repo

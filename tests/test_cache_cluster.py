@@ -160,3 +160,34 @@ async def test_cluster_signed_values_hit_and_altered_ones_are_rejected(
     for name in names:
         assert await fetch(cache, source, name) == Widget(widget_id=name, name="truth")
     assert (cache.stats.hits, cache.stats.rejected, source.loads) == (12, 12, 24)
+
+
+async def test_cluster_near_cache_hears_another_processs_invalidation(
+    redis_cluster_client: AsyncRedisCluster, redis_cluster_url: str, namespace: str
+) -> None:
+    # The writer publishes through whichever node its client picks; classic pub/sub reaches the
+    # near cache's subscription on another node of the cluster.
+    near = RedisCache(redis_cluster_client, namespace=namespace, timeout=GENEROUS,
+                      near_cache_entries=10, near_cache_max_age=timedelta(hours=1))  # fmt: skip
+    writer_client = AsyncRedisCluster.from_url(redis_cluster_url)
+    try:
+        listener = near._listener
+        assert listener is not None
+        listener.start()
+        await listener.confirmed.wait()
+        source = Source(a="old")
+        await fetch(near, source, "a")
+        assert await fetch(near, source, "a") == Widget(widget_id="a", name="old")
+        assert near.stats.near_hits == 1
+        source.rows["a"] = Widget(widget_id="a", name="new")
+        heard = listener.heard
+        await RedisCache(writer_client, namespace=namespace).invalidate(Widget, ["a"])
+        while listener.heard == heard:
+            listener.changed.clear()
+            if listener.heard == heard:
+                await listener.changed.wait()
+        assert await fetch(near, source, "a") == Widget(widget_id="a", name="new")
+        assert near.stats.near_hits == 1
+    finally:
+        await near.aclose()
+        await writer_client.aclose()

@@ -6,7 +6,8 @@ Redis cache, and through ``bind()``:
 
 - the database has the whole write or none of it (counters and dense seqs agree with the rows);
 - a ``get_session`` through another cache object (another process's view of the same Redis
-  namespace) is never older than the database;
+  namespace) is never older than the database; with the near cache on (``redis-near``), neither
+  is one through the repository's own cache, which holds the session in the process;
 - no connection is left checked out of the pool;
 - on SQLite, another connection can take the write lock at once.
 
@@ -31,11 +32,13 @@ from sqlalchemy import select
 from agent_session_store import AgentSession, RedisCache, SessionRepository
 from agent_session_store.tables import checkpoints_table, sessions_table
 from tests.cancelling import Outcome, cancel_at
-from tests.conftest import Backend, FakeClock
+from tests.conftest import Backend, FakeClock, repo_fixture
 
 S = sessions_table.c
 OLD_SQLALCHEMY = tuple(int(part) for part in sqlalchemy.__version__.split(".")[:2]) < (2, 1)
 C = checkpoints_table.c
+
+repo = repo_fixture("nocache", "redis", "redis-near")
 
 # Every write's suspension points, per method and backend, filled in as the tests run (the
 # figures the closing note of the cancellation issue reports).
@@ -93,23 +96,36 @@ async def observer(
 class Checks:
     """The invariants every cancelled (or finished) call must leave behind."""
 
-    def __init__(self, db: Backend, observer: SessionRepository | None) -> None:
+    def __init__(
+        self, db: Backend, observer: SessionRepository | None, near: SessionRepository | None = None
+    ) -> None:
         self.db = db
         self.observer = observer
+        self.near = near  # the repository under test, when its cache has a near cache
         self.sqlite_path = db.engine.url.database if db.name == "sqlite" else None
 
     async def warm(self, *session_ids: str) -> None:
-        """Put the sessions in the shared cache, so a lost invalidation would show."""
+        """Put the sessions in the shared cache (and the near cache), so a lost invalidation
+        would show."""
         if self.observer is not None:
             for session_id in session_ids:
                 await self.observer.get_session(session_id)
+                if self.near is not None:
+                    await self.near.get_session(session_id)
 
     async def consistent(self, session_id: str) -> Stored | None:
         found = await stored(self.db, session_id)
         if found is not None:
             assert found.seqs == list(range(1, found.checkpoint_count + 1)), found
-        if self.observer is not None:
-            seen = await self.observer.get_session(session_id)
+        for view in (self.observer, self.near):
+            await self._sees(view, session_id, found)
+        return found
+
+    async def _sees(
+        self, view: SessionRepository | None, session_id: str, found: Stored | None
+    ) -> None:
+        if view is not None:
+            seen = await view.get_session(session_id)
             if found is None or found.state == "deleted":
                 assert seen is None, "the cache serves a session the database no longer has"
             else:
@@ -120,7 +136,6 @@ class Checks:
                     found.checkpoint_count,
                 ), "the cache serves a copy older than the database"
                 assert seen.context == found.context
-        return found
 
     def nothing_held(self) -> None:
         assert self.db.engine.sync_engine.pool.checkedout() == 0, "a connection was left out"  # type: ignore[attr-defined]
@@ -488,7 +503,8 @@ async def test_a_write_cancelled_at_any_await_happened_or_not_and_leaves_nothing
             "SQLAlchemy 2.0: a host's AsyncSession cancelled inside bind() on SQLite can keep "
             "its connection checked out (and the write lock); fixed with SQLAlchemy 2.1"
         )
-    checks = Checks(db, observer)
+    near = isinstance(repo.cache, RedisCache) and repo.cache._near is not None
+    checks = Checks(db, observer, near=repo if near else None)
     points = await exercise(name, SCENARIOS[name], repo, db, clock, checks, bound)
     SUSPENSIONS[request.node.callspec.id] = points
     print(f"\n{request.node.callspec.id}: cancelled at each of {points} suspension points")

@@ -6,6 +6,9 @@
   this process began before that write.
 - A write whose invalidation Redis never got (frozen for every process) must stop being served
   by other processes once Redis answers again, without waiting for the writer's next call.
+
+The tests that read through one process's cache run twice: without and with the near cache
+(``make_cache``), whose in-process promise is the same.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,10 +35,34 @@ class Refused(Exception):
     pass
 
 
+MakeCache = Callable[[Redis, str], Awaitable[RedisCache]]
+
+
+@pytest.fixture(params=["redis", "near"])
+async def make_cache(request: pytest.FixtureRequest) -> AsyncIterator[MakeCache]:
+    """A ``RedisCache`` factory: plain, or with the near cache on and subscribed."""
+    made: list[RedisCache] = []
+
+    async def make(client: Redis, namespace: str) -> RedisCache:
+        if request.param == "redis":
+            return RedisCache(client, namespace=namespace)
+        cache = RedisCache(client, namespace=namespace, near_cache_entries=100,
+                           near_cache_max_age=timedelta(hours=1))  # fmt: skip
+        made.append(cache)
+        assert cache._listener is not None
+        cache._listener.start()
+        await cache._listener.confirmed.wait()
+        return cache
+
+    yield make
+    for cache in made:
+        await cache.aclose()
+
+
 async def test_a_rolled_back_savepoint_keeps_the_earlier_writes_invalidation(
-    db: Backend, redis_client: Redis, namespace: str
+    db: Backend, redis_client: Redis, namespace: str, make_cache: MakeCache
 ) -> None:
-    repo = SessionRepository(db.factory, cache=RedisCache(redis_client, namespace=namespace))
+    repo = SessionRepository(db.factory, cache=await make_cache(redis_client, namespace))
     created = await repo.create_session("planner", context={"v": 1})
     copy = await repo.get_session(created.session_id)  # cached at version 1
     assert copy is not None
@@ -52,9 +79,9 @@ async def test_a_rolled_back_savepoint_keeps_the_earlier_writes_invalidation(
 
 
 async def test_a_rolled_back_transaction_still_invalidates_nothing(
-    db: Backend, redis_client: Redis, namespace: str
+    db: Backend, redis_client: Redis, namespace: str, make_cache: MakeCache
 ) -> None:
-    cache = RedisCache(redis_client, namespace=namespace)
+    cache = await make_cache(redis_client, namespace)
     repo = SessionRepository(db.factory, cache=cache)
     created = await repo.create_session("planner")
     await repo.get_session(created.session_id)
@@ -64,10 +91,10 @@ async def test_a_rolled_back_transaction_still_invalidates_nothing(
             await repo.bind(s).add_checkpoint(created.session_id, "undone")
             raise Refused
     assert cache.stats.invalidations == 0
-    hits = cache.stats.hits
+    hits = cache.stats.hits + cache.stats.near_hits
     found = await repo.get_session(created.session_id)
     assert found is not None and found.checkpoint_count == 1
-    assert cache.stats.hits == hits + 1  # still cached: nothing changed
+    assert cache.stats.hits + cache.stats.near_hits == hits + 1  # still cached: nothing changed
 
 
 async def test_a_read_after_another_processs_write_never_joins_an_older_load(
@@ -97,9 +124,9 @@ async def test_a_read_after_another_processs_write_never_joins_an_older_load(
 
 
 async def test_callers_that_join_before_the_load_reads_share_it(
-    redis_client: Redis, namespace: str
+    redis_client: Redis, namespace: str, make_cache: MakeCache
 ) -> None:
-    cache = RedisCache(redis_client, namespace=namespace)
+    cache = await make_cache(redis_client, namespace)
     source = Source(a="v1")
     found = await asyncio.gather(*(fetch(cache, source, "a") for _ in range(20)))
     assert found == [Widget(widget_id="a", name="v1")] * 20

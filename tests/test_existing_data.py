@@ -64,11 +64,13 @@ async def test_a_database_made_by_the_release_before_the_rename_upgrades_and_rea
     assert stored.seq == 4
 
 
-async def test_the_release_before_the_renames_cache_entries_are_served_and_invalidated(
+async def test_the_release_before_the_renames_cache_entries_are_misses_since_expiry(
     old_database: AsyncEngine, redis_url: str
 ) -> None:
-    # Revisions after 0.1.0's (0003: the LangGraph tables) add tables and change none of its
-    # data: a deploy upgrades, and the old cache entries stay valid.
+    # Revisions after 0.1.0's add tables (0003) and columns (0004: expires_at, an idempotency
+    # key) and change none of its data. AgentSession gained expires_at with 0004: an entry of
+    # 0.1 (which knows no expiry) would serve a session past its expiry, so its schema
+    # fingerprint no longer matches and it is a miss, refilled from the database.
     await migrations.upgrade(old_database)
     client = Redis.from_url(redis_url)
     entries: dict[str, str] = RELEASE_CACHE["entries"]
@@ -90,10 +92,12 @@ async def test_the_release_before_the_renames_cache_entries_are_served_and_inval
         repo = SessionRepository(factory, cache=cache)
         uncached = await SessionRepository(factory).get_session(RELEASE_CACHE["session_id"])
         assert await repo.get_session(RELEASE_CACHE["session_id"]) == uncached
-        # A hit: the entry's format, namespace, epoch and schema fingerprint (which covers the
-        # models' docstrings) are still 0.1's, so old and new processes share entries and
-        # invalidations during a rolling deploy.
-        assert (cache.stats.hits, cache.stats.misses) == (1, 0)
+        # A miss: the entry's format, namespace and epoch are still 0.1's, its schema
+        # fingerprint is not (the model has expires_at now).
+        assert (cache.stats.hits, cache.stats.misses) == (0, 1)
+        await cache.drain()
+        assert await repo.get_session(RELEASE_CACHE["session_id"]) == uncached
+        assert (cache.stats.hits, cache.stats.misses) == (1, 1)  # refilled
         await repo.add_checkpoint(RELEASE_CACHE["session_id"], "write", {"words": 800})
         again = await repo.get_session(RELEASE_CACHE["session_id"])
         assert again is not None and again.checkpoint_count == 4

@@ -36,16 +36,19 @@ SEQ_SCAN = re.compile(r"Seq Scan on agent_sessions_(sessions|checkpoints)\b")
 # State by i % 20: 1 paused, 1 deleted, 8 completed, 3 failed, 7 active (one in 100 stale).
 _SEED_SESSIONS = """
 INSERT INTO agent_sessions_sessions (id, agent_type, user_id, state, context, metadata,
-    checkpoint_count, version, created_at, updated_at, last_heartbeat)
+    checkpoint_count, version, created_at, updated_at, last_heartbeat, key, expires_at)
 SELECT gen_random_uuid(), 'agent-' || mod(i, :agent_types), 'user-' || mod(i, :users),
     CASE WHEN mod(i, 20) = 0 THEN 'paused' WHEN mod(i, 20) = 1 THEN 'deleted'
          WHEN mod(i, 20) < 10 THEN 'completed' WHEN mod(i, 20) < 13 THEN 'failed'
          ELSE 'active' END,
-    jsonb_build_object('step', i), '{}'::jsonb, 3, 1,
+    jsonb_build_object('step', i), jsonb_build_object('team', 'team-' || mod(i, 500)), 3, 1,
     CAST(:now AS timestamptz) - interval '30 days' + i * interval '1 minute',
     CAST(:now AS timestamptz) - interval '30 days' + i * interval '1 minute',
     CASE WHEN mod(i, 100) = 13 THEN CAST(:now AS timestamptz) - interval '3 days'
-         ELSE CAST(:now AS timestamptz) - mod(i, 3600) * interval '1 second' END
+         ELSE CAST(:now AS timestamptz) - mod(i, 3600) * interval '1 second' END,
+    CASE WHEN mod(i, 4) = 0 THEN 'chat-' || i END,
+    CASE WHEN mod(i, 50) = 7 THEN CAST(:now AS timestamptz) + (1 + mod(i, 7)) * interval '1 day'
+         WHEN mod(i, 1000) = 9 THEN CAST(:now AS timestamptz) - interval '1 hour' END
 FROM generate_series(1, :sessions) AS s(i)
 """
 _SEED_CHECKPOINTS = """
@@ -54,7 +57,7 @@ SELECT s.id, n, 'step', jsonb_build_object('n', n), s.created_at
 FROM agent_sessions_sessions AS s CROSS JOIN generate_series(1, 3) AS n
 """
 _LONG_SESSION = """
-UPDATE agent_sessions_sessions SET checkpoint_count = :count, state = 'active'
+UPDATE agent_sessions_sessions SET checkpoint_count = :count, state = 'active', expires_at = NULL
 WHERE id = (SELECT id FROM agent_sessions_sessions WHERE user_id = 'user-7' LIMIT 1)
 RETURNING id
 """
@@ -70,6 +73,7 @@ class Seeded:
     engine: AsyncEngine
     repo: SessionRepository
     long_session: str
+    now: datetime
     statements: list[tuple[str, Any]] = field(default_factory=list)
 
 
@@ -98,7 +102,7 @@ async def seeded(postgres_url: str) -> AsyncIterator[Seeded]:
             await auto.execute(text("VACUUM ANALYZE agent_sessions_sessions"))
             await auto.execute(text("VACUUM ANALYZE agent_sessions_checkpoints"))
         repo = SessionRepository(async_sessionmaker(engine, expire_on_commit=False))
-        yield Seeded(engine, repo, str(sid))
+        yield Seeded(engine, repo, str(sid), now)
     finally:
         await engine.dispose()
         async with admin.connect() as conn:
@@ -156,6 +160,39 @@ OPERATIONS: dict[str, Call] = {
     "delete_session hard": lambda repo, s: repo.delete_session(s.long_session, hard=True),
 }
 
+# The list filters (issue 19): each served by its own index, the one named here.
+_DAY_ONE = timedelta(days=30)  # the seed's first updated_at is now - 30 days
+FILTERS: dict[str, tuple[Call, str]] = {
+    "list_sessions by key prefix": (
+        lambda repo, s: repo.list_sessions(key_prefix="chat-123"),
+        "ix_agent_sessions_sessions_key_pattern",
+    ),
+    "count_sessions by key prefix": (
+        lambda repo, s: repo.count_sessions(key_prefix="chat-123"),
+        "ix_agent_sessions_sessions_key_pattern",
+    ),
+    "list_sessions updated before": (
+        lambda repo, s: repo.list_sessions(updated_before=s.now - _DAY_ONE + timedelta(hours=2)),
+        "ix_agent_sessions_sessions_updated_at",
+    ),
+    "count_sessions updated after": (
+        lambda repo, s: repo.count_sessions(updated_after=s.now - timedelta(hours=2)),
+        "ix_agent_sessions_sessions_updated_at",
+    ),
+    "list_sessions by metadata": (
+        lambda repo, s: repo.list_sessions(metadata={"team": "team-7"}),
+        "ix_agent_sessions_sessions_metadata",
+    ),
+    "count_sessions by metadata": (
+        lambda repo, s: repo.count_sessions(metadata={"team": "team-7"}),
+        "ix_agent_sessions_sessions_metadata",
+    ),
+    "purge_expired_sessions": (
+        lambda repo, s: repo.purge_expired_sessions(),
+        "ix_agent_sessions_sessions_expires_at",
+    ),
+}
+
 
 async def _captured(seeded: Seeded, call: Call) -> list[tuple[str, Any]]:
     """The statements on our tables that ``call`` made the repository send."""
@@ -194,3 +231,14 @@ async def test_repository_statements_use_indexes_not_seq_scans(
         assert not SEQ_SCAN.search(plan), f"{operation}:\n{statement}\n{params}\n{plan}"
         if not statement.startswith("INSERT"):  # every read finds its rows through an index
             assert "Index" in plan, f"{operation}: no index in the plan:\n{statement}\n{plan}"
+
+
+@pytest.mark.parametrize("operation", FILTERS)
+async def test_each_list_filter_is_served_by_its_index(seeded: Seeded, operation: str) -> None:
+    call, index = FILTERS[operation]
+    statements = await _captured(seeded, call)
+    assert statements, f"{operation} sent no statement on the agent_session_store tables"
+    statement, params = statements[0]  # the list, the count, the purge's batch
+    plan = await _plan(seeded.engine, statement, params)
+    assert not SEQ_SCAN.search(plan), f"{operation}:\n{statement}\n{params}\n{plan}"
+    assert index in plan, f"{operation}: {index} not in the plan:\n{statement}\n{plan}"

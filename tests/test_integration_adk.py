@@ -697,3 +697,38 @@ def test_readme_adk_block_runs(tmp_path: Path, redis_url: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["greeter hello, alice", "2 events stored"]
+
+
+# -- re-delivered events (issue 19) ----------------------------------------------------------
+
+
+async def test_a_redelivered_event_is_kept_once_with_its_state_delta_applied_once(
+    service: SessionStoreService,
+) -> None:
+    session = await service.create_session(app_name=APP, user_id="u1")
+    first = delta(n=1, **{"user:seen": 1})
+    await service.append_event(session, first)
+    await service.append_event(session, first.model_copy(deep=True))  # the same delivery again
+    got = await fetch(service, session)
+    assert [e.id for e in got.events] == [first.id]
+    # A later event, then the first one re-delivered on a fresh copy: its delta is not applied
+    # over the later one's.
+    await service.append_event(got, delta(n=2))
+    fresh = await fetch(service, session)
+    await service.append_event(fresh, first.model_copy(deep=True))
+    final = await fetch(service, session)
+    assert len(final.events) == 2 and final.state["n"] == 2
+    assert await service.get_user_state(app_name=APP, user_id="u1") == {"seen": 1}
+
+
+async def test_a_redelivered_event_on_a_copy_without_our_marker_is_kept_once(
+    service: SessionStoreService,
+) -> None:
+    session = await service.create_session(app_name=APP, user_id="u1")
+    event = said("hello")
+    await service.append_event(session, event)
+    by_hand = Session(
+        id=session.id, app_name=APP, user_id="u1", state={}, events=[event.model_copy(deep=True)]
+    )
+    await service.append_event(by_hand, event.model_copy(deep=True))
+    assert [e.id for e in (await fetch(service, session)).events] == [event.id]

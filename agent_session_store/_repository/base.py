@@ -11,15 +11,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, Self
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agent_session_store._arguments import MAX_INT, check_filter, check_int
-from agent_session_store._calls import Call, Database
+from agent_session_store._calls import Call, Database, Refused
 from agent_session_store._dialects import Dialect, Shape
+from agent_session_store._errors import INTEGRITY_ERRORS
 from agent_session_store._sealed import Sealed, fields_for
 from agent_session_store._validation import DEFAULT_MAX_PAYLOAD_BYTES, check_payload_size
 from agent_session_store.encryption import FieldEncryption
@@ -129,7 +130,24 @@ class RepositoryBase:
         except ValueError as exc:
             raise SessionValidationError(str(exc)) from None
 
-    # -- create ---------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _refused_on_conflict(self, db: Call) -> AsyncIterator[None]:
+        """Turn a unique index's refusal into :class:`Refused` (the call wrote nothing).
+
+        On PostgreSQL a failed statement aborts the whole transaction: inside a caller's
+        transaction, a savepoint keeps the refusal from taking the caller's work with it.
+        """
+        savepoint = None
+        if db.bound is not None and db.dialect.savepoint_for_refusals:
+            savepoint = await db.bound.begin_nested()
+        try:
+            yield
+        except INTEGRITY_ERRORS as exc:
+            if savepoint is not None:
+                await savepoint.rollback()
+            raise Refused from exc
+        if savepoint is not None:
+            await savepoint.commit()
 
 
 def scope(agent_type: object, user_id: object) -> dict[str, Any]:

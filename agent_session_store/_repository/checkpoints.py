@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NoReturn, cast
@@ -15,11 +17,13 @@ from agent_session_store._arguments import (
     MAX_PAGE_SIZE,
     check_aware,
     check_filter,
+    check_idempotency_key,
     check_int,
     checked_now,
     parse_id,
 )
-from agent_session_store._calls import Call
+from agent_session_store._calls import Call, Refused
+from agent_session_store._dialects import Seal, Shape
 from agent_session_store._repository.base import RepositoryBase
 from agent_session_store._rows import checkpoint_from_row
 from agent_session_store.errors import (
@@ -28,6 +32,10 @@ from agent_session_store.errors import (
     SessionValidationError,
 )
 from agent_session_store.models import SessionCheckpoint, validation_error
+
+# An append refused for a known key reads the stored checkpoint; it goes round again only when
+# that checkpoint was removed (popped) in between.
+_KNOWN_ROUNDS = 3
 
 
 class Checkpoints(RepositoryBase):
@@ -41,6 +49,7 @@ class Checkpoints(RepositoryBase):
         *,
         user_id: str | None = None,
         timestamp: datetime | None = None,
+        idempotency_key: str | None = None,
     ) -> SessionCheckpoint:
         """Append one checkpoint; its cost does not depend on the history's length.
 
@@ -50,15 +59,22 @@ class Checkpoints(RepositoryBase):
         Args:
             timestamp: the checkpoint's time (UTC-aware), e.g. a framework's event time;
                 ``None`` for now. The session's ``updated_at`` is now either way.
+            idempotency_key: the caller's name for this append (1 to 256 characters, e.g. a
+                framework's event id). When the session already holds a checkpoint under it,
+                nothing is stored and that checkpoint is returned (its ``seq``; ``version``
+                unchanged), also for a finished session. The check is part of the append's own
+                statement; a removed checkpoint (pop, truncate) frees its key.
 
         Raises:
-            SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
+            SessionNotFoundError: unknown, malformed, deleted, expired, or (with ``user_id``)
+                foreign id.
             InvalidStateTransitionError: the session is COMPLETED or FAILED (its checkpoints
                 are final); nothing written.
-            SessionValidationError: bad name, data, ``user_id`` or ``timestamp`` (naive);
-                nothing written.
+            SessionValidationError: bad name, data, ``user_id``, ``timestamp`` (naive) or
+                ``idempotency_key``; nothing written.
         """
         check_filter(user_id, "user_id")
+        ikey = check_idempotency_key(idempotency_key, "idempotency_key")
         now = checked_now(self._clock)
         at = now if timestamp is None else check_aware(timestamp, "timestamp")
         try:
@@ -70,31 +86,55 @@ class Checkpoints(RepositoryBase):
         if sid is None:
             raise SessionNotFoundError(str(session_id))
         params = {"b_sid": sid, "b_now": now, "b_at": cp.timestamp, "b_user": user_id,
-                  "b_name": cp.name, "b_data": cp.data}  # fmt: skip
+                  "b_name": cp.name, "b_data": cp.data, "b_ikey": ikey}  # fmt: skip
         dialect = self._dialect
-        if self._fields.on:
-            return (await self._add_sealed(session_id, params, [cp]))[0]
-        async with self._call("add_checkpoint", sid, dialect.append_shape, hot=True) as db:
-            seq = await dialect.append(db, params, cp)
-            if seq is None:
-                await self._refuse_content_write(db, session_id, params, "take checkpoints")
-            db.invalidate_on_commit([sid])
-        cp.seq = seq
-        return cp
+        sealed = self._fields.on
+        if sealed:
+            params.pop("b_data")  # no plaintext parameter: the data is sealed for its seq
+        shape, hot = self._append_shape(sealed, one=True)
+        for _ in range(_KNOWN_ROUNDS):
+            try:
+                async with self._call("add_checkpoint", sid, shape, hot=hot) as db:
+                    async with self._refusable(db, ikey):
+                        if sealed:
+                            seq = await dialect.append_sealed(db, params, cp, self._sealer(sid))
+                        else:
+                            seq = await dialect.append(db, params, cp)
+                    if seq is None:
+                        if ikey is not None:
+                            rows = await db.fetch(sql.KNOWN_CHECKPOINT[user_id is not None], params)
+                            if rows:  # known: the stored one, nothing written
+                                return self._stored(sid, rows[0])
+                        await self._refuse_content_write(db, session_id, params, "take checkpoints")
+                    db.invalidate_on_commit([sid])
+            except Refused:  # PostgreSQL: a concurrent append of the key won; read its result
+                async with self._call("add_checkpoint", sid, "read", hot=True) as db:
+                    rows = await db.fetch(sql.KNOWN_CHECKPOINT[user_id is not None], params)
+                if rows:
+                    return self._stored(sid, rows[0])
+                continue  # removed in between (a pop): append it after all
+            cp.seq = seq
+            return cp
+        raise SessionNotFoundError(str(session_id))  # pragma: no cover - pops in a loop
 
     async def add_checkpoints(
         self,
         session_id: str,
-        items: Sequence[tuple[str, dict[str, Any]]],
+        items: Sequence[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], str | None]],
         *,
         user_id: str | None = None,
         timestamp: datetime | None = None,
     ) -> list[SessionCheckpoint]:
-        """Append ``(name, data)`` items as consecutive checkpoints, all or none.
+        """Append ``(name, data)`` or ``(name, data, idempotency_key)`` items, all or none.
 
         One atomic append with no read before it: concurrent batches each get a run of
         consecutive seqs (they interleave whole) and none is lost. Bumps ``version`` once. An
         empty batch is a no-op that does not look at the session.
+
+        Items with an idempotency key (see :meth:`add_checkpoint`) the session already holds
+        are not stored again: they come back as stored (their seqs), and the new items are
+        appended in their order as consecutive seqs, with one ``version`` bump, only when
+        there is something new. A batch with keys costs one read of the known keys first.
 
         Args:
             timestamp: every item's time (UTC-aware); ``None`` for now.
@@ -103,88 +143,129 @@ class Checkpoints(RepositoryBase):
             The stored checkpoints, in the order of ``items``.
 
         Raises:
-            SessionNotFoundError: unknown, malformed, deleted, or (with ``user_id``) foreign id.
+            SessionNotFoundError: unknown, malformed, deleted, expired, or (with ``user_id``)
+                foreign id.
             InvalidStateTransitionError: the session is COMPLETED or FAILED (its checkpoints
-                are final); nothing written.
-            SessionValidationError: a bad item, ``user_id`` or ``timestamp``, or more than
-                1,000 items; nothing written.
+                are final) and the batch holds something new; nothing written.
+            SessionValidationError: a bad item, ``user_id`` or ``timestamp``, one idempotency
+                key twice in the batch, or more than 1,000 items; nothing written.
         """
         check_filter(user_id, "user_id")
         now = checked_now(self._clock)
         at = now if timestamp is None else check_aware(timestamp, "timestamp")
-        batch = self._checkpoint_batch(items, at)
+        batch, keys = self._checkpoint_batch(items, at)
         if not batch:
             return []
         sid = parse_id(session_id)
         if sid is None:
             raise SessionNotFoundError(str(session_id))
-        params: dict[str, Any] = {"b_sid": sid, "b_now": now, "b_at": at, "b_user": user_id,
-                                  "b_added": len(batch)}  # fmt: skip
+        params: dict[str, Any] = {"b_sid": sid, "b_now": now, "b_at": at, "b_user": user_id}
         dialect = self._dialect
-        if self._fields.on:
-            return await self._add_sealed(session_id, params, batch)
-        async with self._call("add_checkpoints", sid, dialect.append_shape) as db:
-            first = await dialect.append_many(db, params, batch)
-            if first is None:
-                await self._refuse_content_write(db, session_id, params, "take checkpoints")
-            db.invalidate_on_commit([sid])
-        for i, cp in enumerate(batch):
-            cp.seq = first + i
-        return batch
+        wanted = [k for k in keys if k is not None]
+        sealed = self._fields.on
+        shape, _ = self._append_shape(sealed, one=False)
+        for _ in range(_KNOWN_ROUNDS):
+            try:
+                async with self._call("add_checkpoints", sid, shape) as db:
+                    known: dict[str | None, SessionCheckpoint] = {}
+                    if wanted:
+                        found = sql.known_checkpoints(user_id is not None, wanted)
+                        for row in await db.fetch(found, params):
+                            known[row.idempotency_key] = self._stored(sid, row)
+                    new = [(cp, k) for cp, k in zip(batch, keys, strict=True) if k not in known]
+                    if new:
+                        params["b_added"] = len(new)
+                        fresh, fresh_keys = [cp for cp, _ in new], [k for _, k in new]
+                        async with self._refusable(db, wanted or None):
+                            if sealed:
+                                first = await dialect.append_many_sealed(
+                                    db, params, fresh, fresh_keys, self._sealer(sid)
+                                )
+                            else:
+                                first = await dialect.append_many(db, params, fresh, fresh_keys)
+                        if first is None:
+                            await self._refuse_content_write(
+                                db, session_id, params, "take checkpoints"
+                            )
+                        for i, (cp, _) in enumerate(new):
+                            cp.seq = first + i
+                        db.invalidate_on_commit([sid])
+            except Refused:  # PostgreSQL: a concurrent append of one of the keys won
+                continue
+            return [
+                cp if k is None or k not in known else known[k]
+                for cp, k in zip(batch, keys, strict=True)
+            ]
+        raise SessionNotFoundError(str(session_id))  # pragma: no cover - pops in a loop
 
-    async def _add_sealed(
-        self, session_id: str, params: dict[str, Any], batch: list[SessionCheckpoint]
-    ) -> list[SessionCheckpoint]:
-        """Append with encryption: each data sealed for its seq, known once the row is locked.
+    def _append_shape(self, sealed: bool, *, one: bool) -> tuple[Shape, bool]:
+        """Where an append runs, and whether on the hot path.
 
-        Two statements in one transaction on every database (see ``Dialect.append_sealed``);
-        on SQLite that is the plain path's shape, on PostgreSQL it costs a BEGIN and a COMMIT
-        more than the plain single statement.
+        A sealed append's seq is known only once the session's row is locked and its count
+        bumped (encryption binds each checkpoint's data to its seq): two statements in one
+        transaction on every database (``Dialect.append_sealed``), which on SQLite is the plain
+        path's shape and on PostgreSQL costs a BEGIN and a COMMIT more than its single
+        statement. The hot path runs transactions only where the driver's own do.
         """
-        dialect, sid = self._dialect, params["b_sid"]
-        seal, key = self._fields.seal_checkpoint, str(sid)
-        params = {k: v for k, v in params.items() if k != "b_data"}  # no plaintext parameter
-        one = len(batch) == 1
-        hot = one and dialect.append_shape == "transaction"  # the driver runs a transaction
-        async with self._call(
-            "add_checkpoint" if one else "add_checkpoints", sid, "transaction", hot=hot
-        ) as db:
-            if one:
-                first = await dialect.append_sealed(
-                    db, params, batch[0], lambda seq, data: seal(key, seq, data)
-                )
-            else:
-                first = await dialect.append_many_sealed(
-                    db, params, batch, lambda seq, data: seal(key, seq, data)
-                )
-            if first is None:
-                await self._refuse_content_write(db, session_id, params, "take checkpoints")
-            db.invalidate_on_commit([sid])
-        for i, cp in enumerate(batch):
-            cp.seq = first + i
-        return batch
+        dialect = self._dialect
+        if not sealed:
+            return dialect.append_shape, one
+        return "transaction", one and dialect.append_shape == "transaction"
 
-    def _checkpoint_batch(self, items: object, at: datetime) -> list[SessionCheckpoint]:
+    def _sealer(self, sid: uuid.UUID) -> Seal:
+        """Seals a checkpoint's data for its seq in session ``sid``."""
+        seal, key = self._fields.seal_checkpoint, str(sid)
+        return lambda seq, data: seal(key, seq, data)
+
+    def _stored(self, sid: uuid.UUID, row: Any) -> SessionCheckpoint:
+        """A checkpoint read back from the database (known under its idempotency key), opened."""
+        return self._fields.open_checkpoint(str(sid), checkpoint_from_row(row))
+
+    def _refusable(self, db: Call, ikey: object) -> contextlib.AbstractAsyncContextManager[None]:
+        """An append with idempotency keys: the unique index's refusal of a known key (two
+        appends of it racing on PostgreSQL) becomes ``Refused``, outside a caller's transaction.
+
+        Inside one, no savepoint is paid for on every append: the refusal (a race of two
+        deliveries of one key) fails the caller's transaction as a ``StorageError``, and its
+        retry finds the stored checkpoint.
+        """
+        if ikey is None or db.bound is not None:
+            return contextlib.nullcontext()
+        return self._refused_on_conflict(db)
+
+    def _checkpoint_batch(
+        self, items: object, at: datetime
+    ) -> tuple[list[SessionCheckpoint], list[str | None]]:
         if isinstance(items, str | bytes | dict) or not isinstance(items, Sequence):
             raise SessionValidationError(
-                f"items must be a sequence of (name, data) pairs, got {type(items).__name__}"
+                "items must be a sequence of (name, data) or (name, data, idempotency_key), "
+                f"got {type(items).__name__}"
             )
         if len(items) > MAX_PAGE_SIZE:
             raise SessionValidationError(
                 f"at most {MAX_PAGE_SIZE} items per add_checkpoints call, got {len(items)}"
             )
-        batch = []
+        batch: list[SessionCheckpoint] = []
+        keys: list[str | None] = []
         for i, item in enumerate(items):
-            if not isinstance(item, tuple | list) or len(item) != 2:
-                raise SessionValidationError(f"items[{i}] must be a (name, data) pair")
-            name, data = item
+            if not isinstance(item, tuple | list) or len(item) not in (2, 3):
+                raise SessionValidationError(
+                    f"items[{i}] must be a (name, data) or (name, data, idempotency_key) tuple"
+                )
+            name, data = item[0], item[1]
+            key = check_idempotency_key(item[2] if len(item) == 3 else None, f"items[{i}] key")
+            if key is not None and key in keys:
+                raise SessionValidationError(
+                    f"items[{i}] repeats the idempotency key {key!r} of an earlier item"
+                )
             try:
                 cp = SessionCheckpoint(name=name, data={} if data is None else data, timestamp=at)
             except ValidationError as exc:
                 raise validation_error(exc, f"checkpoint items[{i}]") from exc
             self._check_sizes(**{f"items[{i}] data": cp.data})
             batch.append(cp)
-        return batch
+            keys.append(key)
+        return batch, keys
 
     async def pop_checkpoint(
         self, session_id: str, *, user_id: str | None = None

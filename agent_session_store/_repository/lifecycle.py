@@ -68,6 +68,11 @@ def finished_before(cutoff: datetime, states: Sequence[str]) -> ColumnElement[bo
     return and_(or_(*(S.state == state for state in states)), S.updated_at < cutoff)
 
 
+def expired_by(now: datetime) -> ColumnElement[bool]:
+    """The sessions :meth:`~Lifecycle.purge_expired_sessions` removes: expired at ``now``."""
+    return S.expires_at <= now
+
+
 def user_sessions(user_id: str, agent_type: str | None) -> ColumnElement[bool]:
     """The sessions :meth:`~Lifecycle.erase_user` removes: the user's, in every state."""
     where = S.user_id == user_id
@@ -224,6 +229,29 @@ class Lifecycle(RepositoryBase):
                 "purged %d %s sessions not updated since %s",
                 total, " or ".join(wanted), cutoff.isoformat(),
             )  # fmt: skip
+        return total
+
+    async def purge_expired_sessions(self, *, batch_size: int = 500) -> int:
+        """Hard-delete the sessions whose ``expires_at`` has passed, with all their rows.
+
+        Expired sessions are already absent to every read; this reclaims their space (the
+        checkpoints and the framework backends' rows, ``_statements.SESSION_ROWS``) and forgets
+        their cached copies. Works in batches of ``batch_size`` sessions, each its own
+        transaction unless bound; safe to run from several workers.
+
+        Returns:
+            How many sessions were removed.
+
+        Raises:
+            SessionValidationError: a bad ``batch_size``; nothing was written.
+        """
+        check_limit(batch_size, "batch_size", MAX_BATCH_SIZE)
+        now = checked_now(self._clock)
+        total, _ = await self._remove_in_batches(
+            "purge_expired_sessions", expired_by(now), batch_size
+        )
+        if total:
+            logger.info("purged %d sessions expired by %s", total, now.isoformat())
         return total
 
     async def erase_user(

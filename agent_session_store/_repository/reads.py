@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Uuid, func, literal, or_, select, tuple_
 
 from agent_session_store import _cursor
 from agent_session_store import _statements as sql
@@ -17,15 +17,19 @@ from agent_session_store._arguments import (
     check_int,
     check_key,
     check_limit,
+    checked_now,
     parse_id,
 )
+from agent_session_store._filters import session_filter
 from agent_session_store._repository.base import RepositoryBase, scope
 from agent_session_store._rows import (
     CHECKPOINT_COLUMNS,
+    SESSION_COLUMNS,
     C,
     S,
     checkpoint_from_row,
     checkpoints_from_json,
+    expired,
     session_from_row,
 )
 from agent_session_store.errors import SessionNotFoundError, SessionValidationError
@@ -37,6 +41,7 @@ from agent_session_store.models import (
     SessionStats,
 )
 from agent_session_store.readthrough import read_through
+from agent_session_store.tables import UtcDateTime, sessions_table
 
 
 class Reads(RepositoryBase):
@@ -74,6 +79,17 @@ class Reads(RepositoryBase):
             return None
         return self._fields.open_session(session)  # after the cache: it holds what was stored
 
+    async def _load_window(self, session_id: str, recent: int) -> AgentSession | None:
+        """The session (see ``_load_cached``), unless it has expired by the repository's clock.
+
+        A database read leaves an expired session out in its statement; a cached copy is
+        checked here, after the hit, so it is never served past its ``expires_at``.
+        """
+        session = await self._load_cached(session_id, recent)
+        if session is not None and expired(session, checked_now(self._clock)):
+            return None
+        return session
+
     async def get_session_by_key(
         self,
         agent_type: str,
@@ -87,12 +103,9 @@ class Reads(RepositoryBase):
         Like :meth:`get_session` otherwise (same window, same cache). Keys are per user:
         another user's session with the same key is never returned.
 
-        Example (get or create: create first, so two workers racing get one session)::
+        Example (to get or create, use :meth:`get_or_create_session`)::
 
-            try:
-                session = await repo.create_session("planner", "u1", key="chat-42")
-            except SessionExistsError:
-                session = await repo.get_session_by_key("planner", "u1", key="chat-42")
+            session = await repo.get_session_by_key("planner", "u1", key="chat-42")
 
         Raises:
             SessionValidationError: an ``agent_type``, ``user_id`` or ``key`` no session can
@@ -104,7 +117,8 @@ class Reads(RepositoryBase):
         check_filter(user_id, "user_id")
         key = check_key(key)
         recent = self._window(recent_checkpoints)
-        params: dict[str, Any] = {"b_agent": agent_type, "b_user": user_id, "b_key": key}
+        params: dict[str, Any] = {"b_agent": agent_type, "b_user": user_id, "b_key": key,
+                                  "b_now": checked_now(self._clock)}  # fmt: skip
         if self._read_cache is None:  # one statement: the session, found through its key
             params["b_recent"] = recent
             async with self._call("get_session_by_key", shape="read", hot=True) as db:
@@ -133,7 +147,7 @@ class Reads(RepositoryBase):
             return self._recent
         return check_int(recent_checkpoints, "recent_checkpoints", 0, MAX_INT)
 
-    async def _load_window(self, session_id: str, recent: int) -> AgentSession | None:
+    async def _load_cached(self, session_id: str, recent: int) -> AgentSession | None:
         # The cache holds sessions with the default window. A smaller window is cut from the
         # cached copy; a larger one bypasses the cache (read and not stored), so the cached
         # entry is never one with another window.
@@ -147,7 +161,8 @@ class Reads(RepositoryBase):
     @read_through(AgentSession, id_field="session_id", cache_attr="_read_cache")
     async def _load(self, session_id: str, recent: int | None = None) -> AgentSession | None:
         sid = uuid.UUID(session_id)
-        params = {"b_sid": sid, "b_recent": self._recent if recent is None else recent}
+        params = {"b_sid": sid, "b_recent": self._recent if recent is None else recent,
+                  "b_now": checked_now(self._clock)}  # fmt: skip
         async with self._call("get_session", sid, shape="read", hot=True) as db:
             rows = await db.fetch(db.dialect.load, params)
         return _session(rows)
@@ -169,45 +184,80 @@ class Reads(RepositoryBase):
         state: SessionState | str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        key_prefix: str | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> SessionPage:
         """One page of sessions, newest first, with keyset pagination.
 
-        Deleted sessions are left out unless ``state=SessionState.DELETED`` is asked for. Listed
-        sessions carry ``checkpoint_count`` but no checkpoints (use ``get_session``).
+        Deleted sessions are left out unless ``state=SessionState.DELETED`` is asked for, and
+        expired ones always. Listed sessions carry ``checkpoint_count`` but no checkpoints (use
+        ``get_session``). Every filter given must hold.
+
+        Args:
+            key_prefix: sessions whose key starts with it (matched literally: ``%`` and ``_``
+                are plain characters).
+            updated_after: sessions updated strictly after it (UTC-aware).
+            updated_before: sessions updated strictly before it (UTC-aware).
+            metadata: top-level key -> JSON scalar; sessions whose metadata holds all of them.
+
+        Example::
+
+            page = await repo.list_sessions(key_prefix="chat-", metadata={"team": "a"})
 
         Raises:
             SessionValidationError: a bad ``limit``, ``state``, ``cursor`` (including a
-                cursor made for other filters), or text filter (not a string, NUL, surrogate).
+                cursor made for other filters), text filter (not a string, NUL, surrogate),
+                naive time, or ``metadata`` filter (a value that is not a JSON scalar).
         """
         check_limit(limit)
-        check_filter(agent_type, "agent_type")
-        check_filter(user_id, "user_id")
-        try:
-            wanted = None if state is None else SessionState(state)
-        except ValueError:
-            raise SessionValidationError(
-                f"state must be one of {[s.value for s in SessionState]}, got {state!r}"
-            ) from None
-        filters = (agent_type, user_id, None if wanted is None else wanted.value)
-        params: dict[str, Any] = {
-            "b_agent": agent_type,
-            "b_user": user_id,
-            "b_state": filters[2],
-            "b_limit": limit + 1,
-        }
+        where = session_filter(
+            agent_type=agent_type, user_id=user_id, state=state, key_prefix=key_prefix,
+            updated_after=updated_after, updated_before=updated_before, metadata=metadata,
+        )  # fmt: skip
+        fingerprint = where.fingerprint()
+        now = checked_now(self._clock)
+        stmt = select(*SESSION_COLUMNS).where(*where.where(self._dialect.name, now))
         if cursor is not None:
-            params["b_after_at"], params["b_after_id"] = _cursor.decode(cursor, filters)
-        stmt = sql.list_page(
-            agent_type is not None, user_id is not None, wanted is not None, cursor is not None
-        )
+            after_at, after_id = _cursor.decode(cursor, fingerprint)
+            position = tuple_(literal(after_at, UtcDateTime()), literal(after_id, Uuid()))
+            stmt = stmt.where(tuple_(S.created_at, S.id) < position)
+        stmt = stmt.order_by(S.created_at.desc(), S.id.desc()).limit(limit + 1)
         async with self._call("list_sessions", shape="read") as db:
-            rows = (await db.execute(stmt, params)).all()
+            rows = (await db.execute(stmt)).all()
         items = [self._fields.open_session(session_from_row(r, [])) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = _cursor.encode(last.created_at, last.id, filters)
+            next_cursor = _cursor.encode(last.created_at, last.id, fingerprint)
         return SessionPage.model_construct(items=items, next_cursor=next_cursor)
+
+    async def count_sessions(
+        self,
+        *,
+        agent_type: str | None = None,
+        user_id: str | None = None,
+        state: SessionState | str | None = None,
+        key_prefix: str | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> int:
+        """How many sessions :meth:`list_sessions` would list with these filters, in one query.
+
+        Raises:
+            SessionValidationError: a bad filter (as for :meth:`list_sessions`).
+        """
+        where = session_filter(
+            agent_type=agent_type, user_id=user_id, state=state, key_prefix=key_prefix,
+            updated_after=updated_after, updated_before=updated_before, metadata=metadata,
+        )  # fmt: skip
+        now = checked_now(self._clock)
+        stmt = select(func.count()).select_from(sessions_table)
+        stmt = stmt.where(*where.where(self._dialect.name, now))
+        async with self._call("count_sessions", shape="read") as db:
+            return int((await db.execute(stmt)).scalar_one())
 
     async def list_checkpoints(
         self,
@@ -239,7 +289,10 @@ class Reads(RepositoryBase):
         sid = parse_id(session_id)
         if sid is None:
             raise SessionNotFoundError(str(session_id))
-        owner = select(S.id).where(S.id == sid, S.state != sql.DELETED)
+        now = checked_now(self._clock)
+        owner = select(S.id).where(
+            S.id == sid, S.state != sql.DELETED, or_(S.expires_at.is_(None), S.expires_at > now)
+        )
         if user_id is not None:
             owner = owner.where(S.user_id == user_id)
         stmt = select(*CHECKPOINT_COLUMNS).where(C.session_id == owner.scalar_subquery())

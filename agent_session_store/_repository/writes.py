@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, cast
 
 from pydantic import ValidationError
@@ -14,6 +15,8 @@ from pydantic import ValidationError
 from agent_session_store import _statements as sql
 from agent_session_store._arguments import (
     MAX_INT,
+    check_aware,
+    check_expiry,
     check_filter,
     check_int,
     check_key,
@@ -65,22 +68,27 @@ class Writes(RepositoryBase):
         metadata: dict[str, Any] | None = None,
         *,
         key: str | None = None,
+        expires_at: datetime | None = None,
     ) -> AgentSession:
         """Create an ACTIVE session, recording a ``session_created`` checkpoint.
 
         Args:
             key: the caller's own name for the session (printable text, 1 to 128 characters),
                 unique among the live sessions of this ``agent_type`` and ``user_id``; read
-                the session back with :meth:`get_session_by_key`. A deleted session's key is
-                free again.
+                the session back with :meth:`get_session_by_key`. A deleted or expired
+                session's key is free again.
+            expires_at: when the session stops existing (UTC-aware, after now); from then on
+                every read and write treats it as not found, and
+                :meth:`purge_expired_sessions` removes it. ``None``: never.
 
         Raises:
             SessionExistsError: a live session of this agent type and user has ``key``
                 (also when two creates race: exactly one wins); nothing written.
-            SessionValidationError: bad agent_type, user_id, key, context or metadata; nothing
-                written.
+            SessionValidationError: bad agent_type, user_id, key, context, metadata or
+                ``expires_at`` (naive, not after now, or past year 9999); nothing written.
         """
         now = checked_now(self._clock)
+        expires = check_expiry(expires_at, now)
         try:
             session = AgentSession(
                 session_id=str(uuid.uuid4()),
@@ -102,6 +110,7 @@ class Writes(RepositoryBase):
                 checkpoint_count=1,
                 version=1,
                 key=None if key is None else check_key(key),
+                expires_at=expires,
             )
         except ValidationError as exc:
             raise validation_error(exc, "session") from exc
@@ -154,7 +163,8 @@ class Writes(RepositoryBase):
     async def update_session(
         self, session: AgentSession, *, user_id: str | None = None
     ) -> AgentSession:
-        """Store context, metadata, state and new checkpoints; heartbeat; bump ``version``.
+        """Store context, metadata, state, ``expires_at`` and new checkpoints; heartbeat; bump
+        ``version``.
 
         Checkpoints added with ``session.checkpoint()`` since it was read are appended; stored
         ones are never rewritten. ``agent_type`` and ``user_id`` are fixed at creation: a copy
@@ -173,8 +183,10 @@ class Writes(RepositoryBase):
                 them; a finished session's metadata stays writable); nothing was written.
             SessionNotFoundError: the session does not exist, was deleted, or is another
                 user's.
-            SessionValidationError: bad context, metadata or checkpoint, or a ``version`` no
-                stored session can have; nothing was written.
+            SessionValidationError: bad context, metadata or checkpoint, a naive or
+                out-of-range ``expires_at`` (any aware time is taken: one not after now expires
+                the session with this write), or a ``version`` no stored session can have;
+                nothing was written.
         """
         check_filter(user_id, "user_id")
         sid = parse_id(session.session_id)
@@ -183,6 +195,10 @@ class Writes(RepositoryBase):
         check_int(session.version, "version (pass the session as it was read)", 1, MAX_INT)
         target, pending = self._validated_changes(session)
         now = checked_now(self._clock)
+        # Any aware time: one not after now expires the session with this very write.
+        expires = (
+            None if session.expires_at is None else check_aware(session.expires_at, "expires_at")
+        )
         params = {
             "b_sid": sid,
             "b_owner": session.user_id,
@@ -192,6 +208,7 @@ class Writes(RepositoryBase):
             "b_state": target.value,
             "b_now": now,
             "b_added": len(pending),
+            "b_expires": expires,
         }
         # Without new checkpoints the update is one statement: no transaction needed.
         shape: Shape = "transaction" if pending else "one statement"
@@ -200,7 +217,7 @@ class Writes(RepositoryBase):
             if not rows and self._fields.on and not pending:
                 rows = await self._update_finished_sealed(db, sid, session, target, params)
             if not rows:
-                await self._explain_failed_update(db, sid, session, target)
+                await self._explain_failed_update(db, sid, session, target, now)
                 raise AssertionError("unreachable")  # pragma: no cover
             row = rows[0]
             first_seq = row.checkpoint_count - len(pending) + 1
@@ -226,6 +243,7 @@ class Writes(RepositoryBase):
                 "updated_at": now,
                 "last_heartbeat": now,
                 "version": session.version + 1,
+                "expires_at": expires,
             }
         )
 
@@ -286,11 +304,21 @@ class Writes(RepositoryBase):
         return await db.fetch(_UPDATE_TO[target], {**params, "b_context": rows[0].context})
 
     async def _explain_failed_update(
-        self, db: Call, sid: uuid.UUID, session: AgentSession, target: SessionState
+        self,
+        db: Call,
+        sid: uuid.UUID,
+        session: AgentSession,
+        target: SessionState,
+        now: datetime,
     ) -> None:
         rows = await db.fetch(sql.STORED_FOR_UPDATE, {"b_sid": sid})
         stored = rows[0] if rows else None
-        if stored is None or stored.state == sql.DELETED or stored.user_id != session.user_id:
+        if (
+            stored is None
+            or stored.state == sql.DELETED
+            or stored.user_id != session.user_id
+            or (stored.expires_at is not None and stored.expires_at <= now)
+        ):
             raise SessionNotFoundError(session.session_id)
         if stored.version != session.version:
             raise ConcurrentUpdateError(session.session_id, session.version, stored.version)

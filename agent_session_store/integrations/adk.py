@@ -373,9 +373,12 @@ class SessionStoreService(BaseSessionService):
                 # The append comes first: it takes the session's row lock (PostgreSQL) or the
                 # write lock (SQLite), so concurrent appends to one session queue here and each
                 # then reads the revision the previous one committed.
-                await bound.add_checkpoint(
-                    sid, EVENT_CHECKPOINT, data, user_id=session.user_id, timestamp=at
-                )
+                # The event's id is the append's idempotency key: a re-delivered event (a queue's
+                # retry) is kept once, and answered with the stored one.
+                cp = await bound.add_checkpoint(
+                    sid, EVENT_CHECKPOINT, data, user_id=session.user_id, timestamp=at,
+                    idempotency_key=_event_key(event),
+                )  # fmt: skip
                 # A marked copy is checked by version alone; one without our marker by its
                 # newest event, so read the checkpoint before ours too.
                 window = 0 if expected is not None else 2
@@ -388,6 +391,8 @@ class SessionStoreService(BaseSessionService):
                     or stored.agent_type != session.app_name
                 ):
                     raise SessionNotFoundError(session.id)
+                if _redelivered(cp.seq, stored, session, event, expected):
+                    return event  # stored before: neither its event nor its state delta again
                 if not _is_current(stored, session, expected):
                     raise StaleSessionError(_STALE)
                 stored.context.update(own)
@@ -480,6 +485,28 @@ def _marker(session: Session) -> tuple[str | None, int | None]:
     if not version.isdigit():
         return None, None
     return sid, int(version)
+
+
+def _event_key(event: Event) -> str | None:
+    """The idempotency key of an event's append: its id (ADK gives every event one)."""
+    return event.id if event.id and len(event.id) <= 256 else None
+
+
+def _redelivered(
+    seq: int | None, stored: AgentSession, session: Session, event: Event, expected: int | None
+) -> bool:
+    """Whether the append just made found the event already stored (its seq, read with the
+    session after it in the same transaction, under the append's lock).
+
+    A new append is the newest checkpoint and bumped ``version``; a known one is older than the
+    newest, or the newest with the version unmoved since our marker (or, on a copy without our
+    marker, already among the copy's events).
+    """
+    if seq is None or seq < stored.checkpoint_count:
+        return seq is not None
+    if expected is not None:
+        return stored.version == expected
+    return any(known.id == event.id for known in session.events)
 
 
 def _is_current(stored: AgentSession, session: Session, expected: int | None) -> bool:
