@@ -737,7 +737,8 @@ async def rotate_keys(ctx: Context) -> int:
     ctx.print(
         f"rotate-keys: re-encrypted under key {done.key_id!r}: "
         f"{fmt.count(done.contexts, 'context')}, {fmt.count(done.checkpoints, 'checkpoint')}, "
-        f"{fmt.count(done.shared_values, 'shared-state value')}" + (skipped if done.skipped else "")
+        f"{fmt.count(done.shared_values, 'shared-state value')}, "
+        f"{fmt.count(done.framework_values, 'LangGraph value')}" + (skipped if done.skipped else "")
     )
     trouble = await ctx.redis_trouble()
     if trouble is not None:

@@ -17,6 +17,11 @@ ciphertext copied to another row or field, altered by one bit, cut short, or mad
 that is not configured fails to decrypt: :class:`~agent_session_store.errors.DecryptionError`,
 naming the session, the field and the key id, never the key or any plaintext.
 
+The LangGraph checkpointer's values are bytes, not JSON: :meth:`FieldEncryption.seal_bytes`
+stores them as ``BYTES_MARK``, the key id, the nonce and the ciphertext, with the same associated
+data rules (``integrations/_langgraph_sealed.py`` names their places), and
+:meth:`FieldEncryption.digest` gives the keyed digests stored beside them.
+
 Keys: ``keys`` maps key ids to 32-byte keys; ``active`` names the one that encrypts, every one
 decrypts (rotation: add a key, make it active, run ``agent-session-store rotate-keys``, then
 drop the old one). The algorithm and the envelope's meaning are fixed by this module, never read
@@ -28,6 +33,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -48,6 +55,12 @@ _ENVELOPE_KEYS = frozenset({MARK, "kid", "ct"})
 _KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Prefixed to every associated data: a ciphertext made here means nothing to another use of a key.
 _DOMAIN = b"agent_session_store field\x00v1\x00"
+# Raw values (LangGraph's serialized bytes) start with this mark: 0xC1 is the one byte msgpack
+# never uses, so no msgpack value starts with it. Then the key id's length (one byte), the key
+# id, the nonce, the ciphertext and its tag.
+BYTES_MARK = b"\xc1ASE1"
+# The label of the digest key derived from the active key (see FieldEncryption.digest).
+_DIGEST_LABEL = b"agent_session_store list digest\x00v1"
 
 
 def is_envelope(value: object) -> bool:
@@ -101,7 +114,7 @@ class FieldEncryption:
         repo = SessionRepository(factory, encryption=encryption)
     """
 
-    __slots__ = ("_active", "_active_kid", "_ciphers", "allow_plaintext")
+    __slots__ = ("_active", "_active_kid", "_ciphers", "_digest_key", "allow_plaintext")
 
     def __init__(
         self, keys: Mapping[str, bytes], active: str, *, allow_plaintext: bool = False
@@ -135,6 +148,8 @@ class FieldEncryption:
         self._ciphers = ciphers
         self._active_kid = active
         self._active = ciphers[active]
+        # Derived, not the key: a digest never helps anyone recover the key or its ciphertexts.
+        self._digest_key = hmac.new(bytes(keys[active]), _DIGEST_LABEL, hashlib.sha256).digest()
         self.allow_plaintext = allow_plaintext
 
     def __repr__(self) -> str:
@@ -254,6 +269,67 @@ class FieldEncryption:
     def needs_sealing(self, stored: Any) -> bool:
         """Whether a stored value is not yet an envelope under the active key (for rotation)."""
         return not (is_envelope(stored) and stored.get("kid") == self._active_kid)
+
+    # -- raw values (the LangGraph checkpointer's bytes) -------------------------------------
+
+    def seal_bytes(self, plain: bytes, where: bytes) -> bytes:
+        """``plain`` sealed for the place ``where``: ``BYTES_MARK``, key id, nonce, ciphertext."""
+        nonce = os.urandom(NONCE_BYTES)
+        kid = self._active_kid.encode()
+        sealed = self._active.encrypt(nonce, plain, where + kid)
+        return b"%s%c%s%s%s" % (BYTES_MARK, len(kid), kid, nonce, sealed)
+
+    def open_bytes(self, stored: bytes, where: bytes, what: str, session_id: str | None) -> bytes:
+        """The bytes :meth:`seal_bytes` sealed for ``where`` (plaintext if ``allow_plaintext``).
+
+        Raises:
+            DecryptionError: as :meth:`open`.
+        """
+        if not stored.startswith(BYTES_MARK):
+            if self.allow_plaintext:
+                return stored
+            raise DecryptionError.plaintext(what, session_id)
+        kid = sealed_kid(stored)
+        if kid is None:
+            raise DecryptionError.malformed(what, session_id)
+        cipher = self._ciphers.get(kid)
+        if cipher is None:
+            raise DecryptionError.unknown_key(what, session_id, kid)
+        start = len(BYTES_MARK) + 1 + len(kid)
+        nonce, sealed = stored[start : start + NONCE_BYTES], stored[start + NONCE_BYTES :]
+        try:
+            plain: bytes = cipher.decrypt(nonce, sealed, where + kid.encode())
+        except (ValueError, _invalid_tag()) as exc:
+            raise DecryptionError.failed(what, session_id, kid) from exc
+        return plain
+
+    def bytes_need_sealing(self, stored: bytes) -> bool:
+        """Whether stored bytes are not yet sealed under the active key (for rotation)."""
+        return sealed_kid(stored) != self._active_kid
+
+    def digest(self, data: bytes) -> bytes:
+        """A keyed digest (HMAC-SHA256) of ``data``, under a key derived from the active key.
+
+        Where a plain SHA-256 would be stored next to ciphertext (the checkpointer's list
+        digests), this one tells a reader of the database nothing about the plaintext, and
+        lets nobody confirm a guess of a short value. Another active key gives other digests:
+        they only ever stop matching (a list stored whole once more), never match wrongly.
+        """
+        return hmac.new(self._digest_key, data, hashlib.sha256).digest()
+
+
+def sealed_kid(stored: bytes) -> str | None:
+    """The key id of bytes sealed by ``seal_bytes``; ``None`` if they are not such bytes."""
+    if not stored.startswith(BYTES_MARK):
+        return None
+    start = len(BYTES_MARK) + 1
+    if len(stored) < start or len(stored) < start + stored[start - 1]:
+        return None
+    try:
+        kid = stored[start : start + stored[start - 1]].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return kid if _KID.fullmatch(kid) else None
 
 
 def parse_keys(spec: str) -> dict[str, bytes]:

@@ -13,7 +13,15 @@ cache: the figures are the repository's calls with the database, where encryptio
   append is a transaction of two statements where the plain one is a single statement: the seq
   it is bound to is known only once the row is locked).
 
-Payloads of about 1 KB and 100 KB (a JSON object of chat-like messages). SQLite in a temporary
+Payloads of about 1 KB and 100 KB (a JSON object of chat-like messages).
+
+The LangGraph checkpointer (``SessionStoreSaver`` on the same three repositories, when langgraph
+is installed), with ``benchmarks.langgraph_peers``'s workload: ``saver aput`` (the next
+checkpoint of a thread, one small channel's new version), ``saver aput_writes`` (two writes of a
+task), ``saver aget_tuple`` (the thread's newest checkpoint with its values and writes) and
+``saver graph step`` (a one-node graph's turn: its message list grows, stored as deltas).
+
+SQLite in a temporary
 file always; ``--postgres`` also starts a throwaway PostgreSQL (tests/servers.py), or
 ``--postgres-url`` names a server whose user may create databases.
 """
@@ -125,6 +133,39 @@ async def run(url: str, backend: str, quick: bool = False) -> list[Row]:
     return rows
 
 
+async def run_saver(url: str, backend: str, quick: bool = False) -> list[Row]:
+    """The LangGraph checkpointer's figures (see the module docstring), or none without it."""
+    try:
+        from agent_session_store.integrations.langgraph import SessionStoreSaver
+        from benchmarks import langgraph_peers as lg
+    except ImportError:
+        return []
+    engine = create_engine(url)
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    encryption = FieldEncryption({"bench": secrets.token_bytes(32)}, "bench")
+    savers = {
+        name: lg._Saver(name, SessionStoreSaver(SessionRepository(factory, encryption=enc),
+                                                agent_type=f"bench-{name}"))
+        for name, enc in (("encrypted", encryption), ("plain", None), ("again", None))
+    }  # fmt: skip
+    for saver in savers.values():
+        saver.graph = lg._graph(saver.saver)
+    plan = QUICK if quick else Plan(ops=200, repeats=7, warmup=20)
+    rows: list[Row] = []
+    try:
+        for op in ("aput", "aput_writes", "aget_tuple latest", "graph step"):
+            rates = await measure({name: s.op(op) for name, s in savers.items()}, plan)
+            ratio = paired_ratio(rates["encrypted"], rates["plain"]) or float("nan")
+            control = paired_ratio(rates["again"], rates["plain"]) or float("nan")
+            rows.append(
+                Row(f"{backend} saver {op.replace(' latest', '')}", median(rates["encrypted"]),
+                    median(rates["plain"]), ratio, control)
+            )  # fmt: skip
+    finally:
+        await engine.dispose()
+    return rows
+
+
 async def _all(postgres_url: str | None, workdir: Path, quick: bool) -> list[Row]:
     databases = Databases(postgres_url, workdir)
     rows: list[Row] = []
@@ -132,6 +173,7 @@ async def _all(postgres_url: str | None, workdir: Path, quick: bool) -> list[Row
         for backend in ("sqlite", "postgresql") if postgres_url else ("sqlite",):
             url = await databases.create(backend, "encryption")
             rows += await run(url, backend, quick)
+            rows += await run_saver(url, backend, quick)
             await databases.drop(backend, "encryption")
     finally:
         await databases.drop_all()
@@ -155,10 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             server = stack.enter_context(PostgresServer.start(Path(tmp) / "postgres"))
             postgres_url = server.url
         rows = asyncio.run(_all(postgres_url, Path(tmp), args.quick))
-    print(f"{'figure':<24} {'encrypted/s':>11} {'plain/s':>8} {'ratio':>6} {'cost':>6}"
+    print(f"{'figure':<28} {'encrypted/s':>11} {'plain/s':>8} {'ratio':>6} {'cost':>6}"
           f" {'noise floor':>12}")  # fmt: skip
     for row in rows:
-        print(f"{row.figure:<24} {row.encrypted:>11.0f} {row.plain:>8.0f} {row.ratio:>6.3f}"
+        print(f"{row.figure:<28} {row.encrypted:>11.0f} {row.plain:>8.0f} {row.ratio:>6.3f}"
               f" {1 / row.ratio - 1:>6.1%} {row.control:>12.3f}")  # fmt: skip
     return 0
 

@@ -574,6 +574,13 @@ async def test_rotate_keys_command_reports_counts_never_values(
         old = SessionRepository(factory, clock=clock, encryption=ENC)
         sids = [(await old.create_session("a", "u", {"SECRET": i})).session_id for i in range(3)]
         await old.update_shared_state("a", {"SECRET": 1})
+        from agent_session_store.integrations.langgraph import SessionStoreSaver
+        from tests.test_integration_langgraph import checkpoint
+
+        saver = SessionStoreSaver(old)  # a thread: its session, 1 checkpoint, 1 value, 1 write
+        put = await saver.aput({"configurable": {"thread_id": "t"}},
+                               checkpoint({"c": "SECRET"}), {}, {"c": 1})  # fmt: skip
+        await saver.aput_writes(put, [("c", "SECRET")], "task")
         monkeypatch.delenv("AGENT_SESSION_STORE_ENCRYPTION_KEYS", raising=False)
         refused = await cli("rotate-keys", "--no-cache", "--url", url, cwd=tmp_path)
         assert refused.code == 2 and "AGENT_SESSION_STORE_ENCRYPTION_KEYS" in refused.err
@@ -581,19 +588,22 @@ async def test_rotate_keys_command_reports_counts_never_values(
         done = await cli("rotate-keys", "--no-cache", "--url", url, "--active", "k2", cwd=tmp_path)
         assert done.code == 0, done.err
         assert done.out.strip() == (
-            "rotate-keys: re-encrypted under key 'k2': 3 contexts, 3 checkpoints, "
-            "1 shared-state value"
+            "rotate-keys: re-encrypted under key 'k2': 4 contexts, 4 checkpoints, "
+            "1 shared-state value, 3 LangGraph values"
         )
         for secret in ("SECRET", base64.b64encode(K1).decode(), base64.b64encode(K2).decode()):
             assert secret not in done.out + done.err
         again = await cli("rotate-keys", "--no-cache", "--url", url, "--active", "k2", cwd=tmp_path)
-        assert "0 contexts, 0 checkpoints, 0 shared-state values" in again.out
+        assert "0 contexts, 0 checkpoints, 0 shared-state values, 0 LangGraph values" in again.out
         new_only = SessionRepository(
             factory, clock=clock, encryption=FieldEncryption({"k2": K2}, "k2")
         )
         for i, sid in enumerate(sids):
             got = await new_only.get_session(sid)
             assert got is not None and got.context == {"SECRET": i}
+        thread = await SessionStoreSaver(new_only).aget_tuple(put)
+        assert thread is not None and thread.checkpoint["channel_values"] == {"c": "SECRET"}
+        assert thread.pending_writes == [("task", "c", "SECRET")]
         _key_env(monkeypatch, {"k2": K2}, None)  # the other commands decrypt with the keys too
         shown = await cli("sessions", "show", sids[0], "--json", "--url", url, cwd=tmp_path)
         assert shown.code == 0 and '"SECRET": 0' in shown.out.replace('":0', '": 0')

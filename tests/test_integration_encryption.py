@@ -4,7 +4,8 @@ The ADK service and the OpenAI Agents session store through the repository's con
 checkpoints and shared state, so a repository with ``encryption=...`` seals all of it. A canary
 written through each (events, state of every scope, items) must be nowhere in the database's
 bytes nor in Redis, on SQLite, PostgreSQL and PgBouncer, without and with the cache; the
-control (no encryption) finds it, so the search can fail.
+control (no encryption) finds it, so the search can fail. LangGraph's saver: see
+test_integration_langgraph_encryption.py.
 """
 
 from __future__ import annotations
@@ -81,15 +82,3 @@ async def test_framework_canary_is_nowhere_in_storage(
         return
     assert canary.encode() not in stored
     assert not [value for value in cached if canary.encode() in value]
-
-
-async def test_the_langgraph_saver_says_it_does_not_encrypt(
-    db: Backend, caplog: pytest.LogCaptureFixture
-) -> None:
-    pytest.importorskip("langgraph.checkpoint.base")
-    from agent_session_store.integrations.langgraph import SessionStoreSaver
-
-    SessionStoreSaver(SessionRepository(db.factory))
-    assert "unencrypted" not in caplog.text
-    SessionStoreSaver(SessionRepository(db.factory, encryption=ENC))
-    assert "stores LangGraph's checkpoints, channel values and writes unencrypted" in caplog.text

@@ -8,6 +8,13 @@ a writer that replaced it meanwhile wrote it under its own active key, and it is
 ``skipped``. Cached copies of every session changed are invalidated when the batch commits, as
 by any write, so no copy under an old key outlives the rotation where the cache is reachable.
 
+The LangGraph checkpointer's tables (``agent_sessions_lg_*``) hold serialized bytes, sealed by
+the saver (``integrations/_langgraph_sealed``) when the repository it is given encrypts: their
+checkpoint bodies, channel values and pending writes are rewritten here too, the same way, and
+counted in ``framework_values``. A list value's digest is redone under the active key's digest
+key where the row holds the whole list, and cleared on a delta (whose whole list is not in the
+row): a digest that does not match only costs the next put of that channel a whole copy.
+
 Resumable: each batch is its own transaction, and values already under the active key are left
 alone, so running it again after an interruption (or with writers on an old key) rewrites only
 what is left.
@@ -19,14 +26,23 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, tuple_
+from sqlalchemy import CursorResult, Table, select, tuple_, update
 
 from agent_session_store import _statements as sql
 from agent_session_store._arguments import MAX_BATCH_SIZE, check_limit
 from agent_session_store._repository.base import RepositoryBase
 from agent_session_store._rows import C, S
 from agent_session_store._sealed import Sealed, shared_place, shared_what
+from agent_session_store.encryption import FieldEncryption
 from agent_session_store.errors import SessionValidationError
+from agent_session_store.integrations import _langgraph_sealed as lg
+from agent_session_store.integrations._langgraph_values import array_header
+from agent_session_store.tables import (
+    lg_blobs_table,
+    lg_checkpoints_table,
+    lg_threads_table,
+    lg_writes_table,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,7 @@ class KeyRotation:
     contexts: int = 0
     checkpoints: int = 0
     shared_values: int = 0
+    framework_values: int = 0  # the LangGraph checkpointer's checkpoints, channel values, writes
     skipped: int = 0  # values a writer replaced between the read and the rewrite
 
 
@@ -44,7 +61,8 @@ class Rotation(RepositoryBase):
     """The key rotation of ``SessionRepository``."""
 
     async def rotate_keys(self, *, batch_size: int = 500) -> KeyRotation:
-        """Re-encrypt every context, checkpoint and shared-state value not under the active key.
+        """Re-encrypt every context, checkpoint and shared-state value not under the active key,
+        and the LangGraph checkpointer's stored values (checkpoints, channel values, writes).
 
         Values under another configured key, and plaintext ones when ``allow_plaintext`` is
         on, are rewritten under the active key; ``version`` and timestamps are unchanged.
@@ -64,10 +82,13 @@ class Rotation(RepositoryBase):
         fields = self._fields
         if not isinstance(fields, Sealed):
             raise SessionValidationError("rotate_keys needs a repository with encryption=...")
-        counts = {"contexts": 0, "checkpoints": 0, "shared_values": 0, "skipped": 0}
+        counts = {"contexts": 0, "checkpoints": 0, "shared_values": 0, "framework_values": 0,
+                  "skipped": 0}  # fmt: skip
         await self._rotate_contexts(fields, batch_size, counts)
         await self._rotate_checkpoints(fields, batch_size, counts)
         await self._rotate_shared(fields, batch_size, counts)
+        for table in (lg_checkpoints_table, lg_blobs_table, lg_writes_table):
+            await self._rotate_langgraph(fields.encryption, table, batch_size, counts)
         return KeyRotation(key_id=fields.encryption.active, **counts)
 
     async def _rotate_contexts(self, fields: Sealed, batch: int, counts: dict[str, int]) -> None:
@@ -121,6 +142,40 @@ class Rotation(RepositoryBase):
                 return
             after = (rows[-1].session_id, rows[-1].seq)
 
+    async def _rotate_langgraph(
+        self, enc: FieldEncryption, table: Table, batch: int, counts: dict[str, int]
+    ) -> None:
+        """One LangGraph table's values not under the active key, sealed again (see the module
+        docstring); with their thread's agent type and key, which they are bound to."""
+        T = lg_threads_table.c
+        pk = list(table.primary_key.columns)
+        value = table.c.checkpoint if table is lg_checkpoints_table else table.c.blob
+        query = (
+            select(table, T.agent_type, T.thread_key)
+            .join(lg_threads_table, T.session_id == table.c.session_id)
+            .order_by(*pk)
+            .limit(batch)
+        )
+        after: tuple[Any, ...] | None = None
+        while True:
+            stmt = query if after is None else query.where(tuple_(*pk) > tuple_(*after))
+            async with self._call("rotate_keys") as db:
+                rows = (await db.execute(stmt)).all()
+                for row in rows:
+                    new = _langgraph_rekey(enc, table, row)
+                    if new is None:
+                        continue
+                    cas = update(table).where(
+                        *(c == row._mapping[c] for c in pk), value == row._mapping[value]
+                    )
+                    if _rowcount(await db.execute(cas.values(**new))):
+                        counts["framework_values"] += 1
+                    else:
+                        counts["skipped"] += 1
+            if len(rows) < batch:
+                return
+            after = tuple(rows[-1]._mapping[c] for c in pk)
+
     async def _rotate_shared(self, fields: Sealed, batch: int, counts: dict[str, int]) -> None:
         X = sql.X
         after: tuple[str, str, str] | None = None
@@ -155,6 +210,37 @@ class Rotation(RepositoryBase):
             if len(rows) < batch:
                 return
             after = (rows[-1].agent_type, rows[-1].scope, rows[-1].user_id)
+
+
+def _langgraph_rekey(enc: FieldEncryption, table: Table, row: Any) -> dict[str, Any] | None:
+    """The new values of a LangGraph row whose stored bytes are not under the active key (its
+    value and, for a list's channel value, its digest), or ``None`` if it needs nothing."""
+    agent, key, sid, ns = row.agent_type, row.thread_key, row.session_id, row.checkpoint_ns
+    if table is lg_checkpoints_table:
+        if not enc.bytes_need_sealing(row.checkpoint):
+            return None
+        where = lg.checkpoint_place(agent, key, ns, row.checkpoint_id, row.type)
+        plain = enc.open_bytes(row.checkpoint, where, lg.checkpoint_what(row.checkpoint_id, ns),
+                               str(sid))  # fmt: skip
+        return {"checkpoint": enc.seal_bytes(plain, where)}
+    if row.blob is None or not enc.bytes_need_sealing(row.blob):
+        return None
+    if table is lg_blobs_table:
+        where = lg.blob_place(agent, key, ns, row.channel, row.version, row.type,
+                              row.base_version, row.item_count)  # fmt: skip
+        what = lg.blob_what(row.channel, row.version, ns)
+        plain = enc.open_bytes(row.blob, where, what, str(sid))
+        new: dict[str, Any] = {"blob": enc.seal_bytes(plain, where)}
+        if row.item_count is not None:
+            whole = row.base_version is None
+            body = plain[len(array_header(row.item_count)) :] if whole else b""
+            new["digest"] = enc.digest(body) if whole else None
+        return new
+    where = lg.write_place(agent, key, ns, row.checkpoint_id, row.task_id, row.idx,
+                           row.channel, row.type)  # fmt: skip
+    what = lg.write_what(row.checkpoint_id, row.task_id, row.idx, row.channel, ns)
+    plain = enc.open_bytes(row.blob, where, what, str(sid))
+    return {"blob": enc.seal_bytes(plain, where)}
 
 
 def _rowcount(result: Any) -> int:

@@ -345,6 +345,11 @@ def stale_thread_rows(agent_type: str, key: str) -> Delete:
     )
 
 
+def rows_of(table: Any, sid: uuid.UUID) -> Select[Any]:
+    """Every row of a LangGraph ``table`` of session ``sid``, by primary key."""
+    return select(table).where(table.c.session_id == sid).order_by(*table.primary_key.columns)
+
+
 def delete_thread_rows(sid: uuid.UUID) -> list[Delete]:
     """Every LangGraph row of session ``sid`` but its thread row, children first."""
     return [
@@ -652,6 +657,11 @@ class Statements:
             rows = select(*picked).where(table.c.session_id == source, true())
             copies.append(self._insert(table).from_select(names, rows).on_conflict_do_nothing())
         return copies
+
+    def insert_kept(self, table: Any) -> Insert:
+        """Insert rows into ``table``; a row already there is kept."""
+        stmt: Insert = self._insert(table).on_conflict_do_nothing()
+        return stmt
 
     def metadata_matches(self, filter: Mapping[str, Any]) -> ColumnElement[bool]:
         """Checkpoints whose metadata has every key of ``filter`` with that value."""

@@ -6,7 +6,8 @@ followed by its items' encodings, so a list that starts with an earlier version'
 with that version's bytes (after the header). :func:`blob_row` then stores only the bytes that
 follow, with a pointer to the earlier version (``base_version``); :func:`whole` joins a chain
 back. The earlier version is a guess (the channel's newest stored list below the new version),
-checked by the SHA-256 of the prefix, so a wrong guess costs a whole copy, never a wrong value.
+checked by the digest of the prefix (SHA-256; keyed when the values are encrypted), so a wrong
+guess costs a whole copy, never a wrong value.
 A whole copy is written again once the deltas since the last one outgrow it: whole copies at
 least double in size each time, so a thread stores O(n) bytes, and a read costs at most about
 twice the value's size.
@@ -43,15 +44,25 @@ def array_header(items: int) -> bytes:
     return b"\xdd" + items.to_bytes(4, "big")
 
 
-def list_value(value: Any, kind: str, data: bytes | None) -> Grown | None:
-    """``value``'s serialized items, when it is a list msgpack wrote as one array."""
+Digest = Callable[[bytes], bytes]
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def list_value(value: Any, kind: str, data: bytes | None, digest: Digest = _sha256) -> Grown | None:
+    """``value``'s serialized items, when it is a list msgpack wrote as one array.
+
+    ``digest``: SHA-256, or a keyed digest when the values are encrypted (``_langgraph_sealed``).
+    """
     if kind != "msgpack" or not isinstance(value, list) or not data:
         return None
     header = array_header(len(value))
     if not data.startswith(header):
         return None
     body = data[len(header) :]
-    return Grown(body, len(value), hashlib.sha256(body).digest())
+    return Grown(body, len(value), digest(body))
 
 
 # Finds a channel's newest stored list value below a version: (session, ns, channel, version).
@@ -59,7 +70,11 @@ FindBase = Callable[[uuid.UUID, str, str, str], Awaitable[Any]]
 
 
 async def blob_row(
-    find_base: FindBase, sid: uuid.UUID, blob: dict[str, Any], grown: Grown | None
+    find_base: FindBase,
+    sid: uuid.UUID,
+    blob: dict[str, Any],
+    grown: Grown | None,
+    digest: Digest = _sha256,
 ) -> dict[str, Any]:
     """The row storing one channel value: whole, or as a delta on an earlier list value.
 
@@ -80,7 +95,7 @@ async def blob_row(
     delta = found.delta_size + size - found.size
     if delta > found.size - found.delta_size:
         return row  # the deltas would outgrow their whole copy: a new whole copy
-    if hashlib.sha256(grown.body[: found.size]).digest() != found.digest:
+    if digest(grown.body[: found.size]) != found.digest:
         return row  # not a prefix (another branch, or a list that changed): whole
     row.update(blob=grown.body[found.size :], base_version=found.version, delta_size=delta)
     return row

@@ -30,6 +30,11 @@ or time travel with ``update_state``) are both kept: siblings with the same pare
 listed by ``alist``; the thread's latest is the one with the greater checkpoint id (LangGraph's
 ids grow with time). Nothing is overwritten.
 
+With a repository built with ``encryption=FieldEncryption(...)``, every checkpoint body, channel
+value and pending write is sealed (AES-256-GCM) before it is sent and opened after it is read,
+bound to its thread and row (``_langgraph_sealed``); metadata stays readable, for
+``alist(filter=...)``. See docs/security.md.
+
 Stored bytes are read by a strict serializer by default: only LangGraph's and LangChain's own
 types (and those LangGraph allows for a compiled graph's state schema) are rebuilt; a value
 naming any other type raises :class:`~agent_session_store.SessionValidationError` instead of
@@ -68,8 +73,14 @@ from agent_session_store._settle import run_to_end
 from agent_session_store._validation import check_json_object, check_text
 from agent_session_store.integrations import _langgraph_sql as sql
 from agent_session_store.integrations._keys import session_key
+from agent_session_store.integrations._langgraph_sealed import values_for
 from agent_session_store.migrations import SchemaGate
-from agent_session_store.tables import lg_threads_table
+from agent_session_store.tables import (
+    lg_blobs_table,
+    lg_checkpoints_table,
+    lg_threads_table,
+    lg_writes_table,
+)
 
 try:
     from langchain_core.runnables import RunnableConfig
@@ -170,6 +181,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             a :class:`StrictSerializer` (no type outside the allow-list is ever imported).
         agent_type: the agent type of the threads' sessions.
 
+    With the repository's ``encryption``, what LangGraph stores is encrypted too (the module's
+    docstring); a value that does not decrypt raises ``DecryptionError`` naming the thread's
+    session.
+
     The async methods are the checkpointer; the sync ones (``get_tuple``, ``list``, ``put``,
     ...) may be called from other threads while the event loop the saver was first used on
     runs, as LangGraph's async savers allow.
@@ -192,12 +207,8 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         check_text(agent_type, "agent_type")
         self.repository = repository
         self.agent_type = agent_type
-        if repository.encryption is not None:  # said once per saver, never silently
-            logger.warning(
-                "the repository encrypts sessions, but SessionStoreSaver stores LangGraph's "
-                "checkpoints, channel values and writes unencrypted (agent_sessions_lg_* "
-                "tables): see docs/security.md"
-            )
+        # The repository's encryption seals what LangGraph stores too (_langgraph_sealed).
+        self._values = values_for(repository.encryption)
         self._factory = repository.session_factory
         self._statements: sql.Statements | None = None
         self._gate = SchemaGate()
@@ -406,12 +417,21 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             digests[channel] = found.digest
             return found
 
-        stored = [await blob_row(find_base, _NO_SESSION, blob, grown) for blob, grown in blob_rows]
-        params = {**keys, **{f"b_{k}": v for k, v in row.items()}}
-        params.update(_columns(stored, sql.BLOB_VALUES))
+        vals = self._values
+        stored = [
+            await blob_row(find_base, _NO_SESSION, blob, grown, vals.digest)
+            for blob, grown in blob_rows
+        ]
         delta = [r["base_version"] is not None for r in stored]
+        # A delta's whole value, stored instead when its base is gone: sealed as a whole value.
+        wholes = [
+            ({**r, "blob": b["blob"], "base_version": None} if d else None)
+            for r, (b, _), d in zip(stored, blob_rows, delta, strict=True)
+        ]
+        params = {**keys, **{f"b_{k}": v for k, v in row.items()}}
+        params.update(_columns(self._sealed_blobs(target, stored), sql.BLOB_VALUES))
         params["b_wholes"] = [
-            b["blob"] if d else None for (b, _), d in zip(blob_rows, delta, strict=True)
+            None if w is None else vals.seal_blob(self.agent_type, target.key, w) for w in wholes
         ]
         params["b_base_digests"] = [
             digests[r["channel"]] if d else None for r, d in zip(stored, delta, strict=True)
@@ -421,6 +441,15 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             return False
         self._remember(target, stored)
         return True
+
+    def _sealed_blobs(self, target: _Target, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``rows`` (from ``blob_row``) with their values sealed, when the values are encrypted:
+        after the delta is cut, so each row seals what it stores, bound to its base."""
+        vals = self._values
+        if vals.on:
+            for r in rows:
+                r["blob"] = vals.seal_blob(self.agent_type, target.key, r)
+        return rows
 
     def _remember(self, target: _Target, stored: list[dict[str, Any]]) -> None:
         """The list values just stored: the next put of each channel cuts its delta on it."""
@@ -598,24 +627,35 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
     def _from_rows(self, rows: Sequence[Any]) -> list[tuple[CheckpointTuple, tuple[Any, ...]]]:
         """The tuples in the rows of ``Statements.one_checkpoint``, each with its page key, in
         the page's order."""
+        vals, agent = self._values, self.agent_type
+        # Each thread's key, which its values are bound to (read from its checkpoints' rows).
+        keys = {r.session_id: session_key(r.k3) for r in rows if r.kind == "c"} if vals.on else {}
         blobs = {
             (r.session_id, r.checkpoint_ns, r.k1, r.k2): _BlobRow(
-                r.session_id, r.checkpoint_ns, r.k1, r.k2, r.type, r.data, r.k3, r.n
+                r.session_id, r.checkpoint_ns, r.k1, r.k2, r.type,
+                vals.open_blob(r.session_id, agent, keys.get(r.session_id, ""), r.checkpoint_ns,
+                               r.k1, r.k2, r.type, r.k3, r.n, r.data),
+                r.k3, r.n,
             )
             for r in rows
             if r.kind == "b" and r.k1 is not None
-        }
+        }  # fmt: skip
         writes: dict[tuple[Any, ...], list[Any]] = {}
         for r in sorted((r for r in rows if r.kind == "w"), key=lambda r: (r.k3, r.k1, r.n)):
+            thread = keys.get(r.session_id, "")
+            data = vals.open_write(r.session_id, agent, thread, r.checkpoint_ns, r.cid, r.k1,
+                                   r.n, r.k2, r.type, r.data)  # fmt: skip
             writes.setdefault((r.session_id, r.checkpoint_ns, r.cid), []).append(
-                (r.k1, r.k2, self._loads(r.type, r.data))
+                (r.k1, r.k2, self._loads(r.type, data))
             )
         found = []
         for row in sorted((r for r in rows if r.kind == "c"), key=lambda r: r.n or 0):
             key = (row.session_id, row.checkpoint_ns, row.k1)
+            data = vals.open_checkpoint(row.session_id, agent, keys.get(row.session_id, ""),
+                                        row.checkpoint_ns, row.k1, row.type, row.data)  # fmt: skip
             tup = self._tuple(
                 _CheckpointRow(row.session_id, row.checkpoint_ns, row.k1, row.k2, row.type,
-                               row.data, row.meta, row.k3),
+                               data, row.meta, row.k3),
                 blobs,
                 writes.get(key, []),
             )  # fmt: skip
@@ -741,12 +781,31 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             return rows, blob_rows, (await db.execute(sql.writes(keys))).all()
 
         rows, blob_rows, write_rows = await self._transaction(operation, read)
-        loaded = [(row, self._loads(row.type, row.checkpoint)) for row in rows]
-        blobs = {(b.session_id, b.checkpoint_ns, b.channel, b.version): b for b in blob_rows}
+        vals, agent = self._values, self.agent_type
+        keys = {row.session_id: session_key(row.thread_id) for row in rows} if vals.on else {}
+        loaded = [
+            (row, self._loads(row.type, vals.open_checkpoint(
+                row.session_id, agent, keys.get(row.session_id, ""), row.checkpoint_ns,
+                row.checkpoint_id, row.type, row.checkpoint)))
+            for row in rows
+        ]  # fmt: skip
+        blobs = {
+            (b.session_id, b.checkpoint_ns, b.channel, b.version): _BlobRow(
+                b.session_id, b.checkpoint_ns, b.channel, b.version, b.type,
+                vals.open_blob(b.session_id, agent, keys.get(b.session_id, ""), b.checkpoint_ns,
+                               b.channel, b.version, b.type, b.base_version, b.item_count,
+                               b.blob),
+                b.base_version, b.item_count,
+            )
+            for b in blob_rows
+        }  # fmt: skip
         writes: dict[tuple[Any, ...], list[tuple[str, str, Any]]] = {}
         for w in write_rows:
+            data = vals.open_write(w.session_id, agent, keys.get(w.session_id, ""),
+                                   w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx,
+                                   w.channel, w.type, w.blob)  # fmt: skip
             writes.setdefault((w.session_id, w.checkpoint_ns, w.checkpoint_id), []).append(
-                (w.task_id, w.channel, self._loads(w.type, w.blob))
+                (w.task_id, w.channel, self._loads(w.type, data))
             )
         for row, checkpoint in loaded:
             key = (row.session_id, row.checkpoint_ns, row.checkpoint_id)
@@ -809,6 +868,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         _check_names(checkpoint_id=checkpoint["id"])
         stored = {k: v for k, v in checkpoint.items() if k != "channel_values"}
         kind, data = self._dumps(stored, "the checkpoint")
+        vals = self._values
+        if vals.on:
+            data = vals.seal_checkpoint(self.agent_type, target.key, target.ns,
+                                        checkpoint["id"], kind, data or b"")  # fmt: skip
         values = checkpoint["channel_values"]
         blob_rows = []
         for channel, version in new_versions.items():
@@ -816,7 +879,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             grown = None
             if channel in values:
                 blob_kind, blob = self._dumps(values[channel], f"channel {channel!r:.80}")
-                grown = list_value(values[channel], blob_kind, blob)
+                grown = list_value(values[channel], blob_kind, blob, vals.digest)
             else:
                 blob_kind, blob = "empty", None
             blob_rows.append(
@@ -856,8 +919,11 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 return (await db.execute(sql.LIST_BASE, _base_params(*key))).first()
 
             if blob_rows:
-                rows = [await blob_row(find_base, sid, blob, grown) for blob, grown in blob_rows]
-                await db.execute(stmts.add_blobs, rows)
+                rows = [
+                    await blob_row(find_base, sid, blob, grown, vals.digest)
+                    for blob, grown in blob_rows
+                ]
+                await db.execute(stmts.add_blobs, self._sealed_blobs(target, rows))
                 stored_rows[:] = rows
 
         async def put_into_thread(call: Call) -> None:
@@ -876,7 +942,8 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                 return based[0] if based else None
 
             for blob, grown in blob_rows:
-                stored = await blob_row(find_base, sid, blob, grown)
+                stored = await blob_row(find_base, sid, blob, grown, vals.digest)
+                self._sealed_blobs(target, [stored])
                 await call.fetch(stmts.add_blob, {f"b_{k}": v for k, v in stored.items()})
 
         if stmts.postgres:
@@ -924,6 +991,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             )  # fmt: skip
         if not rows:
             return
+        vals = self._values
+        if vals.on:
+            for r in rows:
+                r["blob"] = vals.seal_write(self.agent_type, target.key, r)
         stmts = await self._sql()
         replace = all(w[0] in WRITES_IDX_MAP for w in writes)
         stmt = stmts.replace_writes if replace else stmts.add_writes
@@ -995,7 +1066,9 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint, blob and write of one thread into another (same owner).
 
-        An unknown source copies nothing. Rows the target already has are kept.
+        An unknown source copies nothing. Rows the target already has are kept. With
+        encryption, each value is opened and sealed again for the target thread (a value is
+        bound to its thread), in the process; without, the rows are copied in SQL.
         """
         source = self._target({"configurable": {"thread_id": source_thread_id}})
         target = self._target({"configurable": {"thread_id": target_thread_id}})
@@ -1005,10 +1078,49 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         stmts = await self._sql()
 
         async def copy(db: AsyncSession, sid: uuid.UUID) -> None:
+            if self._values.on:
+                await self._copy_sealed(db, stmts, found.session_id, source.key, sid, target.key)
+                return
             for stmt in stmts.copy_rows(found.session_id, sid):
                 await db.execute(stmt)
 
         await self._write("langgraph acopy_thread", target, copy, create_for=found.user_id)
+
+    async def _copy_sealed(
+        self,
+        db: AsyncSession,
+        stmts: sql.Statements,
+        source: uuid.UUID,
+        source_key: str,
+        target: uuid.UUID,
+        target_key: str,
+    ) -> None:
+        """acopy_thread with encryption: every value opened for the source thread and sealed
+        for the target one (the digests are not bound to a thread, and are copied as they are).
+        """
+        vals, agent = self._values, self.agent_type
+        for table in (lg_checkpoints_table, lg_blobs_table, lg_writes_table):
+            rows = [dict(r._mapping) for r in await db.execute(sql.rows_of(table, source))]
+            for r in rows:
+                r["session_id"] = target
+                if table is lg_checkpoints_table:
+                    args = (r["checkpoint_ns"], r["checkpoint_id"], r["type"])
+                    plain = vals.open_checkpoint(source, agent, source_key, *args, r["checkpoint"])
+                    r["checkpoint"] = vals.seal_checkpoint(agent, target_key, *args, plain)
+                elif table is lg_blobs_table:
+                    r["blob"] = vals.open_blob(
+                        source, agent, source_key, r["checkpoint_ns"], r["channel"],
+                        r["version"], r["type"], r["base_version"], r["item_count"], r["blob"],
+                    )  # fmt: skip
+                    r["blob"] = vals.seal_blob(agent, target_key, r)
+                else:
+                    r["blob"] = vals.open_write(
+                        source, agent, source_key, r["checkpoint_ns"], r["checkpoint_id"],
+                        r["task_id"], r["idx"], r["channel"], r["type"], r["blob"],
+                    )  # fmt: skip
+                    r["blob"] = vals.seal_write(agent, target_key, r)
+            if rows:
+                await db.execute(stmts.insert_kept(table), rows)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Prune threads: ``"keep_latest"`` keeps each namespace's newest checkpoint (with its
