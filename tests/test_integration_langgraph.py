@@ -750,14 +750,14 @@ async def test_a_put_into_a_live_thread_does_not_look_it_up_first(
     assert got.pending_writes == [("task", "a", 3), ("task", "b", "y")]
 
 
+# the one-statement put of PostgreSQL (PgBouncer's runs in a transaction)
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
 async def test_a_put_racing_its_threads_deletion_stores_into_the_thread_made_again(
     uncached_saver: SessionStoreSaver, db: Backend
 ) -> None:
     """PostgreSQL: the put's one statement found the thread, then waited on the session row
     another transaction was deleting; refused by the foreign key, it takes the look-up path
     (a new thread), as for a thread that was never there, instead of failing."""
-    if db.name != "postgres":
-        pytest.skip("the one-statement put of PostgreSQL (PgBouncer's runs in a transaction)")
     saver = uncached_saver
     config: Any = {"configurable": {"thread_id": "raced", "checkpoint_ns": ""}}
     first = await saver.aput(config, checkpoint({"a": 1}), {}, {"a": "1"})
@@ -787,14 +787,14 @@ async def test_a_put_racing_its_threads_deletion_stores_into_the_thread_made_aga
     assert got.checkpoint["channel_values"] == {"a": 2}
 
 
+# SQLite reads the base inside its write transaction
+@pytest.mark.parametrize("db", ["postgres", "pgbouncer"], indirect=True)
 async def test_a_conversations_next_turn_is_one_statement_even_after_its_base_went(
     uncached_saver: SessionStoreSaver, db: Backend
 ) -> None:
     """PostgreSQL: the saver remembers the list it stored last, so the next turn's put reads
     nothing first; a remembered base that another saver removed meanwhile (its run deleted)
     makes that put store the list whole, never a delta on nothing."""
-    if db.name == "sqlite":
-        pytest.skip("SQLite reads the base inside its write transaction")
     saver = uncached_saver
     other = SessionStoreSaver(SessionRepository(db.factory), agent_type=saver.agent_type)
     config: Any = {"configurable": {"thread_id": "turns", "checkpoint_ns": ""}}
@@ -995,12 +995,12 @@ async def test_saver_statements_use_indexes_not_seq_scans(
         assert not LG_SEQ_SCAN.search(plan), f"{operation}:\n{statement}\n{params}\n{plan}"
 
 
+# SQLite's planner; PostgreSQL's is held by the EXPLAIN tests below
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
 async def test_sqlite_finds_a_checkpoints_values_by_key_not_by_scanning_the_thread(
     uncached_saver: SessionStoreSaver, db: Backend
 ) -> None:
     """SQLite has no statistics: its plan must not scan a thread's values for each version."""
-    if db.name != "sqlite":
-        pytest.skip("SQLite's planner; PostgreSQL's is held by the EXPLAIN tests below")
     saver = uncached_saver
     config: Any = {"configurable": {"thread_id": "plan", "checkpoint_ns": ""}}
     for step in range(30):

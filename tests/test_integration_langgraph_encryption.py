@@ -149,14 +149,14 @@ async def test_list_digests_are_keyed_not_sha256_of_the_items(
     assert stored == ENC.digest(body)
 
 
+# SQLite reads the base inside its write transaction
+@pytest.mark.parametrize("db", ["postgres", "pgbouncer"], indirect=True)
 async def test_an_encrypted_turn_is_one_statement_and_survives_its_base_going(
     db: Backend, clock: FakeClock
 ) -> None:
     """PostgreSQL's put of the next turn stays one statement with encryption; when the base it
     remembered was removed meanwhile, the whole value it stores instead decrypts (it is sealed
     as a whole value, not as the delta it was cut as)."""
-    if db.name == "sqlite":
-        pytest.skip("SQLite reads the base inside its write transaction")
     agent = fresh_agent_type()
     saver = SessionStoreSaver(SessionRepository(db.factory, clock=clock, encryption=ENC),
                               agent_type=agent)  # fmt: skip
