@@ -16,7 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +229,46 @@ async def test_stale_sweep_leaves_idle_threads_alone(saver: SessionStoreSaver, c
     got = await saver.aget_tuple(config)
     assert got is not None and got.config == second
     assert got.checkpoint["channel_values"] == {"n": 2}
+
+
+async def test_an_expired_thread_is_absent_its_id_starts_a_new_thread_and_purge_removes_it(
+    saver: SessionStoreSaver, clock: FakeClock, db: Backend
+) -> None:
+    """A thread is a session: when its session expires (a host set ``expires_at``), the thread
+    is absent to every read of the saver from that moment, as the session is to the
+    repository's, and its id names a new thread; ``purge_expired_sessions`` removes its rows."""
+    config: Any = {"configurable": {"thread_id": "expiring"}}
+    first = await saver.aput(config, checkpoint({"n": 1}), {"step": 0}, {"n": 1})
+    await saver.aput_writes(first, [("n", 5)], "task")
+    old = await saver.repository.get_session_by_key(saver.agent_type, key="expiring")
+    assert old is not None
+    old.expires_at = clock.now + timedelta(minutes=5)
+    await saver.repository.update_session(old)
+    assert await saver.aget_tuple(config) is not None  # not expired yet
+    clock.advance(minutes=5)
+
+    assert await saver.aget_tuple(config) is None
+    assert await saver.aget_tuple(first) is None  # by id too
+    assert [t async for t in saver.alist(config)] == []
+    assert [t async for t in saver.alist(None, filter={"step": 0})] == []
+
+    again = await saver.aput(config, checkpoint({"n": 2}), {"step": 0}, {"n": 1})
+    got = await saver.aget_tuple(config)
+    assert got is not None and got.config == again
+    assert got.checkpoint["channel_values"] == {"n": 2} and got.pending_writes == []
+    new = await saver.repository.get_session_by_key(saver.agent_type, key="expiring")
+    assert new is not None and new.session_id != old.session_id
+
+    assert await saver.repository.purge_expired_sessions() == 1
+    async with db.engine.connect() as conn:
+        for table in LANGGRAPH_TABLES:
+            left = await conn.scalar(
+                select(func.count())
+                .select_from(table)
+                .where(table.c.session_id == uuid.UUID(old.session_id))
+            )
+            assert left == 0, table.name
+    assert (await saver.aget_tuple(config)) is not None
 
 
 async def test_hard_delete_of_the_session_removes_its_langgraph_rows(

@@ -12,6 +12,7 @@ import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -46,6 +47,7 @@ from agent_session_store.errors import SessionValidationError
 from agent_session_store.tables import (
     LangGraphCheckpointRow,
     SessionRow,
+    UtcDateTime,
     lg_blobs_table,
     lg_checkpoints_table,
     lg_threads_table,
@@ -59,6 +61,17 @@ W = lg_writes_table.c
 S = SessionRow.__table__.c
 
 DELETED = "deleted"
+# The saver's "now" (the repository's clock), bound to every statement that finds a thread.
+NOW = bindparam("b_now", type_=UtcDateTime())
+
+
+def present(now: Any = NOW) -> Any:
+    """The thread's session has not expired at ``now``: the repository's expiry rule
+    (``_statements._present``), so that an expired thread is absent to the saver as to every
+    read of the repository, from the moment it expires."""
+    return or_(S.expires_at.is_(None), S.expires_at > now)
+
+
 # A metadata filter key is a plain name: it becomes part of a JSON path on SQLite. LangGraph's
 # own SQLite saver pasted keys into its SQL (an injection); here they are checked and bound.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}")
@@ -90,7 +103,7 @@ def check_filter_keys(filter: Mapping[str, Any]) -> None:
 def thread_rows(agent_type: str, key: str) -> Select[Any]:
     """The thread named ``key`` with its session's owner and state (live or deleted)."""
     return (
-        select(T.session_id, T.thread_id, S.user_id, S.state)
+        select(T.session_id, T.thread_id, S.user_id, S.state, S.expires_at)
         .join(SessionRow, S.id == T.session_id)
         .where(T.agent_type == agent_type, T.thread_key == key)
     )
@@ -108,6 +121,7 @@ def thread_checkpoints(*, by_id: bool, by_user: bool) -> Select[Any]:
             T.agent_type == bindparam("b_agent"),
             T.thread_key == bindparam("b_key"),
             S.state != DELETED,
+            present(),
             C.checkpoint_ns == bindparam("b_ns"),
         )
     )
@@ -121,18 +135,19 @@ def thread_checkpoints(*, by_id: bool, by_user: bool) -> Select[Any]:
 NEWEST_FIRST = (C.checkpoint_id.desc(), C.session_id.desc(), C.checkpoint_ns.desc())
 
 
-def checkpoints(agent_type: str) -> Select[Any]:
-    """Checkpoints of this agent type's live threads, with their thread id and owner."""
-    return checkpoints_by(agent_type)
+def checkpoints(agent_type: str, now: datetime) -> Select[Any]:
+    """Checkpoints of this agent type's live threads (not expired at ``now``), with their
+    thread id and owner."""
+    return checkpoints_by(agent_type, now)
 
 
-def checkpoints_by(agent_type: Any) -> Select[Any]:
-    """:func:`checkpoints` for an agent type given as a value or a bound parameter."""
+def checkpoints_by(agent_type: Any, now: Any = NOW) -> Select[Any]:
+    """:func:`checkpoints` for an agent type and time given as values or bound parameters."""
     return (
         select(*CHECKPOINT_COLUMNS)
         .join(lg_threads_table, T.session_id == C.session_id)
         .join(SessionRow, S.id == C.session_id)
-        .where(T.agent_type == agent_type, S.state != DELETED)
+        .where(T.agent_type == agent_type, S.state != DELETED, present(now))
     )
 
 
@@ -216,6 +231,7 @@ def _live_thread(by_user: bool) -> Select[Any]:
             T.thread_key == bindparam("b_key"),
             # Not IN (...): SQLAlchemy expands that per execution, not in an executemany.
             or_(*(S.state == state for state in LIVE)),
+            present(),
         )
     )
     return query.where(S.user_id == bindparam("b_user")) if by_user else query
@@ -337,9 +353,10 @@ def writes_in_one(*, by_user: bool, replace: bool) -> Select[Any]:
     return select(thread.c.session_id).add_cte(put.cte("put"))
 
 
-def stale_thread_rows(agent_type: str, key: str) -> Delete:
-    """The thread row named ``key`` when its session was soft-deleted (the key is free again)."""
-    gone = select(S.id).where(S.state == DELETED).scalar_subquery()
+def stale_thread_rows(agent_type: str, key: str, now: datetime) -> Delete:
+    """The thread row named ``key`` when its session was soft-deleted or has expired at ``now``
+    (the key is free again)."""
+    gone = select(S.id).where(or_(S.state == DELETED, S.expires_at <= now)).scalar_subquery()
     return delete(lg_threads_table).where(
         T.agent_type == agent_type, T.thread_key == key, T.session_id.in_(gone)
     )

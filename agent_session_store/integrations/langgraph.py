@@ -49,6 +49,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
@@ -67,6 +68,7 @@ from agent_session_store import (
     StorageError,
     create_engine,
 )
+from agent_session_store._arguments import checked_now
 from agent_session_store._calls import Call, Database
 from agent_session_store._errors import INTEGRITY_ERRORS, storage_errors
 from agent_session_store._settle import run_to_end
@@ -471,6 +473,8 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         row = await self._transaction("langgraph get_thread", read)
         if row is None or row.state == sql.DELETED:
             return None
+        if row.expires_at is not None and row.expires_at <= self._now():
+            return None  # expired: absent, and its key free for a new thread
         return _Thread(row.session_id, row.user_id, row.state)
 
     async def _write(
@@ -526,7 +530,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         """Create the thread's session (PAUSED) and its thread row, in the caller's transaction."""
         try:
             # First a write: on SQLite the transaction takes the write lock before any read.
-            await db.execute(sql.stale_thread_rows(self.agent_type, target.key))
+            await db.execute(sql.stale_thread_rows(self.agent_type, target.key, self._now()))
             bound = self.repository.bind(db)
             session = await bound.create_session(self.agent_type, owner, key=target.key)
             session.pause()  # a thread is idle between runs: the stale sweep leaves it alone
@@ -580,12 +584,17 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
             raise SessionValidationError(f"{exc}; nothing was read or written") from None
         return _Target(thread_id, session_key(thread_id), ns, checkpoint_id, user_id)
 
-    def _keys(self, target: _Target) -> dict[str, str]:
+    def _keys(self, target: _Target) -> dict[str, Any]:
         """The bound parameters naming ``target``'s thread in the statements built once."""
-        keys = {"b_agent": self.agent_type, "b_key": target.key}
+        keys: dict[str, Any] = {"b_agent": self.agent_type, "b_key": target.key,
+                                "b_now": self._now()}  # fmt: skip
         if target.user_id is not None:
             keys["b_user"] = target.user_id
         return keys
+
+    def _now(self) -> datetime:
+        """The repository's clock: what a thread's expiry is compared with, as for sessions."""
+        return checked_now(self.repository._clock)
 
     def _dumps(self, value: Any, what: str) -> tuple[str, bytes | None]:
         try:
@@ -614,7 +623,8 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         target = self._target(config)
         stmts = await self._sql()
         statement = stmts.get_tuple[(target.checkpoint_id is not None, target.user_id is not None)]
-        params = {"b_agent": self.agent_type, "b_key": target.key, "b_ns": target.ns}
+        params = {"b_agent": self.agent_type, "b_key": target.key, "b_ns": target.ns,
+                  "b_now": self._now()}  # fmt: skip
         if target.checkpoint_id is not None:
             params["b_cid"] = target.checkpoint_id
         if target.user_id is not None:
@@ -676,7 +686,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         older than the one it names; ``limit`` caps the count.
         """
         stmts = await self._sql()
-        query = sql.checkpoints(self.agent_type)
+        query = sql.checkpoints(self.agent_type, self._now())
         if config is not None:
             target = self._target(config)
             query = query.where(sql.T.thread_key == target.key)
@@ -725,7 +735,7 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         """alist without a metadata filter: pages of statements built once, one round trip
         each (the checkpoints with their writes and values)."""
         stmts = await self._sql()
-        params: dict[str, Any] = {"b_agent": self.agent_type}
+        params: dict[str, Any] = {"b_agent": self.agent_type, "b_now": self._now()}
         thread = ns = cid = user = False
         if config is not None:
             target = self._target(config)
