@@ -630,6 +630,47 @@ async def test_from_url_with_redis_owns_and_closes_its_clients(
     await service.aclose()  # twice is fine
 
 
+async def test_from_url_signs_the_cache_and_encrypts_at_rest_when_asked(
+    tmp_path: Path, redis_url: str
+) -> None:
+    from redis.asyncio import Redis
+
+    from agent_session_store import migrations
+    from agent_session_store.encryption import FieldEncryption
+
+    url, canary = f"sqlite+aiosqlite:///{tmp_path / 'adk.db'}", "canary-7f3a"
+    await migrations.upgrade(url)
+    namespace = uuid.uuid4().hex
+    service = SessionStoreService.from_url(
+        url, redis_url=redis_url, namespace=namespace, signing_keys=[b"k" * 32],
+        encryption=FieldEncryption({"one": bytes(range(32))}, "one"),
+    )  # fmt: skip
+    try:
+        session = await service.create_session(
+            app_name=APP, user_id="u", session_id="s", state={"note": canary}
+        )
+        await service.append_event(session, said(canary))
+        assert await fetch(service, session) == await fetch(service, session) == session
+        repo, cache = service.repository, service.repository.cache
+        assert cache is not None
+        # ADK reads whole histories, which bypass the cache: a repository read fills it.
+        other = await repo.create_session("planner", "u", {"note": canary})
+        assert await repo.get_session(other.session_id) == await repo.get_session(other.session_id)
+        await cache.drain()
+        assert (cache.stats.hits, cache.stats.rejected) == (1, 0)
+    finally:
+        await service.aclose()
+    client = Redis.from_url(redis_url)
+    try:
+        values = [await client.get(k) async for k in client.scan_iter(match=f"*{namespace}*")]
+    finally:
+        await client.aclose()
+    stored = [v for v in values if v is not None and v.startswith(b"as1")]
+    assert stored and all(v.startswith(b"as1s") for v in stored)  # signed entries only
+    assert not any(canary.encode() in v for v in values if v is not None)
+    assert canary.encode() not in (tmp_path / "adk.db").read_bytes()
+
+
 # -- an ADK Runner on top (examples/adk_runner.py) --------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,6 +33,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 from pydantic import BaseModel
+from redis.asyncio import Redis
 from sqlalchemy import event as sa_event
 from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import make_url
@@ -883,6 +884,39 @@ async def test_an_unmigrated_database_is_named_with_the_command_to_run(tmp_path:
     async with SessionStoreSaver.from_url(url) as saver:
         with pytest.raises(SchemaOutOfDateError, match="upgrade"):
             await saver.aget_tuple({"configurable": {"thread_id": "t"}})
+
+
+async def test_from_url_signs_the_cache_and_encrypts_what_it_stores_when_asked(
+    tmp_path: Path, redis_url: str
+) -> None:
+    from agent_session_store import migrations
+    from agent_session_store.encryption import FieldEncryption
+
+    url, canary = f"sqlite+aiosqlite:///{tmp_path / 'lg.db'}", "canary-51c2"
+    await migrations.upgrade(url)
+    async with SessionStoreSaver.from_url(
+        url, redis_url=redis_url, signing_keys=[b"k" * 32],
+        encryption=FieldEncryption({"one": bytes(range(32))}, "one"),
+    ) as saver:  # fmt: skip
+        config: Any = {"configurable": {"thread_id": "secret"}}
+        await saver.aput(config, checkpoint({"said": canary}), {}, {"said": 1})
+        got = await saver.aget_tuple(config)
+        assert got is not None and got.checkpoint["channel_values"] == {"said": canary}
+        repo, cache = saver.repository, saver.repository.cache
+        assert cache is not None
+        other = await repo.create_session("planner", "u", {"note": canary})
+        assert await repo.get_session(other.session_id) == await repo.get_session(other.session_id)
+        await cache.drain()
+        assert (cache.stats.hits, cache.stats.rejected) == (1, 0)
+    client = Redis.from_url(redis_url)
+    try:
+        names = [k async for k in client.scan_iter(match=f"*{other.session_id}*")]
+        values = [v for v in [await client.get(k) for k in names] if v and v.startswith(b"as1")]
+    finally:
+        await client.aclose()
+    assert values and all(v.startswith(b"as1s ") for v in values)  # signed
+    assert not any(canary.encode() in v for v in values)
+    assert canary.encode() not in (tmp_path / "lg.db").read_bytes()
 
 
 def test_readme_langgraph_block_runs(tmp_path: Path, redis_url: str) -> None:

@@ -53,6 +53,7 @@ from agent_session_store import (
     SessionValidationError,
     create_engine,
 )
+from agent_session_store.encryption import FieldEncryption
 
 try:
     from google.adk.errors._stale_session_error import StaleSessionError
@@ -119,7 +120,13 @@ class SessionStoreService(BaseSessionService):
 
     @classmethod
     def from_url(
-        cls, db_url: str, *, redis_url: str | None = None, namespace: str = "adk-sessions"
+        cls,
+        db_url: str,
+        *,
+        redis_url: str | None = None,
+        namespace: str = "adk-sessions",
+        signing_keys: Sequence[bytes] | None = None,
+        encryption: FieldEncryption | None = None,
     ) -> SessionStoreService:
         """A service that owns its engine (and Redis client); close it with :meth:`aclose`.
 
@@ -132,6 +139,8 @@ class SessionStoreService(BaseSessionService):
             db_url: ``sqlite+aiosqlite:///sessions.db`` or ``postgresql+asyncpg://...``.
             redis_url: turns on the Redis read-through cache, e.g. ``redis://localhost:6379/0``.
             namespace: the cache namespace (keep one per application).
+            signing_keys: sign the cache's entries (``RedisCache(signing_keys=...)``).
+            encryption: encrypt values at rest (``SessionRepository(encryption=...)``).
 
         Example::
 
@@ -143,8 +152,9 @@ class SessionStoreService(BaseSessionService):
         cache = redis = None
         if redis_url is not None:
             redis = Redis.from_url(redis_url)
-            cache = RedisCache(redis, namespace=namespace)
-        service = cls(SessionRepository(factory, cache=cache), session_factory=factory)
+            cache = RedisCache(redis, namespace=namespace, signing_keys=signing_keys)
+        repository = SessionRepository(factory, cache=cache, encryption=encryption)
+        service = cls(repository, session_factory=factory)
         service._engine, service._cache, service._redis = engine, cache, redis
         return service
 

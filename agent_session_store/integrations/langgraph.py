@@ -73,6 +73,7 @@ from agent_session_store._calls import Call, Database
 from agent_session_store._errors import INTEGRITY_ERRORS, storage_errors
 from agent_session_store._settle import run_to_end
 from agent_session_store._validation import check_json_object, check_text
+from agent_session_store.encryption import FieldEncryption
 from agent_session_store.integrations import _langgraph_sql as sql
 from agent_session_store.integrations._keys import session_key
 from agent_session_store.integrations._langgraph_sealed import values_for
@@ -229,13 +230,21 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
 
     @classmethod
     def from_url(
-        cls, db_url: str, *, redis_url: str | None = None, agent_type: str = DEFAULT_AGENT_TYPE
+        cls,
+        db_url: str,
+        *,
+        redis_url: str | None = None,
+        agent_type: str = DEFAULT_AGENT_TYPE,
+        signing_keys: Sequence[bytes] | None = None,
+        encryption: FieldEncryption | None = None,
     ) -> SessionStoreSaver:
         """A saver that owns its engine (and Redis client); close it with ``async with``.
 
         The schema comes from the library's migrations (``agent-session-store db upgrade
         --url ...``); the first call raises ``SchemaOutOfDateError`` naming that command when
-        the database is behind. Nothing is created at run time.
+        the database is behind. Nothing is created at run time. ``signing_keys`` sign the
+        cache's entries (``RedisCache(signing_keys=...)``); ``encryption`` encrypts what the
+        saver and the repository store (``SessionRepository(encryption=...)``).
 
         Example::
 
@@ -247,8 +256,9 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         redis = cache = None
         if redis_url is not None:
             redis = Redis.from_url(redis_url)
-            cache = RedisCache(redis, namespace="langgraph-sessions")
-        saver = cls(SessionRepository(factory, cache=cache), agent_type=agent_type)
+            cache = RedisCache(redis, namespace="langgraph-sessions", signing_keys=signing_keys)
+        repository = SessionRepository(factory, cache=cache, encryption=encryption)
+        saver = cls(repository, agent_type=agent_type)
         saver._engine, saver._redis, saver._cache = engine, redis, cache
         return saver
 
