@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -183,14 +184,31 @@ async def _postgres_dump(db: Backend, postgres_url: str) -> bytes:
     return done.stdout
 
 
+# Read by another process: closing a file descriptor of the database in this one would release
+# every POSIX lock this process's SQLite connections hold on it (POSIX drops a process's locks on
+# a file when any of its descriptors of that file closes). The shared test database then no longer
+# tells other processes that it is in use, and a worker process of a later test opening it saw
+# an empty WAL index: not one row of the sessions this process had committed (test_stress).
+_READ_FILES = """
+import sys
+for name in sys.argv[1:]:
+    try:
+        with open(name, "rb") as f:
+            sys.stdout.buffer.write(f.read())
+    except FileNotFoundError:
+        pass
+"""
+
+
 async def _database_bytes(db: Backend, request: pytest.FixtureRequest) -> bytes:
     if db.name == "sqlite":
-        path = Path(str(db.engine.url.database))
-        return b"".join(
-            p.read_bytes()
-            for p in (path, Path(f"{path}-wal"), Path(f"{path}-journal"))
-            if p.exists()
-        )
+        path = str(db.engine.url.database)
+        files = [path, f"{path}-wal", f"{path}-journal"]
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", _READ_FILES, *files], capture_output=True,
+            check=True, timeout=60,
+        )  # fmt: skip
+        return done.stdout
     return await _postgres_dump(db, request.getfixturevalue("postgres_url"))
 
 
@@ -574,22 +592,19 @@ async def test_rotate_keys_command_reports_counts_never_values(
         old = SessionRepository(factory, clock=clock, encryption=ENC)
         sids = [(await old.create_session("a", "u", {"SECRET": i})).session_id for i in range(3)]
         await old.update_shared_state("a", {"SECRET": 1})
-        from agent_session_store.integrations.langgraph import SessionStoreSaver
-        from tests.test_integration_langgraph import checkpoint
-
-        saver = SessionStoreSaver(old)  # a thread: its session, 1 checkpoint, 1 value, 1 write
-        put = await saver.aput({"configurable": {"thread_id": "t"}},
-                               checkpoint({"c": "SECRET"}), {}, {"c": 1})  # fmt: skip
-        await saver.aput_writes(put, [("c", "SECRET")], "task")
+        # Where LangGraph is installed (not in the lowest job): a thread, its session, one
+        # checkpoint, one value and one write.
+        thread_of = await _a_langgraph_thread(old)
         monkeypatch.delenv("AGENT_SESSION_STORE_ENCRYPTION_KEYS", raising=False)
         refused = await cli("rotate-keys", "--no-cache", "--url", url, cwd=tmp_path)
         assert refused.code == 2 and "AGENT_SESSION_STORE_ENCRYPTION_KEYS" in refused.err
         _key_env(monkeypatch, OLD_AND_NEW, "k1")
         done = await cli("rotate-keys", "--no-cache", "--url", url, "--active", "k2", cwd=tmp_path)
         assert done.code == 0, done.err
+        n, values = (4, 3) if thread_of else (3, 0)
         assert done.out.strip() == (
-            "rotate-keys: re-encrypted under key 'k2': 4 contexts, 4 checkpoints, "
-            "1 shared-state value, 3 LangGraph values"
+            f"rotate-keys: re-encrypted under key 'k2': {n} contexts, {n} checkpoints, "
+            f"1 shared-state value, {values} LangGraph values"
         )
         for secret in ("SECRET", base64.b64encode(K1).decode(), base64.b64encode(K2).decode()):
             assert secret not in done.out + done.err
@@ -601,9 +616,10 @@ async def test_rotate_keys_command_reports_counts_never_values(
         for i, sid in enumerate(sids):
             got = await new_only.get_session(sid)
             assert got is not None and got.context == {"SECRET": i}
-        thread = await SessionStoreSaver(new_only).aget_tuple(put)
-        assert thread is not None and thread.checkpoint["channel_values"] == {"c": "SECRET"}
-        assert thread.pending_writes == [("task", "c", "SECRET")]
+        if thread_of:
+            thread = await thread_of(new_only)
+            assert thread is not None and thread.checkpoint["channel_values"] == {"c": "SECRET"}
+            assert thread.pending_writes == [("task", "c", "SECRET")]
         _key_env(monkeypatch, {"k2": K2}, None)  # the other commands decrypt with the keys too
         shown = await cli("sessions", "show", sids[0], "--json", "--url", url, cwd=tmp_path)
         assert shown.code == 0 and '"SECRET": 0' in shown.out.replace('":0', '": 0')
@@ -615,3 +631,24 @@ async def test_rotate_keys_command_reports_counts_never_values(
         assert wrong.code == 1 and "'k2'" in wrong.err and "SECRET" not in wrong.out + wrong.err
     finally:
         await engine.dispose()
+
+
+async def _a_langgraph_thread(repo: SessionRepository) -> Any:
+    """Store a thread through ``repo`` where LangGraph is installed; a function that reads it
+    back through another repository (``None`` without LangGraph)."""
+    from tests.langgraph_parts import LANGGRAPH
+
+    if not LANGGRAPH:
+        return None
+    from agent_session_store.integrations.langgraph import SessionStoreSaver
+    from tests.test_integration_langgraph import checkpoint
+
+    saver = SessionStoreSaver(repo)
+    put = await saver.aput({"configurable": {"thread_id": "t"}},
+                           checkpoint({"c": "SECRET"}), {}, {"c": 1})  # fmt: skip
+    await saver.aput_writes(put, [("c", "SECRET")], "task")
+
+    async def read(other: SessionRepository) -> Any:
+        return await SessionStoreSaver(other).aget_tuple(put)
+
+    return read

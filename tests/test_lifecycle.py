@@ -24,10 +24,9 @@ from agent_session_store import (
     SessionState,
     SessionValidationError,
 )
-from agent_session_store.integrations.langgraph import SessionStoreSaver
 from agent_session_store.tables import checkpoints_table, metadata, sessions_table
 from tests.conftest import Backend, FakeClock
-from tests.test_integration_langgraph import checkpoint
+from tests.langgraph_parts import store_a_thread
 
 
 def _text(value: Any) -> str:
@@ -89,16 +88,14 @@ async def test_erase_user_leaves_no_row_holding_the_user_id(
     mine += await seed_user(repo, user, agent_type="writer")
     theirs = await seed_user(repo, other)
     await repo.update_shared_state("planner", {"theme": "dark"})  # app-wide: nobody's
-    saver = SessionStoreSaver(repo, agent_type=f"lg-{uuid.uuid4().hex[:8]}")
-    config: Any = {"configurable": {"thread_id": f"thread-{user}", "user_id": user}}
-    stored = await saver.aput(config, checkpoint({"said": f"hello from {user}"}), {}, {"said": 1})
-    await saver.aput_writes(stored, [("said", f"more from {user}")], "task")
+    # A LangGraph thread of the user, where the lowest job has LangGraph (it cannot install it).
+    threads = await store_a_thread(repo, f"lg-{uuid.uuid4().hex[:8]}", f"thread-{user}", user)
     assert len(await rows_holding(db, user)) > 10  # the scan does find the id where it is
 
     report = await repo.erase_user(user)
 
-    assert report.sessions == len(mine) + 1  # the LangGraph thread is a session of the user
-    assert report.checkpoints == 2 * len(mine) + 1
+    assert report.sessions == len(mine) + threads  # a LangGraph thread is a session of the user
+    assert report.checkpoints == 2 * len(mine) + threads
     assert report.shared_state == 2
     assert await rows_holding(db, user) == []
     for session_id in mine:

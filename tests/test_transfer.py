@@ -32,12 +32,11 @@ from agent_session_store import (
 )
 from agent_session_store import transfer as t
 from agent_session_store._transfer_rows import STORED, encoded_row
-from agent_session_store.integrations.langgraph import SessionStoreSaver
 from agent_session_store.tables import LANGGRAPH_TABLES, metadata, sessions_table
 from tests.conftest import FakeClock
 from tests.conftest import _backend as conftest_backend
+from tests.langgraph_parts import LANGGRAPH, store_a_thread
 from tests.test_cli import cli
-from tests.test_integration_langgraph import checkpoint
 
 SECRET = "payload-that-never-reaches-output"
 
@@ -111,11 +110,7 @@ async def seed(engine: AsyncEngine) -> int:
     await repo.update_shared_state("agent-0", {"theme": "dark", **data})
     await repo.update_shared_state("agent-0", {"seen": 3}, user_id="alice")
     await repo.update_shared_state("agent-1", {"seen": 1}, user_id="")
-    saver = SessionStoreSaver(repo, agent_type="graph")
-    config: Any = {"configurable": {"thread_id": "thread-1", "user_id": "alice"}}
-    stored = await saver.aput(config, checkpoint({"said": ["hello", SECRET]}), {}, {"said": 1})
-    await saver.aput_writes(stored, [("said", "more")], "task-1")
-    return made + 1
+    return made + await store_a_thread(repo, "graph", "thread-1", "alice", ["hello", SECRET])
 
 
 async def dump(engine: AsyncEngine) -> dict[str, list[str]]:
@@ -141,7 +136,7 @@ async def test_a_whole_database_round_trips_sqlite_postgres_sqlite_with_every_fi
 ) -> None:
     sessions = await seed(source)
     original = await dump(source)
-    assert all(original[table.name] for table in LANGGRAPH_TABLES)  # every table has rows
+    assert all(original[t.name] for t in LANGGRAPH_TABLES) == LANGGRAPH  # every table has rows
 
     text, exported = await export_text(source)
     assert (exported.sessions, exported.shared_state) == (sessions, 3)
@@ -312,33 +307,6 @@ async def test_a_key_a_live_session_of_the_target_holds_is_a_conflict(
     assert report.sessions_imported == 0
 
 
-async def test_a_langgraph_thread_the_target_holds_is_a_conflict_and_the_batch_goes_on(
-    source: AsyncEngine, target: AsyncEngine
-) -> None:
-    for engine in (source, target):  # one thread id in both: two sessions, one thread key
-        repo = SessionRepository(async_sessionmaker(engine, expire_on_commit=False))
-        saver = SessionStoreSaver(repo, agent_type="graph")
-        config: Any = {"configurable": {"thread_id": "shared"}}
-        await saver.aput(config, checkpoint({"a": 1}), {}, {"a": 1})
-        await repo.create_session("planner", f"u-{uuid.uuid4().hex[:8]}")
-    # The target's thread session is soft-deleted: its key is free, its thread row is not.
-    theirs = SessionRepository(async_sessionmaker(target, expire_on_commit=False))
-    thread = await theirs.get_session_by_key("graph", key="shared")
-    assert thread is not None
-    await theirs.delete_session(thread.session_id)
-    before = await dump(target)
-
-    report = await t.import_sessions(target, (await export_text(source))[0].splitlines())
-
-    assert [p.reason for p in report.conflicts] == [
-        "a unique value of it (a key, a LangGraph thread id) is taken in the target"
-    ]
-    assert report.sessions_imported == 1  # the other session of the same batch
-    after = await dump(target)
-    assert len(after["agent_sessions_sessions"]) == len(before["agent_sessions_sessions"]) + 1
-    assert after["agent_sessions_lg_threads"] == before["agent_sessions_lg_threads"]
-
-
 async def test_export_of_one_user_holds_only_that_users_sessions_and_documents(
     source: AsyncEngine,
 ) -> None:
@@ -348,10 +316,11 @@ async def test_export_of_one_user_holds_only_that_users_sessions_and_documents(
     users = {i["session"]["user_id"] for i in items if i["kind"] == "session"}
     documents = [i["row"] for i in items if i["kind"] == "shared_state"]
     assert users == {"alice"}
-    assert report.sessions == len(SessionState) + 1  # and the LangGraph thread
+    assert report.sessions == len(SessionState) + LANGGRAPH  # and the LangGraph thread
     assert [(d["scope"], d["user_id"]) for d in documents] == [("user", "alice")]
     graph = [i for i in items if i["kind"] == "session" and i["session"]["agent_type"] == "graph"]
-    assert set(graph[0]["rows"]) == {table.name for table in LANGGRAPH_TABLES}
+    if LANGGRAPH:
+        assert set(graph[0]["rows"]) == {table.name for table in LANGGRAPH_TABLES}
 
 
 async def test_import_refuses_a_file_that_is_not_an_export_and_writes_nothing(
