@@ -408,6 +408,25 @@ async def _nothing(repo: SessionRepository, session_id: str) -> None:
     return None
 
 
+async def _server_done(db: Backend) -> None:
+    """Until no other backend of the test database is running a statement.
+
+    A create cancelled on the hot path discards its connection (see ``_calls``): PostgreSQL may
+    still be running the one statement it was sent, and commit it after the call returned (it
+    happened, a moment later). The check reads the outcome once the server is done with it.
+    """
+    active = sqlalchemy.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state = 'active' AND pid <> pg_backend_pid()"
+    )
+    async with db.engine.connect() as conn:
+        for _ in range(10_000):  # a condition polled on the server, not a sleep
+            if not await conn.scalar(active):
+                return
+            await conn.rollback()
+    raise AssertionError("a statement of the cancelled call is still running")
+
+
 async def _create_with_key(repo: SessionRepository, db: Backend, clock: FakeClock) -> Any:
     user, key = f"u-{uuid.uuid4().hex[:8]}", f"k-{uuid.uuid4().hex[:8]}"
 
@@ -421,6 +440,8 @@ async def _create_with_key(repo: SessionRepository, db: Backend, clock: FakeCloc
         return str(ids[0]) if ids else None
 
     async def check(outcome: Outcome) -> None:
+        if outcome.cancelled and db.name != "sqlite":
+            await _server_done(db)
         session_id = await locate()
         assert outcome.cancelled or session_id is not None
         found = await repo.get_session_by_key("planner", user, key=key)
