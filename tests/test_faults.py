@@ -449,6 +449,15 @@ class CachedSetup:
 async def cached(db: Backend, own_redis: RedisServer) -> AsyncIterator[CachedSetup]:
     setup = CachedSetup(db, own_redis)
     yield setup
+    # A fault may have left the cache repairing its epoch in the background, retrying until
+    # Redis answers: stopped before the client closes, or its next try opens a connection that
+    # nobody closes (an unclosed socket, seen once in a fresh-clone run).
+    repairing = setup.cache._repairing
+    if repairing is not None and not repairing.done():
+        repairing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await repairing
+    await setup.cache.drain()
     await setup.client.aclose()
 
 
